@@ -1,0 +1,495 @@
+//! Boots QEMU -> Xen -> dom0 and follows one scenario to its end.
+//!
+//! Channels between the host and dom0 (dom0 is a Xen PV guest, but it owns the emulated PCI bus, so QEMU's
+//! virtio-serial device works there): each is a QEMU chardev that connects, as a client, to a unix socket this
+//! runner listens on before QEMU starts.
+//! - `serial`: COM1, Xen's and dom0's console. Copied to `serial.log`; scanned for panics.
+//! - `stdout`, `stderr`: virtio-serial ports `bulkhead.stdout`/`bulkhead.stderr`, the scenario's output, byte-clean.
+//! - `status`: virtio-serial port `bulkhead.status`, line protocol from dom0's init (see [`StatusLine`]).
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crate::outcome::{Outcome, StatusLine};
+
+/// Lines on the serial console that mean the bed itself is dead.
+const FATAL_SERIAL_PATTERNS: &[&str] = &["Kernel panic - not syncing", "(XEN) Panic on CPU", "(XEN) Reboot in"];
+
+/// How long dom0 may take to power off after the scenario's status is in.
+const POWEROFF_GRACE: Duration = Duration::from_secs(30);
+/// Extra time the host allows past the scenario timeout before it stops trusting dom0 to enforce it.
+const TIMEOUT_BACKSTOP: Duration = Duration::from_secs(45);
+/// How long to wait for QEMU to connect its chardevs.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Everything one boot needs.
+#[derive(Debug, Clone)]
+pub struct BootConfig {
+    /// The QEMU binary.
+    pub qemu: PathBuf,
+    /// Xen, as the uncompressed multiboot ELF.
+    pub xen: PathBuf,
+    /// The dom0 kernel.
+    pub dom0_kernel: PathBuf,
+    /// dom0's initramfs (the base archive with the run's archive appended).
+    pub initrd: PathBuf,
+    /// Memory of the emulated machine.
+    pub memory_mib: u32,
+    /// Memory Xen gives dom0; the rest is for zones.
+    pub dom0_memory_mib: u32,
+    /// How long the scenario may run; dom0's init enforces it, the host backs it up.
+    pub timeout: Duration,
+    /// How long QEMU + Xen + dom0 may take to report ready.
+    pub boot_timeout: Duration,
+    /// Where sockets, `serial.log` and `outcome.json` go.
+    pub run_dir: PathBuf,
+    /// Copy the serial console to stderr as it arrives.
+    pub echo_serial: bool,
+}
+
+/// Errors that stop a boot before there is an outcome to report.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// A path QEMU receives in a comma-separated option contains a comma.
+    #[error("path {0} contains a comma, which QEMU's option syntax cannot carry: move it")]
+    CommaInPath(PathBuf),
+    /// A socket for one of the channels could not be created.
+    #[error("creating the {name} socket at {path}")]
+    Bind {
+        /// Channel name.
+        name: &'static str,
+        /// Socket path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// QEMU could not be started.
+    #[error("starting {0}: is qemu-system-x86 installed (ci/deps testbed)?")]
+    Spawn(PathBuf, #[source] io::Error),
+    /// The serial log could not be created.
+    #[error("creating the serial log {0}")]
+    SerialLog(PathBuf, #[source] io::Error),
+}
+
+/// The channels, in the order QEMU's command line names them.
+const CHANNELS: [&str; 4] = ["serial", "stdout", "stderr", "status"];
+
+fn socket_path(run_dir: &Path, name: &str) -> PathBuf {
+    run_dir.join(format!("{name}.sock"))
+}
+
+/// QEMU's arguments for `cfg`. Pure, so the command line is unit-tested.
+pub fn qemu_args(cfg: &BootConfig) -> Result<Vec<OsString>, BootError> {
+    for p in [&cfg.xen, &cfg.dom0_kernel, &cfg.initrd, &cfg.run_dir] {
+        if p.to_string_lossy().contains(',') {
+            return Err(BootError::CommaInPath(p.clone()));
+        }
+    }
+    let xen_args = format!(
+        "console=com1 com1=115200,8n1 dom0_mem={m}M,max:{m}M dom0_max_vcpus=1 noreboot",
+        m = cfg.dom0_memory_mib
+    );
+    // Multiboot module lines are comma-separated, so dom0's arguments must not contain commas. Xen strips
+    // the first word of each module line (it stands for the file name).
+    let dom0_args = format!("console=hvc0 earlyprintk=xen quiet loglevel=4 bulkhead.timeout={}", cfg.timeout.as_secs());
+    let modules = format!("{} {},{}", cfg.dom0_kernel.display(), dom0_args, cfg.initrd.display());
+    let mut args: Vec<OsString> = [
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max",
+        "-machine",
+        "pc",
+        "-smp",
+        "2",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-no-reboot",
+        "-nic",
+        "none",
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    args.push("-m".into());
+    args.push(cfg.memory_mib.to_string().into());
+    args.push("-kernel".into());
+    args.push(cfg.xen.clone().into_os_string());
+    args.push("-append".into());
+    args.push(xen_args.into());
+    args.push("-initrd".into());
+    args.push(modules.into());
+    for name in CHANNELS {
+        args.push("-chardev".into());
+        args.push(format!("socket,id={name},path={}", socket_path(&cfg.run_dir, name).display()).into());
+    }
+    args.push("-serial".into());
+    args.push("chardev:serial".into());
+    args.push("-device".into());
+    args.push("virtio-serial-pci,id=vser".into());
+    for name in &CHANNELS[1..] {
+        args.push("-device".into());
+        args.push(format!("virtserialport,bus=vser.0,chardev={name},name=bulkhead.{name}").into());
+    }
+    Ok(args)
+}
+
+/// Removes the channel sockets however the run ends.
+struct SocketFiles(Vec<PathBuf>);
+
+impl Drop for SocketFiles {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// What the pump threads tell the main loop.
+#[derive(Debug)]
+enum Event {
+    Status(StatusLine),
+    Fatal(String),
+}
+
+/// Phases of a run, for deadlines and the summary.
+#[derive(Debug, Default)]
+struct Timeline {
+    ready: Option<Instant>,
+    started: Option<Instant>,
+    ended: Option<Instant>,
+}
+
+/// Boots, follows the scenario and returns how it ended. Never leaves QEMU running.
+pub fn run(cfg: &BootConfig) -> Result<Outcome, BootError> {
+    let args = qemu_args(cfg)?;
+    let mut listeners = Vec::new();
+    let mut sockets = SocketFiles(Vec::new());
+    for name in CHANNELS {
+        let path = socket_path(&cfg.run_dir, name);
+        let _ = std::fs::remove_file(&path);
+        let l = UnixListener::bind(&path).map_err(|source| BootError::Bind { name, path: path.clone(), source })?;
+        sockets.0.push(path);
+        listeners.push(l);
+    }
+    let serial_log_path = cfg.run_dir.join("serial.log");
+    let serial_log = File::create(&serial_log_path).map_err(|e| BootError::SerialLog(serial_log_path.clone(), e))?;
+
+    let t0 = Instant::now();
+    let mut cmd = Command::new(&cfg.qemu);
+    cmd.args(&args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    // SAFETY: the closure runs between fork and exec and only calls prctl(2), which is async-signal-safe;
+    // it touches no memory of the parent. PR_SET_PDEATHSIG makes the kernel kill QEMU if this runner dies,
+    // so no QEMU outlives a killed test run.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| BootError::Spawn(cfg.qemu.clone(), e))?;
+    let qemu_stderr = collect_stderr(&mut child);
+
+    let (tx, rx) = mpsc::channel();
+    let streams = match accept_all(&listeners, &mut child) {
+        Ok(s) => s,
+        Err(reason) => {
+            kill(&mut child);
+            let detail = qemu_stderr.join().unwrap_or_default();
+            return Ok(Outcome::BedFailure { reason: format!("{reason}; QEMU said: {}", detail.trim()) });
+        }
+    };
+    let [serial, stdout, stderr, status] = streams;
+    let pumps = vec![
+        spawn_serial_pump(serial, serial_log, cfg.echo_serial, tx.clone()),
+        spawn_copy(stdout, io::stdout()),
+        spawn_copy(stderr, io::stderr()),
+        spawn_status_pump(status, tx),
+    ];
+
+    let mut timeline = Timeline::default();
+    let outcome = follow(cfg, &mut child, &rx, t0, &mut timeline);
+
+    // The outcome is known; give dom0 its moment to power off, then make sure QEMU is gone.
+    wait_or_kill(&mut child, POWEROFF_GRACE);
+    for p in pumps {
+        let _ = p.join();
+    }
+    let qemu_err = qemu_stderr.join().unwrap_or_default();
+    let outcome = match outcome {
+        Outcome::BedFailure { reason } if !qemu_err.trim().is_empty() => {
+            Outcome::BedFailure { reason: format!("{reason}; QEMU said: {}", qemu_err.trim()) }
+        }
+        o => o,
+    };
+    drop(sockets);
+    summarize(&timeline, t0, &outcome, &serial_log_path);
+    Ok(outcome)
+}
+
+/// The main loop: deadlines, status lines, QEMU's death.
+fn follow(cfg: &BootConfig, child: &mut Child, rx: &Receiver<Event>, t0: Instant, tl: &mut Timeline) -> Outcome {
+    loop {
+        let deadline = match tl.started {
+            None => t0 + cfg.boot_timeout,
+            Some(s) => s + cfg.timeout + TIMEOUT_BACKSTOP,
+        };
+        let now = Instant::now();
+        if now >= deadline {
+            return match tl.started {
+                None => Outcome::BedFailure {
+                    reason: format!(
+                        "dom0 did not report ready within {}s (boot timeout; set BULKHEAD_TESTBED_BOOT_TIMEOUT to change)",
+                        cfg.boot_timeout.as_secs()
+                    ),
+                },
+                Some(_) => Outcome::TimedOut { after_secs: cfg.timeout.as_secs() },
+            };
+        }
+        match rx.recv_timeout((deadline - now).min(Duration::from_millis(250))) {
+            Ok(Event::Status(StatusLine::Ready)) => tl.ready = Some(Instant::now()),
+            Ok(Event::Status(StatusLine::Started)) => tl.started = Some(Instant::now()),
+            Ok(Event::Status(StatusLine::Exit(code))) => {
+                tl.ended = Some(Instant::now());
+                return Outcome::Exited { code };
+            }
+            Ok(Event::Status(StatusLine::Timeout(after_secs))) => {
+                tl.ended = Some(Instant::now());
+                return Outcome::TimedOut { after_secs };
+            }
+            Ok(Event::Status(StatusLine::Error(msg))) => {
+                return Outcome::BedFailure { reason: format!("dom0 init: {msg}") };
+            }
+            Ok(Event::Fatal(line)) => {
+                return Outcome::BedFailure { reason: format!("the serial console shows a crash: {line}") };
+            }
+            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            // Status lines may still be queued behind QEMU's exit.
+            while let Ok(ev) = rx.try_recv() {
+                match ev {
+                    Event::Status(StatusLine::Exit(code)) => return Outcome::Exited { code },
+                    Event::Status(StatusLine::Timeout(after_secs)) => return Outcome::TimedOut { after_secs },
+                    _ => {}
+                }
+            }
+            return Outcome::BedFailure {
+                reason: format!("QEMU exited ({st}) before the scenario reported its exit status"),
+            };
+        }
+    }
+}
+
+/// Accepts QEMU's connection on each listener, in order, while QEMU is alive.
+fn accept_all(listeners: &[UnixListener], child: &mut Child) -> Result<[UnixStream; 4], String> {
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    let mut out = Vec::with_capacity(listeners.len());
+    for (l, name) in listeners.iter().zip(CHANNELS) {
+        l.set_nonblocking(true).map_err(|e| format!("setting up the {name} socket: {e}"))?;
+        loop {
+            match l.accept() {
+                Ok((s, _)) => {
+                    s.set_nonblocking(false).map_err(|e| format!("setting up the {name} socket: {e}"))?;
+                    out.push(s);
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Ok(Some(st)) = child.try_wait() {
+                        return Err(format!("QEMU exited ({st}) while starting"));
+                    }
+                    if Instant::now() > deadline {
+                        return Err(format!("QEMU did not connect its {name} channel within {CONNECT_TIMEOUT:?}"));
+                    }
+                    thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(format!("accepting QEMU's {name} channel: {e}")),
+            }
+        }
+    }
+    out.try_into().map_err(|_| "internal: wrong number of channels".to_owned())
+}
+
+fn spawn_copy(mut from: UnixStream, mut to: impl Write + Send + 'static) -> JoinHandle<()> {
+    thread::spawn(move || {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).and_then(|_| to.flush()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    })
+}
+
+fn spawn_serial_pump(from: UnixStream, mut log: File, echo: bool, tx: Sender<Event>) -> JoinHandle<()> {
+    thread::spawn(move || {
+        let mut reader = BufReader::new(from);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let _ = log.write_all(&line);
+                    if echo {
+                        let _ = io::stderr().write_all(&line);
+                    }
+                    let text = String::from_utf8_lossy(&line);
+                    if let Some(p) = FATAL_SERIAL_PATTERNS.iter().find(|p| text.contains(*p)) {
+                        let _ = tx.send(Event::Fatal(format!("{p}: {}", text.trim())));
+                    }
+                }
+            }
+        }
+        let _ = log.flush();
+    })
+}
+
+fn spawn_status_pump(from: UnixStream, tx: Sender<Event>) -> JoinHandle<()> {
+    thread::spawn(move || {
+        // Bounded: a status line is a few words; a longer one is noise.
+        let mut reader = BufReader::new(from.take(1 << 20));
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => match StatusLine::parse(line.trim_end_matches('\n')) {
+                    Some(s) => {
+                        if tx.send(Event::Status(s)).is_err() {
+                            break;
+                        }
+                    }
+                    None => {
+                        let _ = writeln!(io::stderr(), "testbed: ignoring unexpected status line {:?}", line.trim());
+                    }
+                },
+            }
+        }
+    })
+}
+
+fn collect_stderr(child: &mut Child) -> JoinHandle<String> {
+    let pipe = child.stderr.take();
+    thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(mut p) = pipe {
+            let _ = p.by_ref().take(64 * 1024).read_to_string(&mut s);
+        }
+        s
+    })
+}
+
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn wait_or_kill(child: &mut Child, grace: Duration) {
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let _ = writeln!(io::stderr(), "testbed: QEMU did not power off within {grace:?}; killing it");
+    kill(child);
+}
+
+fn summarize(tl: &Timeline, t0: Instant, outcome: &Outcome, serial_log: &Path) {
+    let secs = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64();
+    let mut parts = Vec::new();
+    if let Some(r) = tl.ready {
+        parts.push(format!("dom0 ready after {:.1}s", secs(t0, r)));
+    }
+    if let (Some(s), Some(e)) = (tl.started, tl.ended) {
+        parts.push(format!("scenario ran {:.1}s", secs(s, e)));
+    }
+    let verdict = match outcome {
+        Outcome::Exited { code } => format!("scenario exited {code}"),
+        Outcome::TimedOut { after_secs } => format!("scenario killed after its {after_secs}s timeout (exit 124)"),
+        Outcome::BedFailure { reason } => format!("TEST BED FAILURE (exit 125): {reason}"),
+    };
+    parts.push(verdict);
+    let _ = writeln!(io::stderr(), "testbed: {}; serial log: {}", parts.join("; "), serial_log.display());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> BootConfig {
+        BootConfig {
+            qemu: "qemu-system-x86_64".into(),
+            xen: "/c/xen".into(),
+            dom0_kernel: "/c/vmlinuz".into(),
+            initrd: "/r/initrd.cpio".into(),
+            memory_mib: 2048,
+            dom0_memory_mib: 1024,
+            timeout: Duration::from_secs(60),
+            boot_timeout: Duration::from_secs(300),
+            run_dir: "/r".into(),
+            echo_serial: false,
+        }
+    }
+
+    fn joined(args: &[OsString]) -> String {
+        args.iter().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
+    }
+
+    #[test]
+    fn command_line_boots_xen_with_dom0_as_a_module() {
+        let args = qemu_args(&cfg()).unwrap_or_default();
+        let s = joined(&args);
+        assert!(s.contains("-kernel /c/xen"), "{s}");
+        assert!(s.contains("dom0_mem=1024M,max:1024M"), "{s}");
+        assert!(s.contains("-m 2048"), "{s}");
+        let initrd = args.iter().position(|a| a == "-initrd").map(|i| args[i + 1].to_string_lossy().into_owned());
+        let initrd = initrd.unwrap_or_default();
+        // Exactly two modules: the dom0 kernel line and the ramdisk.
+        let modules: Vec<&str> = initrd.split(',').collect();
+        assert_eq!(modules.len(), 2, "{initrd}");
+        assert!(modules[0].starts_with("/c/vmlinuz console=hvc0"), "{initrd}");
+        assert!(modules[0].contains("bulkhead.timeout=60"), "{initrd}");
+        assert_eq!(modules[1], "/r/initrd.cpio");
+    }
+
+    #[test]
+    fn every_channel_has_a_chardev_and_a_device() {
+        let s = joined(&qemu_args(&cfg()).unwrap_or_default());
+        for name in CHANNELS {
+            assert!(s.contains(&format!("socket,id={name},path=/r/{name}.sock")), "{s}");
+        }
+        assert!(s.contains("-serial chardev:serial"), "{s}");
+        for port in ["stdout", "stderr", "status"] {
+            assert!(s.contains(&format!("chardev={port},name=bulkhead.{port}")), "{s}");
+        }
+        assert!(s.contains("-nic none"), "test VMs get no network: {s}");
+    }
+
+    #[test]
+    fn commas_in_paths_are_refused() {
+        let mut c = cfg();
+        c.initrd = "/r/a,b.cpio".into();
+        assert!(matches!(qemu_args(&c), Err(BootError::CommaInPath(_))));
+    }
+}
