@@ -1,0 +1,252 @@
+//! The crate's single error type.
+//!
+//! Every variant is named for the operation that failed and carries the
+//! arguments that identify the failing call (path, domid, port, ...) plus the
+//! underlying cause: a [`LibxlError`] for libxl calls, or the `errno` captured
+//! right after the C call as an [`std::io::Error`] for the thin libraries.
+
+use std::ffi::CStr;
+use std::fmt;
+use std::io;
+
+use bulkhead_xen_sys as sys;
+
+/// Result alias used throughout this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A libxl error code (`libxl_error`, always negative; `0` is success).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LibxlError(pub i32);
+
+impl LibxlError {
+    /// Map a libxl return code to `Ok(())` (`rc == 0`) or an error.
+    pub fn check(rc: i32) -> Result<(), LibxlError> {
+        if rc == 0 { Ok(()) } else { Err(LibxlError(rc)) }
+    }
+
+    /// The raw code, e.g. `-3` for `ERROR_FAIL`.
+    pub fn code(self) -> i32 {
+        self.0
+    }
+
+    /// libxl's name for the code (`"fail"`, `"domain_notfound"`, ...), if it
+    /// knows it.
+    pub fn name(self) -> Option<&'static str> {
+        // SAFETY: libxl_error_to_string is a pure lookup in libxl's static
+        // enum string table; it accepts any integer and returns either NULL
+        // or a pointer to a static NUL-terminated string (libxl IDL
+        // generated code, _libxl_types.c), so the 'static borrow is valid.
+        let p = unsafe { sys::libxl_error_to_string(self.0) };
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: p is non-NULL and points at a static NUL-terminated string
+        // (see above).
+        unsafe { CStr::from_ptr(p) }.to_str().ok()
+    }
+}
+
+impl fmt::Display for LibxlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.name() {
+            Some(name) => write!(f, "libxl error {} (ERROR_{})", self.0, name.to_ascii_uppercase()),
+            None => write!(f, "libxl error {}", self.0),
+        }
+    }
+}
+
+impl std::error::Error for LibxlError {}
+
+/// Everything that can go wrong in this crate.
+///
+/// libxl failures carry the [`LibxlError`] code inside the message (it is
+/// not repeated as `source()`); the thin libraries' failures carry `errno`
+/// as the `source()`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    // ----- libxl context and worker -----
+    /// `libxl_ctx_alloc` failed.
+    #[error("libxl_ctx_alloc failed: {0}")]
+    CtxAlloc(LibxlError),
+    /// The libxl worker thread could not be started.
+    #[error("failed to spawn the libxl worker thread")]
+    WorkerSpawn(#[source] io::Error),
+    /// The libxl worker thread is gone (its context failed or it was shut
+    /// down), so the request could not be served.
+    #[error("the libxl worker thread is not running")]
+    WorkerGone,
+
+    // ----- libxl read operations -----
+    /// `libxl_get_version_info` returned NULL.
+    #[error("libxl_get_version_info returned no data")]
+    VersionInfo,
+    /// `libxl_get_physinfo` failed.
+    #[error("libxl_get_physinfo failed: {0}")]
+    Physinfo(LibxlError),
+    /// `libxl_list_domain` failed.
+    #[error("libxl_list_domain failed")]
+    DomainList,
+    /// `libxl_domain_info` failed for one domain.
+    #[error("libxl_domain_info for domain {domid} failed: {code}")]
+    DomainInfo { domid: u32, code: LibxlError },
+
+    // ----- xenstore -----
+    /// `xs_open` failed (xenstored not running, no /dev/xen/xenbus, ...).
+    #[error("xs_open failed")]
+    XenstoreOpen(#[source] io::Error),
+    /// A path or watch token was rejected before reaching xenstore.
+    #[error("invalid xenstore path {path:?}: {reason}")]
+    XenstoreInvalidPath { path: String, reason: &'static str },
+    /// `xs_read` failed.
+    #[error("xenstore read of {path} failed")]
+    XenstoreRead { path: String, source: io::Error },
+    /// `xs_write` failed (or the value exceeded the xenstore payload limit).
+    #[error("xenstore write of {path} failed")]
+    XenstoreWrite { path: String, source: io::Error },
+    /// `xs_mkdir` failed.
+    #[error("xenstore mkdir of {path} failed")]
+    XenstoreMkdir { path: String, source: io::Error },
+    /// `xs_rm` failed.
+    #[error("xenstore rm of {path} failed")]
+    XenstoreRm { path: String, source: io::Error },
+    /// `xs_directory` failed.
+    #[error("xenstore directory listing of {path} failed")]
+    XenstoreDirectory { path: String, source: io::Error },
+    /// `xs_get_permissions` failed.
+    #[error("xenstore get_permissions of {path} failed")]
+    XenstoreGetPermissions { path: String, source: io::Error },
+    /// `xs_set_permissions` failed.
+    #[error("xenstore set_permissions of {path} failed")]
+    XenstoreSetPermissions { path: String, source: io::Error },
+    /// `xs_get_domain_path` failed.
+    #[error("xs_get_domain_path for domain {domid} failed")]
+    XenstoreDomainPath { domid: u32, source: io::Error },
+    /// `xs_transaction_start` failed.
+    #[error("xs_transaction_start failed")]
+    XenstoreTransactionStart(#[source] io::Error),
+    /// `xs_transaction_end(commit)` failed with `EAGAIN`: another writer
+    /// raced us, the whole transaction must be redone.
+    #[error("xenstore transaction conflicted with a concurrent update (retry it)")]
+    XenstoreTransactionConflict,
+    /// `xs_transaction_end` failed for another reason.
+    #[error("xs_transaction_end failed")]
+    XenstoreTransactionEnd(#[source] io::Error),
+    /// `xs_watch` failed.
+    #[error("xs_watch on {path} (token {token:?}) failed")]
+    XenstoreWatch { path: String, token: String, source: io::Error },
+    /// `xs_unwatch` failed.
+    #[error("xs_unwatch on {path} (token {token:?}) failed")]
+    XenstoreUnwatch { path: String, token: String, source: io::Error },
+    /// `xs_read_watch` / `xs_check_watch` failed or returned a malformed
+    /// event.
+    #[error("reading a xenstore watch event failed")]
+    XenstoreReadWatch(#[source] io::Error),
+    /// Registering the xenstore watch fd with the async reactor failed.
+    #[error("registering the xenstore watch fd with tokio failed")]
+    XenstoreWatchFd(#[source] io::Error),
+
+    // ----- event channels -----
+    /// `xenevtchn_open` failed.
+    #[error("xenevtchn_open failed")]
+    EvtchnOpen(#[source] io::Error),
+    /// `xenevtchn_bind_unbound_port` failed.
+    #[error("xenevtchn_bind_unbound_port for remote domain {remote_domid} failed")]
+    EvtchnBindUnbound { remote_domid: u32, source: io::Error },
+    /// `xenevtchn_bind_interdomain` failed.
+    #[error("xenevtchn_bind_interdomain to domain {remote_domid} port {remote_port} failed")]
+    EvtchnBindInterdomain { remote_domid: u32, remote_port: u32, source: io::Error },
+    /// `xenevtchn_notify` failed.
+    #[error("xenevtchn_notify on port {port} failed")]
+    EvtchnNotify { port: u32, source: io::Error },
+    /// `xenevtchn_pending` failed.
+    #[error("xenevtchn_pending failed")]
+    EvtchnPending(#[source] io::Error),
+    /// `xenevtchn_unmask` failed.
+    #[error("xenevtchn_unmask on port {port} failed")]
+    EvtchnUnmask { port: u32, source: io::Error },
+    /// `xenevtchn_unbind` failed.
+    #[error("xenevtchn_unbind of port {port} failed")]
+    EvtchnUnbind { port: u32, source: io::Error },
+    /// Making the event channel fd non-blocking / registering it with the
+    /// async reactor failed.
+    #[error("registering the event channel fd with tokio failed")]
+    EvtchnFd(#[source] io::Error),
+
+    // ----- grant tables -----
+    /// `xengnttab_open` failed.
+    #[error("xengnttab_open failed")]
+    GnttabOpen(#[source] io::Error),
+    /// `xengnttab_set_max_grants` failed.
+    #[error("xengnttab_set_max_grants({count}) failed")]
+    GnttabSetMaxGrants { count: u32, source: io::Error },
+    /// `xengnttab_map_grant_ref(s)` failed (or was asked for no pages / too
+    /// many pages).
+    #[error("mapping {count} grant ref(s) (first: domain {first_domid} ref {first_ref}) failed")]
+    GnttabMap { count: usize, first_domid: u32, first_ref: u32, source: io::Error },
+    /// A write or atomic access to a region that was mapped read-only.
+    #[error("shared memory region is mapped read-only (access at offset {offset})")]
+    SharedMemReadOnly { offset: usize },
+    /// An access to a shared memory region was out of bounds or misaligned.
+    #[error(
+        "shared memory access of {len} byte(s) at offset {offset} is invalid for a \
+         {size}-byte region (needs alignment {align})"
+    )]
+    SharedMemAccess { offset: usize, len: usize, size: usize, align: usize },
+}
+
+/// Capture `errno` right after a failed C call.
+pub(crate) fn last_errno() -> io::Error {
+    io::Error::last_os_error()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libxl_error_names_come_from_libxl() {
+        let e = LibxlError(sys::ERROR_FAIL);
+        assert_eq!(e.code(), -3);
+        assert_eq!(e.name(), Some("fail"));
+        assert_eq!(e.to_string(), "libxl error -3 (ERROR_FAIL)");
+        assert_eq!(LibxlError(sys::ERROR_DOMAIN_NOTFOUND).to_string(), "libxl error -21 (ERROR_DOMAIN_NOTFOUND)");
+    }
+
+    #[test]
+    fn unknown_libxl_error_has_no_name() {
+        let e = LibxlError(-9999);
+        assert_eq!(e.name(), None);
+        assert_eq!(e.to_string(), "libxl error -9999");
+    }
+
+    #[test]
+    fn libxl_check_maps_zero_to_ok() {
+        assert_eq!(LibxlError::check(0), Ok(()));
+        assert_eq!(LibxlError::check(-6), Err(LibxlError(-6)));
+    }
+
+    #[test]
+    fn error_messages_name_the_operation_and_arguments() {
+        let e = Error::XenstoreRead {
+            path: "/local/domain/0/name".into(),
+            source: io::Error::from_raw_os_error(libc::ENOENT),
+        };
+        assert_eq!(e.to_string(), "xenstore read of /local/domain/0/name failed");
+        let src = std::error::Error::source(&e).map(|s| s.to_string());
+        assert!(src.is_some_and(|s| s.contains("No such file")));
+
+        let e = Error::DomainInfo { domid: 7, code: LibxlError(sys::ERROR_DOMAIN_NOTFOUND) };
+        assert_eq!(e.to_string(), "libxl_domain_info for domain 7 failed: libxl error -21 (ERROR_DOMAIN_NOTFOUND)");
+
+        let e = Error::EvtchnBindInterdomain {
+            remote_domid: 3,
+            remote_port: 12,
+            source: io::Error::from_raw_os_error(libc::EINVAL),
+        };
+        assert_eq!(e.to_string(), "xenevtchn_bind_interdomain to domain 3 port 12 failed");
+
+        let e = Error::CtxAlloc(LibxlError(sys::ERROR_NOMEM));
+        assert_eq!(e.to_string(), "libxl_ctx_alloc failed: libxl error -5 (ERROR_NOMEM)");
+    }
+}

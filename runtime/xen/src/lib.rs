@@ -1,0 +1,32 @@
+//! Safe wrappers over the Xen 4.17 toolstack libraries for Bulkhead.
+//!
+//! All `unsafe` code of the Xen integration lives here and in
+//! `bulkhead-xen-sys`. C handles are RAII types that free themselves on drop;
+//! C strings and arrays are copied into owned Rust values at the boundary.
+//!
+//! * [`libxl`]: the libxl context ([`Libxl`]), the IDL init/dispose guard
+//!   ([`Idl`]) and the thread that owns the context ([`LibxlWorker`]).
+//! * [`info`]: version, physinfo and domain list read through libxl.
+//! * [`xenstore`]: xenstore handle, transactions and watches.
+//! * [`evtchn`]: event channels.
+//! * [`gnttab`]: grant-table mappings.
+//!
+//! Logging: the Xen libraries' messages are forwarded to `tracing` under the
+//! target [`logger::TARGET`].
+
+mod asyncfd;
+mod cstr;
+pub mod error;
+pub mod evtchn;
+pub mod gnttab;
+pub mod info;
+pub mod libxl;
+pub mod logger;
+pub mod xenstore;
+
+pub use error::{Error, LibxlError, Result};
+pub use evtchn::{AsyncEventChannels, EventChannels, Port};
+pub use gnttab::{GrantMapping, GrantTable, SharedMem};
+pub use info::{DomainInfo, DomainState, DomainType, PhysCaps, PhysInfo, ShutdownReason, Uuid, VersionInfo};
+pub use libxl::{Idl, IdlType, Libxl, LibxlWorker};
+pub use xenstore::{AsyncWatcher, Transaction, Xenstore};
