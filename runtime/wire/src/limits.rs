@@ -1,0 +1,43 @@
+//! Size and count limits of the protocol.
+//!
+//! Every limit is checked on both ends: [`encode`](crate::encode) refuses to send a message that breaks one, and
+//! [`decode`](crate::decode) refuses to accept it. The frame limit is checked on the header alone, before the payload
+//! is buffered; list counts are checked while the payload is deserialised (so a frame of a legal size cannot make
+//! the receiver build a list of millions of empty strings); string lengths and the rest are checked by the
+//! `validate()` step right after deserialisation. Changing a limit is a protocol change (see the crate docs,
+//! "Versioning").
+
+/// Largest payload one frame may carry, in bytes (1 MiB). Checked on the header before buffering.
+pub const MAX_FRAME_PAYLOAD: usize = 1024 * 1024;
+
+/// Largest chunk of stdin or output data in one `Stdin` / `Output` message (64 KiB).
+pub const MAX_DATA_CHUNK: usize = 64 * 1024;
+
+/// Most argv entries in a workload or exec (and at least one is required).
+pub const MAX_ARGS: usize = 4096;
+
+/// Most environment variables in a workload or exec.
+pub const MAX_ENV: usize = 4096;
+
+/// Longest single argv entry, environment name or environment value, in bytes (Linux `MAX_ARG_STRLEN`).
+///
+/// The whole message must still fit in [`MAX_FRAME_PAYLOAD`].
+pub const MAX_ARG_LEN: usize = 128 * 1024;
+
+/// Most supplementary group ids of a process.
+pub const MAX_ADDITIONAL_GIDS: usize = 256;
+
+/// Longest path (working directory), in bytes (Linux `PATH_MAX`).
+pub const MAX_PATH_LEN: usize = 4096;
+
+/// Longest hostname, in bytes (Linux `HOST_NAME_MAX`).
+pub const MAX_HOSTNAME_LEN: usize = 64;
+
+/// Longest identifier-like string (zone id, init version, kernel release), in bytes.
+pub const MAX_SHORT_STRING_LEN: usize = 128;
+
+/// Longest human-readable error message or failure reason, in bytes.
+pub const MAX_MESSAGE_LEN: usize = 1024;
+
+/// Highest signal number accepted (Linux `SIGRTMAX`); the lowest is 1.
+pub const MAX_SIGNAL: i32 = 64;

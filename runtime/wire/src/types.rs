@@ -1,0 +1,409 @@
+//! Types shared by the message enums.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ValidationError;
+use crate::{limits, validate};
+
+/// Identifies a workload or an exec session inside one zone. Workloads and execs share one id space, allocated by
+/// the host; stdin, output, resize and exit messages carry the id of the process they concern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct StreamId(pub u64);
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// One environment variable, `name=value`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvVar {
+    /// Non-empty, no `=`, no NUL, at most [`limits::MAX_ARG_LEN`] bytes.
+    pub name: String,
+    /// No NUL, at most [`limits::MAX_ARG_LEN`] bytes.
+    pub value: String,
+}
+
+impl EnvVar {
+    /// Splits `NAME=VALUE` at the first `=`; `None` without one. The result is not validated.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (name, value) = s.split_once('=')?;
+        Some(EnvVar { name: name.to_owned(), value: value.to_owned() })
+    }
+
+    fn validate(&self) -> Result<(), ValidationError> {
+        validate::non_empty_string("env.name", &self.name, limits::MAX_ARG_LEN)?;
+        if self.name.contains('=') {
+            return Err(ValidationError::EnvNameContainsEquals);
+        }
+        validate::string("env.value", &self.value, limits::MAX_ARG_LEN)
+    }
+}
+
+impl fmt::Display for EnvVar {
+    /// `NAME=VALUE`, as passed to `execve`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.name, self.value)
+    }
+}
+
+/// The identity a process runs as.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// Supplementary group ids, at most [`limits::MAX_ADDITIONAL_GIDS`].
+    #[serde(deserialize_with = "validate::de_gids")]
+    pub additional_gids: Vec<u32>,
+}
+
+impl User {
+    /// root:root with no supplementary groups.
+    pub fn root() -> Self {
+        User { uid: 0, gid: 0, additional_gids: Vec::new() }
+    }
+
+    fn validate(&self) -> Result<(), ValidationError> {
+        validate::count("user.additional_gids", self.additional_gids.len(), limits::MAX_ADDITIONAL_GIDS)
+    }
+}
+
+/// A CPU bandwidth limit (cgroup v2 `cpu.max`): `quota_us` of CPU time per `period_us`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuLimit {
+    /// Microseconds of CPU time per period; at least 1000.
+    pub quota_us: u64,
+    /// Period length in microseconds, `1000..=1_000_000` (the kernel's bounds).
+    pub period_us: u64,
+}
+
+/// Resource limits of a workload; `None` means unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceLimits {
+    /// Memory limit in bytes (cgroup `memory.max`); non-zero.
+    pub memory_bytes: Option<u64>,
+    /// CPU bandwidth limit (cgroup `cpu.max`).
+    pub cpu: Option<CpuLimit>,
+    /// Maximum number of tasks (cgroup `pids.max`); non-zero.
+    pub pids_max: Option<u64>,
+}
+
+impl ResourceLimits {
+    fn validate(&self) -> Result<(), ValidationError> {
+        if self.memory_bytes == Some(0) {
+            return Err(ValidationError::LimitOutOfRange { field: "limits.memory_bytes" });
+        }
+        if self.pids_max == Some(0) {
+            return Err(ValidationError::LimitOutOfRange { field: "limits.pids_max" });
+        }
+        if let Some(cpu) = self.cpu {
+            if !(1_000..=1_000_000).contains(&cpu.period_us) {
+                return Err(ValidationError::LimitOutOfRange { field: "limits.cpu.period_us" });
+            }
+            if cpu.quota_us < 1_000 {
+                return Err(ValidationError::LimitOutOfRange { field: "limits.cpu.quota_us" });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Everything needed to create one workload (container) in a zone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadSpec {
+    /// Program and arguments; `argv[0]` is the program, looked up in `PATH` from `env` if it has no `/`.
+    /// 1 to [`limits::MAX_ARGS`] entries, each without NUL and at most [`limits::MAX_ARG_LEN`] bytes; `argv[0]`
+    /// is not empty.
+    #[serde(deserialize_with = "validate::de_args")]
+    pub argv: Vec<String>,
+    /// Environment, at most [`limits::MAX_ENV`] entries.
+    #[serde(deserialize_with = "validate::de_env")]
+    pub env: Vec<EnvVar>,
+    /// Absolute working directory inside the workload's root.
+    pub cwd: String,
+    /// The identity the process runs as.
+    pub user: User,
+    /// Allocate a pseudo-terminal: stdin/stdout/stderr are its slave, all output is reported as stdout.
+    pub tty: bool,
+    /// Resource limits.
+    pub limits: ResourceLimits,
+    /// Mount the workload's root filesystem read-only.
+    pub readonly_rootfs: bool,
+    /// The workload's hostname (UTS namespace); `None` keeps the zone's.
+    pub hostname: Option<String>,
+}
+
+impl WorkloadSpec {
+    pub(crate) fn validate(&self) -> Result<(), ValidationError> {
+        validate_process(&self.argv, &self.env)?;
+        validate::absolute_path("spec.cwd", &self.cwd)?;
+        self.user.validate()?;
+        self.limits.validate()?;
+        if let Some(h) = &self.hostname {
+            validate::hostname("spec.hostname", h)?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks argv (non-empty, bounded) and env of a workload or exec.
+pub(crate) fn validate_process(argv: &[String], env: &[EnvVar]) -> Result<(), ValidationError> {
+    match argv.first() {
+        None => return Err(ValidationError::Empty { field: "argv" }),
+        Some(program) if program.is_empty() => return Err(ValidationError::Empty { field: "argv[0]" }),
+        Some(_) => {}
+    }
+    validate::count("argv", argv.len(), limits::MAX_ARGS)?;
+    for a in argv {
+        validate::string("argv", a, limits::MAX_ARG_LEN)?;
+    }
+    validate::count("env", env.len(), limits::MAX_ENV)?;
+    env.iter().try_for_each(EnvVar::validate)
+}
+
+/// Checks the optional working directory and user of an exec.
+pub(crate) fn validate_exec_overrides(cwd: Option<&str>, user: Option<&User>) -> Result<(), ValidationError> {
+    if let Some(cwd) = cwd {
+        validate::absolute_path("exec.cwd", cwd)?;
+    }
+    user.map_or(Ok(()), User::validate)
+}
+
+/// Which output stream a chunk of output came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum OutputFd {
+    /// File descriptor 1 (and all output of a tty).
+    Stdout,
+    /// File descriptor 2.
+    Stderr,
+}
+
+/// How a workload or exec process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitStatus {
+    /// It called `exit` with this code.
+    Code(u8),
+    /// A signal killed it.
+    Signaled {
+        /// The signal number, `1..=`[`limits::MAX_SIGNAL`].
+        signal: i32,
+        /// A core dump was written.
+        core_dumped: bool,
+    },
+    /// The kernel's OOM killer killed it (reported instead of `Signaled { signal: SIGKILL }` when the workload's
+    /// cgroup recorded an OOM kill).
+    OomKilled,
+}
+
+impl ExitStatus {
+    /// The shell-style exit code: the code itself, 128 + signal number for a signal death, 137 (128 + SIGKILL)
+    /// for an OOM kill. This is what CRI reports as the container's exit code.
+    pub fn exit_code(&self) -> i32 {
+        match *self {
+            ExitStatus::Code(c) => i32::from(c),
+            ExitStatus::Signaled { signal, .. } => 128 + signal,
+            ExitStatus::OomKilled => 128 + 9,
+        }
+    }
+
+    /// Whether the process exited normally with code 0.
+    pub fn success(&self) -> bool {
+        *self == ExitStatus::Code(0)
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), ValidationError> {
+        match *self {
+            ExitStatus::Signaled { signal, .. } => validate::signal(signal),
+            ExitStatus::Code(_) | ExitStatus::OomKilled => Ok(()),
+        }
+    }
+}
+
+/// Why the zone refused or failed a request; the host maps it to a gRPC status code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The request is malformed or contradicts itself (InvalidArgument).
+    InvalidRequest,
+    /// The workload or exec id is unknown (NotFound).
+    NotFound,
+    /// The id is already in use (AlreadyExists).
+    AlreadyExists,
+    /// The request does not fit the object's state, e.g. starting a workload twice (FailedPrecondition).
+    FailedPrecondition,
+    /// The zone ran out of memory, pids, fds or similar (ResourceExhausted).
+    ResourceExhausted,
+    /// The process could not be spawned: no such program, permission denied, bad working directory (the exec
+    /// failed; CRI reports it as a container start failure).
+    SpawnFailed,
+    /// The zone does not support what was asked (Unimplemented).
+    Unsupported,
+    /// A bug or unexpected failure inside the zone (Internal).
+    Internal,
+}
+
+/// The zone init stage that failed (see `ZoneToHost::InitFailed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum InitStage {
+    /// Mounting /proc, /sys, /dev, /run and friends.
+    EarlyMounts,
+    /// Assembling the root filesystem from the devices named on the kernel command line.
+    Rootfs,
+    /// Setting up cgroups and controllers.
+    Cgroups,
+    /// Configuring network interfaces, routes and DNS.
+    Network,
+    /// Setting the hostname.
+    Hostname,
+    /// Opening or handshaking on the host channel.
+    Channel,
+}
+
+/// CPU and memory use of a workload or of the whole zone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceUsage {
+    /// Total CPU time used, in nanoseconds (cgroup `cpu.stat` `usage_usec` × 1000).
+    pub cpu_usage_ns: u64,
+    /// Current memory use in bytes (cgroup `memory.current`).
+    pub memory_bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{HostToZone, Message, ZoneToHost};
+
+    fn spec() -> WorkloadSpec {
+        WorkloadSpec {
+            argv: vec!["/bin/sh".into(), "-c".into(), String::new()],
+            env: vec![EnvVar { name: "PATH".into(), value: "/bin".into() }],
+            cwd: "/srv".into(),
+            user: User { uid: 1000, gid: 1000, additional_gids: vec![10, 20] },
+            tty: true,
+            limits: ResourceLimits {
+                memory_bytes: Some(64 << 20),
+                cpu: Some(CpuLimit { quota_us: 50_000, period_us: 100_000 }),
+                pids_max: Some(100),
+            },
+            readonly_rootfs: false,
+            hostname: Some("web-0.example".into()),
+        }
+    }
+
+    fn check(edit: impl FnOnce(&mut WorkloadSpec)) -> Result<(), ValidationError> {
+        let mut s = spec();
+        edit(&mut s);
+        HostToZone::CreateWorkload { id: StreamId(1), spec: s }.validate()
+    }
+
+    #[test]
+    fn valid_spec() {
+        assert_eq!(check(|_| {}), Ok(()));
+    }
+
+    #[test]
+    fn spec_rules() {
+        use ValidationError as V;
+        assert_eq!(check(|s| s.argv.clear()), Err(V::Empty { field: "argv" }));
+        assert_eq!(check(|s| s.argv[0].clear()), Err(V::Empty { field: "argv[0]" }));
+        assert_eq!(check(|s| s.argv[1] = "a\0b".into()), Err(V::ContainsNul { field: "argv" }));
+        assert_eq!(
+            check(|s| s.argv = vec!["x".into(); limits::MAX_ARGS + 1]),
+            Err(V::TooMany { field: "argv", count: limits::MAX_ARGS + 1, max: limits::MAX_ARGS })
+        );
+        assert!(matches!(
+            check(|s| s.argv[1] = "x".repeat(limits::MAX_ARG_LEN + 1)),
+            Err(V::TooLong { field: "argv", .. })
+        ));
+        assert_eq!(check(|s| s.env[0].name = "A=B".into()), Err(V::EnvNameContainsEquals));
+        assert_eq!(check(|s| s.env[0].name.clear()), Err(V::Empty { field: "env.name" }));
+        assert_eq!(check(|s| s.env[0].value = "\0".into()), Err(V::ContainsNul { field: "env.value" }));
+        assert!(matches!(
+            check(|s| s.env = vec![EnvVar { name: "A".into(), value: String::new() }; limits::MAX_ENV + 1]),
+            Err(V::TooMany { field: "env", .. })
+        ));
+        assert_eq!(check(|s| s.cwd = "srv".into()), Err(V::NotAbsolute { field: "spec.cwd" }));
+        assert_eq!(check(|s| s.cwd.clear()), Err(V::Empty { field: "spec.cwd" }));
+        assert!(matches!(
+            check(|s| s.user.additional_gids = vec![0; limits::MAX_ADDITIONAL_GIDS + 1]),
+            Err(V::TooMany { field: "user.additional_gids", .. })
+        ));
+        assert_eq!(
+            check(|s| s.limits.memory_bytes = Some(0)),
+            Err(V::LimitOutOfRange { field: "limits.memory_bytes" })
+        );
+        assert_eq!(check(|s| s.limits.pids_max = Some(0)), Err(V::LimitOutOfRange { field: "limits.pids_max" }));
+        assert_eq!(
+            check(|s| s.limits.cpu = Some(CpuLimit { quota_us: 10_000, period_us: 999 })),
+            Err(V::LimitOutOfRange { field: "limits.cpu.period_us" })
+        );
+        assert_eq!(
+            check(|s| s.limits.cpu = Some(CpuLimit { quota_us: 999, period_us: 100_000 })),
+            Err(V::LimitOutOfRange { field: "limits.cpu.quota_us" })
+        );
+        for bad in ["", "-a", "a-", "a..b", "a_b", "ä", &"a".repeat(65), &format!("{}.b", "a".repeat(64))] {
+            assert!(check(|s| s.hostname = Some(bad.to_owned())).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn message_rules() {
+        use ValidationError as V;
+        let welcome =
+            |zone_id: &str, hostname: &str| HostToZone::Welcome { zone_id: zone_id.into(), hostname: hostname.into() };
+        assert_eq!(welcome("pod-1", "web").validate(), Ok(()));
+        assert_eq!(welcome("pod 1", "web").validate(), Err(V::InvalidZoneId));
+        assert_eq!(welcome("", "web").validate(), Err(V::Empty { field: "welcome.zone_id" }));
+        assert_eq!(welcome("p", "we b").validate(), Err(V::InvalidHostname { field: "welcome.hostname" }));
+        for signal in [0, -1, limits::MAX_SIGNAL + 1] {
+            assert_eq!(HostToZone::Signal { id: StreamId(1), signal }.validate(), Err(V::InvalidSignal { signal }));
+        }
+        let exec = |cwd: Option<&str>| HostToZone::Exec {
+            exec_id: StreamId(2),
+            workload_id: StreamId(1),
+            argv: vec!["ls".into()],
+            env: Vec::new(),
+            cwd: cwd.map(str::to_owned),
+            tty: false,
+            user: None,
+        };
+        assert_eq!(exec(None).validate(), Ok(()));
+        assert_eq!(exec(Some("tmp")).validate(), Err(V::NotAbsolute { field: "exec.cwd" }));
+        let error = ZoneToHost::Error {
+            request: None,
+            code: ErrorCode::Internal,
+            message: "x".repeat(limits::MAX_MESSAGE_LEN + 1),
+        };
+        assert!(matches!(error.validate(), Err(V::TooLong { field: "error.message", .. })));
+        let exited = |status| ZoneToHost::Exited { stream_id: StreamId(1), status };
+        assert_eq!(
+            exited(ExitStatus::Signaled { signal: 65, core_dumped: false }).validate(),
+            Err(V::InvalidSignal { signal: 65 })
+        );
+        assert_eq!(exited(ExitStatus::OomKilled).validate(), Ok(()));
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(ExitStatus::Code(0).exit_code(), 0);
+        assert_eq!(ExitStatus::Code(255).exit_code(), 255);
+        assert_eq!(ExitStatus::Signaled { signal: 9, core_dumped: false }.exit_code(), 137);
+        assert_eq!(ExitStatus::Signaled { signal: 15, core_dumped: false }.exit_code(), 143);
+        assert_eq!(ExitStatus::Signaled { signal: 6, core_dumped: true }.exit_code(), 134);
+        assert_eq!(ExitStatus::OomKilled.exit_code(), 137);
+        assert!(ExitStatus::Code(0).success());
+        assert!(!ExitStatus::Code(1).success());
+    }
+
+    #[test]
+    fn env_var_text() {
+        assert_eq!(EnvVar::parse("A=b=c"), Some(EnvVar { name: "A".into(), value: "b=c".into() }));
+        assert_eq!(EnvVar::parse("A"), None);
+        assert_eq!(EnvVar { name: "A".into(), value: "b".into() }.to_string(), "A=b");
+    }
+}
