@@ -31,12 +31,13 @@ fn assert_no_qemu_left() {
 
 #[test]
 #[ignore = "boots the Xen test bed (needs root; run by ci/test testbed)"]
-fn pv_guest_boots_and_prints_its_marker() {
+fn pv_guests_with_debian_and_zone_kernels_boot_and_print_their_marker() {
     let r = run(Scenario::new(repo_root().join("ci/scenarios/xen-pv-guest.sh")).timeout(Duration::from_secs(300)));
     assert_eq!(r.outcome, Outcome::Exited { code: 0 }, "stdout:\n{}\nstderr:\n{}", r.stdout_lossy(), r.stderr_lossy());
     let out = r.stdout_lossy();
     assert!(out.contains("xen_version"), "{out}");
-    assert!(out.lines().any(|l| l.starts_with("pv guest ok ")), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("pv guest ok: debian kernel")), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("pv guest ok: zone kernel")), "{out}");
     assert_no_qemu_left();
 }
 
