@@ -69,11 +69,17 @@ pub struct Scenario {
     boot_timeout: Option<Duration>,
 }
 
+/// The environment variable that tags every process of one run (ci/testbed, the runner and QEMU inherit it),
+/// so a test can find what its own run left behind without confusing it with other runs on the machine.
+pub const RUN_TAG_ENV: &str = "BULKHEAD_TESTBED_TAG";
+
 /// What a finished run produced.
 #[derive(Debug)]
 pub struct RunResult {
     /// How the run ended.
     pub outcome: Outcome,
+    /// This run's value of [`RUN_TAG_ENV`].
+    pub tag: String,
     /// The scenario's stdout, byte for byte.
     pub stdout: Vec<u8>,
     /// The scenario's stderr, plus the test bed's own progress lines (prefixed `testbed:`).
@@ -166,8 +172,9 @@ impl Scenario {
         let tool = repo_root().join("ci/testbed");
         let outcome_dir = tempfile::tempdir().map_err(TestbedError::WriteScript)?;
         let outcome_file = outcome_dir.path().join("outcome.json");
+        let tag = format!("{}-{}", std::process::id(), outcome_dir.path().display());
         let mut cmd = Command::new(&tool);
-        cmd.args(self.args()).env("BULKHEAD_TESTBED_OUTCOME", &outcome_file);
+        cmd.args(self.args()).env("BULKHEAD_TESTBED_OUTCOME", &outcome_file).env(RUN_TAG_ENV, &tag);
         if let Some(t) = self.boot_timeout {
             cmd.env("BULKHEAD_TESTBED_BOOT_TIMEOUT", t.as_secs().max(1).to_string());
         }
@@ -181,8 +188,30 @@ impl Scenario {
         let text =
             std::fs::read_to_string(&outcome_file).map_err(|e| TestbedError::ReadOutcome(outcome_file.clone(), e))?;
         let outcome = serde_json::from_str(&text).map_err(|e| TestbedError::ParseOutcome(outcome_file.clone(), e))?;
-        Ok(RunResult { outcome, stdout: out.stdout, stderr: out.stderr })
+        Ok(RunResult { outcome, tag, stdout: out.stdout, stderr: out.stderr })
     }
+}
+
+/// Processes still alive that carry `tag` in their environment (see [`RUN_TAG_ENV`]), with their command
+/// lines. After a run has returned this must be empty: the runner takes QEMU down with it.
+pub fn processes_tagged(tag: &str) -> Vec<(u32, String)> {
+    let needle = format!("{RUN_TAG_ENV}={tag}");
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut found = Vec::new();
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        if pid == std::process::id() {
+            continue;
+        }
+        // Processes can vanish or be unreadable between listing and reading: skip them.
+        let Ok(environ) = std::fs::read(e.path().join("environ")) else { continue };
+        if environ.split(|b| *b == 0).any(|var| var == needle.as_bytes()) {
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            found.push((pid, cmdline.trim().to_owned()));
+        }
+    }
+    found
 }
 
 #[cfg(test)]
@@ -201,6 +230,25 @@ mod tests {
             a,
             ["run", "--add", "/h/a:/opt/a", "--add", "/h/b:/b", "--memory", "1536", "--timeout", "90", "/s/check.sh"]
         );
+    }
+
+    #[test]
+    fn tagged_processes_are_found_and_others_are_not() -> std::io::Result<()> {
+        let tag = format!("unit-{}", std::process::id());
+        let mut child = Command::new("sleep").arg("30").env(RUN_TAG_ENV, &tag).spawn()?;
+        // Until the child has exec'd, /proc shows the parent's environment: wait for the exec.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut found = processes_tagged(&tag);
+        while found.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            found = processes_tagged(&tag);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found.iter().any(|(pid, cmd)| *pid == child.id() && cmd.starts_with("sleep")), "{found:?}");
+        assert!(processes_tagged(&format!("{tag}-other")).is_empty());
+        assert!(!processes_tagged(&tag).iter().any(|(pid, _)| *pid == child.id()));
+        Ok(())
     }
 
     #[test]

@@ -3,11 +3,10 @@
 //! and no QEMU is left behind. Each test boots QEMU -> Xen -> dom0 under TCG (about a minute); run them with
 //! `ci/test testbed` (as root).
 
-use std::process::Command;
 use std::time::Duration;
 
 use bulkhead_testbed::outcome::Outcome;
-use bulkhead_testbed::{RunResult, Scenario, repo_root};
+use bulkhead_testbed::{RunResult, Scenario, processes_tagged, repo_root};
 
 fn run(s: Scenario) -> RunResult {
     match s.run() {
@@ -23,10 +22,10 @@ fn text_scenario(text: &str) -> Scenario {
     }
 }
 
-fn assert_no_qemu_left() {
-    let out = Command::new("pgrep").args(["-f", "qemu-system-x86_64"]).output();
-    let left = out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default();
-    assert!(left.is_empty(), "QEMU processes left behind: {left}");
+/// Nothing of this run — ci/testbed, the runner or QEMU — is still alive (other runs on the machine may be).
+fn assert_nothing_left(r: &RunResult) {
+    let left = processes_tagged(&r.tag);
+    assert!(left.is_empty(), "processes of this run left behind: {left:?}");
 }
 
 #[test]
@@ -38,7 +37,7 @@ fn pv_guests_with_debian_and_zone_kernels_boot_and_print_their_marker() {
     assert!(out.contains("xen_version"), "{out}");
     assert!(out.lines().any(|l| l.starts_with("pv guest ok: debian kernel")), "{out}");
     assert!(out.lines().any(|l| l.starts_with("pv guest ok: zone kernel")), "{out}");
-    assert_no_qemu_left();
+    assert_nothing_left(&r);
 }
 
 #[test]
@@ -78,7 +77,7 @@ fn a_scenario_past_its_timeout_is_killed_with_code_124() {
     assert_eq!(r.outcome, Outcome::TimedOut { after_secs: 15 }, "stderr:\n{}", r.stderr_lossy());
     assert_eq!(r.outcome.exit_code(), 124);
     assert_eq!(r.stdout_lossy(), "started\n");
-    assert_no_qemu_left();
+    assert_nothing_left(&r);
 }
 
 #[test]
@@ -92,5 +91,5 @@ fn a_bed_that_does_not_come_up_in_time_fails_with_code_125() {
     }
     assert_eq!(r.outcome.exit_code(), 125);
     assert!(r.stderr_lossy().contains("TEST BED FAILURE"), "{}", r.stderr_lossy());
-    assert_no_qemu_left();
+    assert_nothing_left(&r);
 }
