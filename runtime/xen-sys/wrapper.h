@@ -21,3 +21,4 @@
 #include <xengnttab.h>
 #include <libxl.h>
 #include <libxl_utils.h>
+#include <libxenvchan.h>

@@ -198,6 +198,9 @@ pub struct __BindgenBitfieldUnit<Storage> {
     storage: Storage,
 }
 #[repr(C)]
+#[derive(Default)]
+pub struct __IncompleteArrayField<T>(::std::marker::PhantomData<T>, [T; 0]);
+#[repr(C)]
 #[derive(Debug)]
 pub struct _IO_marker {
     _unused: [u8; 0],
@@ -3233,6 +3236,44 @@ pub struct libxl_childproc_hooks {
             user: *mut ::std::os::raw::c_void,
         ) -> ::std::os::raw::c_int,
     >,
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct ring_shared {
+    pub cons: u32,
+    pub prod: u32,
+}
+#[repr(C)]
+#[derive(Debug)]
+pub struct vchan_interface {
+    pub left: ring_shared,
+    pub right: ring_shared,
+    pub left_order: u16,
+    pub right_order: u16,
+    pub cli_live: u8,
+    pub srv_live: u8,
+    pub cli_notify: u8,
+    pub srv_notify: u8,
+    pub grants: __IncompleteArrayField<u32>,
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct libxenvchan_ring {
+    pub shr: *mut ring_shared,
+    pub buffer: *mut ::std::os::raw::c_void,
+    pub order: ::std::os::raw::c_int,
+}
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub struct libxenvchan {
+    pub __bindgen_anon_1: libxenvchan__bindgen_ty_1,
+    pub ring: *mut vchan_interface,
+    pub event: *mut xenevtchn_handle,
+    pub event_port: u32,
+    pub _bitfield_1: __BindgenBitfieldUnit<[u8; 1usize]>,
+    pub read: libxenvchan_ring,
+    pub write: libxenvchan_ring,
+    pub xs_path: *mut ::std::os::raw::c_char,
 }
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
@@ -8739,6 +8780,55 @@ const _: () = {
 };
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
+    ["Size of ring_shared"][::std::mem::size_of::<ring_shared>() - 8usize];
+    ["Alignment of ring_shared"][::std::mem::align_of::<ring_shared>() - 4usize];
+    ["Offset of field: ring_shared::cons"][::std::mem::offset_of!(ring_shared, cons) - 0usize];
+    ["Offset of field: ring_shared::prod"][::std::mem::offset_of!(ring_shared, prod) - 4usize];
+};
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of vchan_interface"][::std::mem::size_of::<vchan_interface>() - 24usize];
+    ["Alignment of vchan_interface"][::std::mem::align_of::<vchan_interface>() - 4usize];
+    ["Offset of field: vchan_interface::left"][::std::mem::offset_of!(vchan_interface, left) - 0usize];
+    ["Offset of field: vchan_interface::right"][::std::mem::offset_of!(vchan_interface, right) - 8usize];
+    ["Offset of field: vchan_interface::left_order"][::std::mem::offset_of!(vchan_interface, left_order) - 16usize];
+    ["Offset of field: vchan_interface::right_order"][::std::mem::offset_of!(vchan_interface, right_order) - 18usize];
+    ["Offset of field: vchan_interface::cli_live"][::std::mem::offset_of!(vchan_interface, cli_live) - 20usize];
+    ["Offset of field: vchan_interface::srv_live"][::std::mem::offset_of!(vchan_interface, srv_live) - 21usize];
+    ["Offset of field: vchan_interface::cli_notify"][::std::mem::offset_of!(vchan_interface, cli_notify) - 22usize];
+    ["Offset of field: vchan_interface::srv_notify"][::std::mem::offset_of!(vchan_interface, srv_notify) - 23usize];
+    ["Offset of field: vchan_interface::grants"][::std::mem::offset_of!(vchan_interface, grants) - 24usize];
+};
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of libxenvchan_ring"][::std::mem::size_of::<libxenvchan_ring>() - 24usize];
+    ["Alignment of libxenvchan_ring"][::std::mem::align_of::<libxenvchan_ring>() - 8usize];
+    ["Offset of field: libxenvchan_ring::shr"][::std::mem::offset_of!(libxenvchan_ring, shr) - 0usize];
+    ["Offset of field: libxenvchan_ring::buffer"][::std::mem::offset_of!(libxenvchan_ring, buffer) - 8usize];
+    ["Offset of field: libxenvchan_ring::order"][::std::mem::offset_of!(libxenvchan_ring, order) - 16usize];
+};
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of libxenvchan__bindgen_ty_1"][::std::mem::size_of::<libxenvchan__bindgen_ty_1>() - 8usize];
+    ["Alignment of libxenvchan__bindgen_ty_1"][::std::mem::align_of::<libxenvchan__bindgen_ty_1>() - 8usize];
+    ["Offset of field: libxenvchan__bindgen_ty_1::gntshr"]
+        [::std::mem::offset_of!(libxenvchan__bindgen_ty_1, gntshr) - 0usize];
+    ["Offset of field: libxenvchan__bindgen_ty_1::gnttab"]
+        [::std::mem::offset_of!(libxenvchan__bindgen_ty_1, gnttab) - 0usize];
+};
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of libxenvchan"][::std::mem::size_of::<libxenvchan>() - 88usize];
+    ["Alignment of libxenvchan"][::std::mem::align_of::<libxenvchan>() - 8usize];
+    ["Offset of field: libxenvchan::ring"][::std::mem::offset_of!(libxenvchan, ring) - 8usize];
+    ["Offset of field: libxenvchan::event"][::std::mem::offset_of!(libxenvchan, event) - 16usize];
+    ["Offset of field: libxenvchan::event_port"][::std::mem::offset_of!(libxenvchan, event_port) - 24usize];
+    ["Offset of field: libxenvchan::read"][::std::mem::offset_of!(libxenvchan, read) - 32usize];
+    ["Offset of field: libxenvchan::write"][::std::mem::offset_of!(libxenvchan, write) - 56usize];
+    ["Offset of field: libxenvchan::xs_path"][::std::mem::offset_of!(libxenvchan, xs_path) - 80usize];
+};
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
     ["Size of __va_list_tag"][::std::mem::size_of::<__va_list_tag>() - 24usize];
     ["Alignment of __va_list_tag"][::std::mem::align_of::<__va_list_tag>() - 8usize];
     ["Offset of field: __va_list_tag::gp_offset"][::std::mem::offset_of!(__va_list_tag, gp_offset) - 0usize];
@@ -9331,6 +9421,12 @@ pub union libxl_asyncop_how__bindgen_ty_1 {
     pub for_event: libxl_ev_user,
     pub for_callback: *mut ::std::os::raw::c_void,
 }
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub union libxenvchan__bindgen_ty_1 {
+    pub gntshr: *mut xengntshr_handle,
+    pub gnttab: *mut xengnttab_handle,
+}
 impl<Storage> __BindgenBitfieldUnit<Storage> {
     #[inline]
     pub const fn new(storage: Storage) -> Self {
@@ -9793,6 +9889,33 @@ impl<const N: usize> __BindgenBitfieldUnit<[u8; N]> {
         }
     }
 }
+impl<T> __IncompleteArrayField<T> {
+    #[inline]
+    pub const fn new() -> Self {
+        __IncompleteArrayField(::std::marker::PhantomData, [])
+    }
+    #[inline]
+    pub fn as_ptr(&self) -> *const T {
+        self as *const _ as *const T
+    }
+    #[inline]
+    pub fn as_mut_ptr(&mut self) -> *mut T {
+        self as *mut _ as *mut T
+    }
+    #[inline]
+    pub unsafe fn as_slice(&self, len: usize) -> &[T] {
+        ::std::slice::from_raw_parts(self.as_ptr(), len)
+    }
+    #[inline]
+    pub unsafe fn as_mut_slice(&mut self, len: usize) -> &mut [T] {
+        ::std::slice::from_raw_parts_mut(self.as_mut_ptr(), len)
+    }
+}
+impl<T> ::std::fmt::Debug for __IncompleteArrayField<T> {
+    fn fmt(&self, fmt: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+        fmt.write_str("__IncompleteArrayField")
+    }
+}
 impl xc_dominfo {
     #[inline]
     #[allow(unnecessary_transmutes)]
@@ -10178,6 +10301,129 @@ impl xc_dominfo {
         __bindgen_bitfield_unit.set_const::<9usize, 1u8>({
             let hap: u32 = unsafe { ::std::mem::transmute(hap) };
             hap as u64
+        });
+        __bindgen_bitfield_unit
+    }
+}
+impl libxenvchan {
+    #[inline]
+    #[allow(unnecessary_transmutes)]
+    pub fn is_server(&self) -> ::std::os::raw::c_int {
+        unsafe { ::std::mem::transmute(self._bitfield_1.get_const::<0usize, 1u8>() as u32) }
+    }
+    #[inline]
+    #[allow(unnecessary_transmutes)]
+    pub fn set_is_server(&mut self, val: ::std::os::raw::c_int) {
+        unsafe {
+            let val: u32 = ::std::mem::transmute(val);
+            self._bitfield_1.set_const::<0usize, 1u8>(val as u64)
+        }
+    }
+    #[inline]
+    #[allow(unnecessary_transmutes)]
+    pub unsafe fn is_server_raw(this: *const Self) -> ::std::os::raw::c_int {
+        unsafe {
+            ::std::mem::transmute(<__BindgenBitfieldUnit<[u8; 1usize]>>::raw_get_const::<0usize, 1u8>(
+                ::std::ptr::addr_of!((*this)._bitfield_1),
+            ) as u32)
+        }
+    }
+    #[inline]
+    #[allow(unnecessary_transmutes)]
+    pub unsafe fn set_is_server_raw(this: *mut Self, val: ::std::os::raw::c_int) {
+        unsafe {
+            let val: u32 = ::std::mem::transmute(val);
+            <__BindgenBitfieldUnit<[u8; 1usize]>>::raw_set_const::<0usize, 1u8>(
+                ::std::ptr::addr_of_mut!((*this)._bitfield_1),
+                val as u64,
+            )
+        }
+    }
+    #[inline]
+    #[allow(unnecessary_transmutes)]
+    pub fn server_persist(&self) -> ::std::os::raw::c_int {
+        unsafe { ::std::mem::transmute(self._bitfield_1.get_const::<1usize, 1u8>() as u32) }
+    }
+    #[inline]
+    #[allow(unnecessary_transmutes)]
+    pub fn set_server_persist(&mut self, val: ::std::os::raw::c_int) {
+        unsafe {
+            let val: u32 = ::std::mem::transmute(val);
+            self._bitfield_1.set_const::<1usize, 1u8>(val as u64)
+        }
+    }
+    #[inline]
+    #[allow(unnecessary_transmutes)]
+    pub unsafe fn server_persist_raw(this: *const Self) -> ::std::os::raw::c_int {
+        unsafe {
+            ::std::mem::transmute(<__BindgenBitfieldUnit<[u8; 1usize]>>::raw_get_const::<1usize, 1u8>(
+                ::std::ptr::addr_of!((*this)._bitfield_1),
+            ) as u32)
+        }
+    }
+    #[inline]
+    #[allow(unnecessary_transmutes)]
+    pub unsafe fn set_server_persist_raw(this: *mut Self, val: ::std::os::raw::c_int) {
+        unsafe {
+            let val: u32 = ::std::mem::transmute(val);
+            <__BindgenBitfieldUnit<[u8; 1usize]>>::raw_set_const::<1usize, 1u8>(
+                ::std::ptr::addr_of_mut!((*this)._bitfield_1),
+                val as u64,
+            )
+        }
+    }
+    #[inline]
+    #[allow(unnecessary_transmutes)]
+    pub fn blocking(&self) -> ::std::os::raw::c_int {
+        unsafe { ::std::mem::transmute(self._bitfield_1.get_const::<2usize, 1u8>() as u32) }
+    }
+    #[inline]
+    #[allow(unnecessary_transmutes)]
+    pub fn set_blocking(&mut self, val: ::std::os::raw::c_int) {
+        unsafe {
+            let val: u32 = ::std::mem::transmute(val);
+            self._bitfield_1.set_const::<2usize, 1u8>(val as u64)
+        }
+    }
+    #[inline]
+    #[allow(unnecessary_transmutes)]
+    pub unsafe fn blocking_raw(this: *const Self) -> ::std::os::raw::c_int {
+        unsafe {
+            ::std::mem::transmute(<__BindgenBitfieldUnit<[u8; 1usize]>>::raw_get_const::<2usize, 1u8>(
+                ::std::ptr::addr_of!((*this)._bitfield_1),
+            ) as u32)
+        }
+    }
+    #[inline]
+    #[allow(unnecessary_transmutes)]
+    pub unsafe fn set_blocking_raw(this: *mut Self, val: ::std::os::raw::c_int) {
+        unsafe {
+            let val: u32 = ::std::mem::transmute(val);
+            <__BindgenBitfieldUnit<[u8; 1usize]>>::raw_set_const::<2usize, 1u8>(
+                ::std::ptr::addr_of_mut!((*this)._bitfield_1),
+                val as u64,
+            )
+        }
+    }
+    #[inline]
+    #[allow(unnecessary_transmutes)]
+    pub fn new_bitfield_1(
+        is_server: ::std::os::raw::c_int,
+        server_persist: ::std::os::raw::c_int,
+        blocking: ::std::os::raw::c_int,
+    ) -> __BindgenBitfieldUnit<[u8; 1usize]> {
+        let mut __bindgen_bitfield_unit: __BindgenBitfieldUnit<[u8; 1usize]> = Default::default();
+        __bindgen_bitfield_unit.set_const::<0usize, 1u8>({
+            let is_server: u32 = unsafe { ::std::mem::transmute(is_server) };
+            is_server as u64
+        });
+        __bindgen_bitfield_unit.set_const::<1usize, 1u8>({
+            let server_persist: u32 = unsafe { ::std::mem::transmute(server_persist) };
+            server_persist as u64
+        });
+        __bindgen_bitfield_unit.set_const::<2usize, 1u8>({
+            let blocking: u32 = unsafe { ::std::mem::transmute(blocking) };
+            blocking as u64
         });
         __bindgen_bitfield_unit
     }
@@ -14058,4 +14304,42 @@ unsafe extern "C" {
         dst: *mut *mut ::std::os::raw::c_char,
         src: *const *mut ::std::os::raw::c_char,
     );
+    pub fn libxenvchan_server_init(
+        logger: *mut xentoollog_logger,
+        domain: ::std::os::raw::c_int,
+        xs_path: *const ::std::os::raw::c_char,
+        read_min: usize,
+        write_min: usize,
+    ) -> *mut libxenvchan;
+    pub fn libxenvchan_client_init(
+        logger: *mut xentoollog_logger,
+        domain: ::std::os::raw::c_int,
+        xs_path: *const ::std::os::raw::c_char,
+    ) -> *mut libxenvchan;
+    pub fn libxenvchan_close(ctrl: *mut libxenvchan);
+    pub fn libxenvchan_recv(
+        ctrl: *mut libxenvchan,
+        data: *mut ::std::os::raw::c_void,
+        size: usize,
+    ) -> ::std::os::raw::c_int;
+    pub fn libxenvchan_read(
+        ctrl: *mut libxenvchan,
+        data: *mut ::std::os::raw::c_void,
+        size: usize,
+    ) -> ::std::os::raw::c_int;
+    pub fn libxenvchan_send(
+        ctrl: *mut libxenvchan,
+        data: *const ::std::os::raw::c_void,
+        size: usize,
+    ) -> ::std::os::raw::c_int;
+    pub fn libxenvchan_write(
+        ctrl: *mut libxenvchan,
+        data: *const ::std::os::raw::c_void,
+        size: usize,
+    ) -> ::std::os::raw::c_int;
+    pub fn libxenvchan_wait(ctrl: *mut libxenvchan) -> ::std::os::raw::c_int;
+    pub fn libxenvchan_fd_for_select(ctrl: *mut libxenvchan) -> ::std::os::raw::c_int;
+    pub fn libxenvchan_is_open(ctrl: *mut libxenvchan) -> ::std::os::raw::c_int;
+    pub fn libxenvchan_data_ready(ctrl: *mut libxenvchan) -> ::std::os::raw::c_int;
+    pub fn libxenvchan_buffer_space(ctrl: *mut libxenvchan) -> ::std::os::raw::c_int;
 }

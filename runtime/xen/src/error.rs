@@ -193,6 +193,33 @@ pub enum Error {
          {size}-byte region (needs alignment {align})"
     )]
     SharedMemAccess { offset: usize, len: usize, size: usize, align: usize },
+
+    // ----- vchan -----
+    /// `libxenvchan_server_init` failed, or the call was refused before
+    /// reaching C (domid or ring size out of range; `InvalidInput`).
+    #[error("libxenvchan_server_init for peer domain {peer_domid} at {path} failed")]
+    VchanServerInit { peer_domid: u32, path: String, source: io::Error },
+    /// `libxenvchan_client_init` failed (no server at the path, grant map
+    /// or event channel bind refused, malformed ring page, ...).
+    #[error("libxenvchan_client_init to server domain {server_domid} at {path} failed")]
+    VchanClientInit { server_domid: u32, path: String, source: io::Error },
+    /// `libxenvchan_read` failed while the peer was still open.
+    #[error("libxenvchan_read failed")]
+    VchanRead(#[source] io::Error),
+    /// `libxenvchan_write` failed while the peer was still open.
+    #[error("libxenvchan_write failed")]
+    VchanWrite(#[source] io::Error),
+    /// `libxenvchan_wait` (consuming the event notification) failed.
+    #[error("libxenvchan_wait failed")]
+    VchanWait(#[source] io::Error),
+    /// The peer has closed the vchan (or crashed): writes are refused and
+    /// reads return this once all data it sent has been consumed.
+    #[error("the vchan peer has closed the channel")]
+    VchanPeerClosed,
+    /// Registering the vchan's event channel fd with the async reactor
+    /// failed.
+    #[error("registering the vchan event fd with tokio failed")]
+    VchanFd(#[source] io::Error),
 }
 
 /// Capture `errno` right after a failed C call.

@@ -151,7 +151,7 @@ impl Drop for EventChannels {
 }
 
 /// `poll()` the fd with a zero timeout; true if it is readable now.
-fn poll_readable_now(fd: BorrowedFd<'_>) -> std::io::Result<bool> {
+pub(crate) fn poll_readable_now(fd: BorrowedFd<'_>) -> std::io::Result<bool> {
     let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
     loop {
         // SAFETY: pfd is a valid array of one pollfd; timeout 0 never blocks.

@@ -10,6 +10,8 @@
 //! * [`xenstore`]: xenstore handle, transactions and watches.
 //! * [`evtchn`]: event channels.
 //! * [`gnttab`]: grant-table mappings.
+//! * [`vchan`]: byte streams to another domain over libxenvchan, blocking-free
+//!   ([`Vchan`]) or as tokio `AsyncRead`/`AsyncWrite` ([`AsyncVchan`]).
 //!
 //! Logging: the Xen libraries' messages are forwarded to `tracing` under the
 //! target [`logger::TARGET`].
@@ -22,6 +24,7 @@ pub mod gnttab;
 pub mod info;
 pub mod libxl;
 pub mod logger;
+pub mod vchan;
 pub mod xenstore;
 
 pub use error::{Error, LibxlError, Result};
@@ -29,4 +32,5 @@ pub use evtchn::{AsyncEventChannels, EventChannels, Port};
 pub use gnttab::{GrantMapping, GrantTable, SharedMem};
 pub use info::{DomainInfo, DomainState, DomainType, PhysCaps, PhysInfo, ShutdownReason, Uuid, VersionInfo};
 pub use libxl::{Idl, IdlType, Libxl, LibxlWorker};
+pub use vchan::{AsyncVchan, Vchan, VchanState};
 pub use xenstore::{AsyncWatcher, Transaction, Xenstore};
