@@ -1,0 +1,6 @@
+//! bulkheadd, the node daemon: zone orchestration over Xen, persisted desired state, and the control API.
+//!
+//! The core never imports tonic: the API layer converts protobuf to the domain types here.
+
+pub mod store;
+pub mod zone;
