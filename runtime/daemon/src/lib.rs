@@ -2,5 +2,7 @@
 //!
 //! The core never imports tonic: the API layer converts protobuf to the domain types here.
 
+pub mod hypervisor;
+pub mod manager;
 pub mod store;
 pub mod zone;

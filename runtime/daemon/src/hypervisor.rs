@@ -1,0 +1,298 @@
+//! The daemon's view of the hypervisor: a trait with the few operations zone orchestration needs, so the core
+//! is tested without Xen (the fake below) and runs on libxl in production.
+
+use std::future::Future;
+use std::path::PathBuf;
+
+use crate::zone::HostVirtCaps;
+
+/// The two modes a domain is actually built with (`auto` is resolved before this point).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DomainKind {
+    /// Paravirtualized.
+    Pv,
+    /// PVH.
+    Pvh,
+}
+
+/// Everything needed to build one zone's domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainRequest {
+    /// Xen domain name (unique on the host).
+    pub name: String,
+    /// Domain UUID: the zone id, so a restarted daemon finds its domains again.
+    pub uuid: String,
+    /// PV or PVH.
+    pub kind: DomainKind,
+    /// Memory, MiB.
+    pub memory_mib: u32,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Guest kernel.
+    pub kernel: PathBuf,
+    /// Guest initramfs.
+    pub initrd: Option<PathBuf>,
+    /// Guest kernel command line.
+    pub cmdline: String,
+}
+
+/// Why a domain shut down, as Xen reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownKind {
+    /// Powered off by the guest.
+    Poweroff,
+    /// The guest asked to reboot.
+    Reboot,
+    /// The guest crashed (e.g. kernel panic).
+    Crash,
+    /// The guest's watchdog fired.
+    Watchdog,
+    /// Suspended.
+    Suspend,
+    /// A reason this daemon does not know.
+    Other(u32),
+}
+
+/// What a domain is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DomainRunState {
+    /// Running, blocked or paused: alive.
+    Alive,
+    /// Shut down (still listed until destroyed).
+    Shutdown(ShutdownKind),
+    /// Being torn down.
+    Dying,
+}
+
+/// One domain as the hypervisor lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainObservation {
+    /// Domain id.
+    pub domid: u32,
+    /// Domain UUID, lowercase hyphenated.
+    pub uuid: String,
+    /// Domain name.
+    pub name: String,
+    /// Run state.
+    pub state: DomainRunState,
+}
+
+/// Hypervisor failures, each naming the operation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HypervisorError {
+    /// Reading host capabilities failed.
+    #[error("reading the host's virtualization capabilities: {0}")]
+    HostCaps(String),
+    /// Building the domain failed.
+    #[error("building domain {name}: {reason}")]
+    Create {
+        /// Domain name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// Unpausing failed.
+    #[error("unpausing domain {domid}: {reason}")]
+    Unpause {
+        /// Domain id.
+        domid: u32,
+        /// Why.
+        reason: String,
+    },
+    /// Asking the guest to shut down failed.
+    #[error("asking domain {domid} to shut down: {reason}")]
+    Shutdown {
+        /// Domain id.
+        domid: u32,
+        /// Why.
+        reason: String,
+    },
+    /// Destroying failed.
+    #[error("destroying domain {domid}: {reason}")]
+    Destroy {
+        /// Domain id.
+        domid: u32,
+        /// Why.
+        reason: String,
+    },
+    /// Listing domains failed.
+    #[error("listing domains: {0}")]
+    List(String),
+}
+
+/// The operations zone orchestration needs. Implementations must be safe to call concurrently.
+pub trait Hypervisor: Send + Sync + 'static {
+    /// What the host can run.
+    fn host_caps(&self) -> impl Future<Output = Result<HostVirtCaps, HypervisorError>> + Send;
+    /// Builds a domain and leaves it paused (the daemon sets up the zone's channel before it runs).
+    fn create_paused(&self, req: &DomainRequest) -> impl Future<Output = Result<u32, HypervisorError>> + Send;
+    /// Lets a paused domain run.
+    fn unpause(&self, domid: u32) -> impl Future<Output = Result<(), HypervisorError>> + Send;
+    /// Asks the guest to power off (it may ignore this).
+    fn request_shutdown(&self, domid: u32) -> impl Future<Output = Result<(), HypervisorError>> + Send;
+    /// Destroys the domain at once. A domain that is already gone is not an error.
+    fn destroy(&self, domid: u32) -> impl Future<Output = Result<(), HypervisorError>> + Send;
+    /// Every domain on the host, dom0 included.
+    fn list(&self) -> impl Future<Output = Result<Vec<DomainObservation>, HypervisorError>> + Send;
+}
+
+/// An in-memory hypervisor for tests: domains are records; tests steer failures and guest behaviour.
+#[cfg(any(test, feature = "fake-hypervisor"))]
+pub mod fake {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// One fake domain.
+    #[derive(Debug, Clone)]
+    pub struct FakeDomain {
+        /// What was asked for.
+        pub request: DomainRequest,
+        /// Paused (created, not yet unpaused).
+        pub paused: bool,
+        /// Run state.
+        pub state: DomainRunState,
+    }
+
+    #[derive(Debug, Default)]
+    struct Inner {
+        next_domid: u32,
+        domains: BTreeMap<u32, FakeDomain>,
+        fail_next_create: Option<String>,
+        fail_next_destroy: Option<String>,
+    }
+
+    /// The fake.
+    #[derive(Debug)]
+    pub struct FakeHypervisor {
+        caps: HostVirtCaps,
+        inner: Mutex<Inner>,
+    }
+
+    impl FakeHypervisor {
+        /// A host with these capabilities and no guests.
+        pub fn new(caps: HostVirtCaps) -> Self {
+            FakeHypervisor { caps, inner: Mutex::new(Inner { next_domid: 1, ..Inner::default() }) }
+        }
+
+        fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
+            // A poisoned lock only means another test thread panicked; the data is still usable.
+            let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut g)
+        }
+
+        /// The next create fails with `reason`.
+        pub fn fail_next_create(&self, reason: &str) {
+            self.with(|i| i.fail_next_create = Some(reason.to_owned()));
+        }
+
+        /// The next destroy fails with `reason`.
+        pub fn fail_next_destroy(&self, reason: &str) {
+            self.with(|i| i.fail_next_destroy = Some(reason.to_owned()));
+        }
+
+        /// The guest in `domid` shuts down with `kind` (as a crash or poweroff would).
+        pub fn guest_shuts_down(&self, domid: u32, kind: ShutdownKind) {
+            self.with(|i| {
+                if let Some(d) = i.domains.get_mut(&domid) {
+                    d.state = DomainRunState::Shutdown(kind);
+                }
+            });
+        }
+
+        /// The domain disappears behind the daemon's back (e.g. `xl destroy` by an operator).
+        pub fn vanish(&self, domid: u32) {
+            self.with(|i| i.domains.remove(&domid));
+        }
+
+        /// Adds a domain the daemon did not create.
+        pub fn add_foreign(&self, request: DomainRequest) -> u32 {
+            self.with(|i| {
+                let domid = i.next_domid;
+                i.next_domid += 1;
+                i.domains.insert(domid, FakeDomain { request, paused: false, state: DomainRunState::Alive });
+                domid
+            })
+        }
+
+        /// A copy of one domain.
+        pub fn domain(&self, domid: u32) -> Option<FakeDomain> {
+            self.with(|i| i.domains.get(&domid).cloned())
+        }
+
+        /// How many domains exist.
+        pub fn count(&self) -> usize {
+            self.with(|i| i.domains.len())
+        }
+    }
+
+    impl Hypervisor for FakeHypervisor {
+        async fn host_caps(&self) -> Result<HostVirtCaps, HypervisorError> {
+            Ok(self.caps)
+        }
+
+        async fn create_paused(&self, req: &DomainRequest) -> Result<u32, HypervisorError> {
+            self.with(|i| {
+                if let Some(reason) = i.fail_next_create.take() {
+                    return Err(HypervisorError::Create { name: req.name.clone(), reason });
+                }
+                if i.domains.values().any(|d| d.request.name == req.name) {
+                    return Err(HypervisorError::Create {
+                        name: req.name.clone(),
+                        reason: "a domain with this name exists".into(),
+                    });
+                }
+                let domid = i.next_domid;
+                i.next_domid += 1;
+                i.domains
+                    .insert(domid, FakeDomain { request: req.clone(), paused: true, state: DomainRunState::Alive });
+                Ok(domid)
+            })
+        }
+
+        async fn unpause(&self, domid: u32) -> Result<(), HypervisorError> {
+            self.with(|i| match i.domains.get_mut(&domid) {
+                Some(d) => {
+                    d.paused = false;
+                    Ok(())
+                }
+                None => Err(HypervisorError::Unpause { domid, reason: "no such domain".into() }),
+            })
+        }
+
+        async fn request_shutdown(&self, domid: u32) -> Result<(), HypervisorError> {
+            self.with(|i| match i.domains.get_mut(&domid) {
+                Some(d) => {
+                    d.state = DomainRunState::Shutdown(ShutdownKind::Poweroff);
+                    Ok(())
+                }
+                None => Err(HypervisorError::Shutdown { domid, reason: "no such domain".into() }),
+            })
+        }
+
+        async fn destroy(&self, domid: u32) -> Result<(), HypervisorError> {
+            self.with(|i| {
+                if let Some(reason) = i.fail_next_destroy.take() {
+                    return Err(HypervisorError::Destroy { domid, reason });
+                }
+                i.domains.remove(&domid);
+                Ok(())
+            })
+        }
+
+        async fn list(&self) -> Result<Vec<DomainObservation>, HypervisorError> {
+            Ok(self.with(|i| {
+                i.domains
+                    .iter()
+                    .map(|(domid, d)| DomainObservation {
+                        domid: *domid,
+                        uuid: d.request.uuid.clone(),
+                        name: d.request.name.clone(),
+                        state: d.state,
+                    })
+                    .collect()
+            }))
+        }
+    }
+}

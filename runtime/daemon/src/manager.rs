@@ -1,0 +1,602 @@
+//! Zone orchestration: records in the store, domains in the hypervisor, and the reconciler that makes the two
+//! agree after a daemon restart or behind-the-back changes.
+//!
+//! Locking: the zone map's lock is held only while records change, never across a hypervisor call, so a slow
+//! domain build does not stall `get`/`list` or other zones. A record changed by someone else during a call (for
+//! example destroyed while its domain was being built) is detected afterwards and the new domain cleaned up.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Mutex;
+
+use crate::hypervisor::{DomainKind, DomainRequest, DomainRunState, Hypervisor, HypervisorError, ShutdownKind};
+use crate::store::{RecordStore, StoreError};
+use crate::zone::{InvalidTransition, Nanos, SpecError, VirtMode, ZoneRecord, ZoneSpec, ZoneState, resolve_virt_mode};
+
+/// Prefix of the Xen domain names of zones: how the reconciler tells its domains from anyone else's.
+pub const DOMAIN_NAME_PREFIX: &str = "bulkhead-";
+
+/// Node-wide settings of the manager.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// Kernel for zones that name none.
+    pub default_kernel: PathBuf,
+    /// Initramfs (the zone init) for zones that name none.
+    pub default_initrd: PathBuf,
+    /// The node's answer for `auto` (see [`resolve_virt_mode`]).
+    pub auto_virt_mode: Option<VirtMode>,
+}
+
+/// Orchestration failures; each maps to one gRPC code at the API edge.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    /// No zone with that id or name.
+    #[error("no zone {0:?} (see the list of zones)")]
+    NotFound(String),
+    /// The name is taken.
+    #[error("a zone named {0:?} exists already: pick another name or destroy that zone")]
+    AlreadyExists(String),
+    /// The spec is invalid.
+    #[error("invalid zone spec: {0}")]
+    InvalidSpec(SpecError),
+    /// The zone is in the wrong state for the operation.
+    #[error("zone {zone}: {transition}")]
+    WrongState {
+        /// Zone name.
+        zone: String,
+        /// The refused change.
+        transition: InvalidTransition,
+    },
+    /// The requested mode cannot run here.
+    #[error("zone {zone}: {reason}")]
+    VirtMode {
+        /// Zone name.
+        zone: String,
+        /// Why.
+        reason: String,
+    },
+    /// The hypervisor refused or failed.
+    #[error("zone {zone}: {source}")]
+    Hypervisor {
+        /// Zone name.
+        zone: String,
+        /// Cause.
+        source: HypervisorError,
+    },
+    /// State could not be persisted or loaded.
+    #[error("zone state on disk")]
+    Store(#[source] StoreError),
+}
+
+/// What a reconcile pass changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Zones marked failed, with the reason.
+    pub failed: Vec<(String, String)>,
+    /// Zones that finished stopping.
+    pub stopped: Vec<String>,
+    /// Domains of ours with no zone record, destroyed.
+    pub orphans_destroyed: Vec<u32>,
+}
+
+fn now() -> Nanos {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as Nanos).unwrap_or(0)
+}
+
+/// The zone manager.
+#[derive(Debug)]
+pub struct ZoneManager<H> {
+    hv: H,
+    store: RecordStore<ZoneRecord>,
+    zones: Mutex<BTreeMap<String, ZoneRecord>>,
+    cfg: ManagerConfig,
+}
+
+impl<H: Hypervisor> ZoneManager<H> {
+    /// Loads the persisted zones and reconciles them with what the hypervisor reports.
+    pub async fn open(hv: H, store: RecordStore<ZoneRecord>, cfg: ManagerConfig) -> Result<Self, ManagerError> {
+        let loaded = store.load_all().map_err(ManagerError::Store)?;
+        for c in &loaded.corrupt {
+            tracing::error!(key = %c.key, reason = ?c.reason, moved_to = %c.moved_to.display(), "zone record set aside");
+        }
+        let zones = loaded.records.into_iter().collect();
+        let m = ZoneManager { hv, store, zones: Mutex::new(zones), cfg };
+        let report = m.reconcile().await?;
+        tracing::info!(?report, "reconciled zones with the hypervisor");
+        Ok(m)
+    }
+
+    /// The hypervisor (for tests and diagnostics).
+    pub fn hypervisor(&self) -> &H {
+        &self.hv
+    }
+
+    fn persist(&self, r: &ZoneRecord) -> Result<(), ManagerError> {
+        self.store.put(&r.id, r).map_err(ManagerError::Store)
+    }
+
+    /// Applies `change` to a copy of `rec`, persists the copy, and only then replaces `rec`: memory never
+    /// runs ahead of the disk. Unchanged records are not rewritten.
+    fn update<E>(
+        &self,
+        rec: &mut ZoneRecord,
+        change: impl FnOnce(&mut ZoneRecord) -> Result<(), E>,
+    ) -> Result<Result<(), E>, ManagerError> {
+        let mut next = rec.clone();
+        if let Err(e) = change(&mut next) {
+            return Ok(Err(e));
+        }
+        if next != *rec {
+            self.persist(&next)?;
+            *rec = next;
+        }
+        Ok(Ok(()))
+    }
+
+    /// Records a new zone (not booted).
+    pub async fn create(&self, spec: ZoneSpec) -> Result<ZoneRecord, ManagerError> {
+        spec.validate().map_err(ManagerError::InvalidSpec)?;
+        let mut zones = self.zones.lock().await;
+        if zones.values().any(|z| z.spec.name == spec.name) {
+            return Err(ManagerError::AlreadyExists(spec.name.to_string()));
+        }
+        let rec = ZoneRecord::new(uuid::Uuid::new_v4().to_string(), spec, now());
+        self.persist(&rec)?;
+        zones.insert(rec.id.clone(), rec.clone());
+        tracing::info!(zone = %rec.spec.name, id = %rec.id, "zone created");
+        Ok(rec)
+    }
+
+    /// A zone by id or name.
+    pub async fn get(&self, zone: &str) -> Result<ZoneRecord, ManagerError> {
+        let zones = self.zones.lock().await;
+        find(&zones, zone).cloned().ok_or_else(|| ManagerError::NotFound(zone.to_owned()))
+    }
+
+    /// Every zone, by name.
+    pub async fn list(&self) -> Vec<ZoneRecord> {
+        let mut v: Vec<_> = self.zones.lock().await.values().cloned().collect();
+        v.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+        v
+    }
+
+    /// Builds the zone's domain (paused), then lets it run. The zone is `Starting` until its init connects.
+    pub async fn start(&self, zone: &str) -> Result<ZoneRecord, ManagerError> {
+        let caps =
+            self.hv.host_caps().await.map_err(|source| ManagerError::Hypervisor { zone: zone.to_owned(), source })?;
+        let (id, request) = {
+            let mut zones = self.zones.lock().await;
+            let rec = find_mut(&mut zones, zone).ok_or_else(|| ManagerError::NotFound(zone.to_owned()))?;
+            let name = rec.spec.name.to_string();
+            let (mode, why) = resolve_virt_mode(rec.spec.virt_mode, caps, self.cfg.auto_virt_mode)
+                .map_err(|reason| ManagerError::VirtMode { zone: name.clone(), reason })?;
+            self.update(rec, |r| {
+                r.transition(ZoneState::Starting, now())?;
+                r.virt_mode = Some((mode, why));
+                Ok(())
+            })?
+            .map_err(|transition| ManagerError::WrongState { zone: name.clone(), transition })?;
+            (rec.id.clone(), self.domain_request(rec, mode))
+        };
+        let created = self.hv.create_paused(&request).await;
+        let mut zones = self.zones.lock().await;
+        let domid = match created {
+            Ok(domid) => domid,
+            Err(source) => {
+                if let Some(rec) = zones.get_mut(&id) {
+                    let _ = self.update(rec, |r| r.fail(source.to_string(), now()))?;
+                }
+                return Err(ManagerError::Hypervisor { zone: zone.to_owned(), source });
+            }
+        };
+        // Destroyed (or otherwise changed) while the domain was being built: the domain is nobody's.
+        let Some(rec) = zones.get_mut(&id).filter(|r| r.state == ZoneState::Starting && r.domid.is_none()) else {
+            drop(zones);
+            let _ = self.hv.destroy(domid).await;
+            return Err(ManagerError::NotFound(zone.to_owned()));
+        };
+        if let Err(e) = self.update(rec, |r| {
+            r.domid = Some(domid);
+            Ok::<(), InvalidTransition>(())
+        }) {
+            // Without the domid on disk a restarted daemon could not tell whose domain this is: undo.
+            drop(zones);
+            let _ = self.hv.destroy(domid).await;
+            return Err(e);
+        }
+        let snapshot = rec.clone();
+        drop(zones);
+        if let Err(source) = self.hv.unpause(domid).await {
+            let _ = self.hv.destroy(domid).await;
+            let mut zones = self.zones.lock().await;
+            if let Some(rec) = zones.get_mut(&id) {
+                let _ = self.update(rec, |r| r.fail(source.to_string(), now()))?;
+            }
+            return Err(ManagerError::Hypervisor { zone: zone.to_owned(), source });
+        }
+        tracing::info!(zone = %snapshot.spec.name, domid, "zone domain running");
+        Ok(snapshot)
+    }
+
+    /// Destroys the zone's domain at once and forgets the zone. Destroying an unknown zone is not an error.
+    pub async fn destroy(&self, zone: &str) -> Result<(), ManagerError> {
+        let rec = {
+            let mut zones = self.zones.lock().await;
+            let Some(id) = find(&zones, zone).map(|r| r.id.clone()) else { return Ok(()) };
+            let Some(rec) = zones.remove(&id) else { return Ok(()) };
+            rec
+        };
+        // The record goes last: a crash in between leaves a record whose domain the reconciler finds gone.
+        for domid in self.domids_of(&rec).await {
+            if let Err(source) = self.hv.destroy(domid).await {
+                // Keep the zone so that a retry destroys the domain instead of reporting success.
+                let name = rec.spec.name.to_string();
+                self.zones.lock().await.insert(rec.id.clone(), rec);
+                return Err(ManagerError::Hypervisor { zone: name, source });
+            }
+        }
+        if let Err(e) = self.store.remove(&rec.id) {
+            self.zones.lock().await.insert(rec.id.clone(), rec);
+            return Err(ManagerError::Store(e));
+        }
+        tracing::info!(zone = %rec.spec.name, "zone destroyed");
+        Ok(())
+    }
+
+    /// Every domain that belongs to `rec`: the recorded one, and any other with its uuid (a start that was
+    /// interrupted after the domain was built but before the domid was persisted).
+    async fn domids_of(&self, rec: &ZoneRecord) -> Vec<u32> {
+        let mut ids: Vec<u32> = rec.domid.into_iter().collect();
+        if let Ok(domains) = self.hv.list().await {
+            ids.extend(domains.iter().filter(|d| d.uuid == rec.id && Some(d.domid) != rec.domid).map(|d| d.domid));
+        }
+        ids
+    }
+
+    /// Makes the records agree with the hypervisor: zones whose domain vanished or shut down are marked, shut
+    /// down domains are destroyed, and domains of ours with no record are destroyed.
+    pub async fn reconcile(&self) -> Result<ReconcileReport, ManagerError> {
+        let domains =
+            self.hv.list().await.map_err(|source| ManagerError::Hypervisor { zone: "(all)".into(), source })?;
+        let mut report = ReconcileReport::default();
+        let mut to_destroy = Vec::new();
+        {
+            let mut zones = self.zones.lock().await;
+            for rec in zones.values_mut() {
+                let dom = domains.iter().find(|d| d.uuid == rec.id);
+                if !rec.state.has_domain() {
+                    // A domain of a zone that should have none (e.g. the daemon died mid-stop).
+                    to_destroy.extend(dom.map(|d| d.domid));
+                    continue;
+                }
+                let name = rec.spec.name.to_string();
+                match dom.map(|d| (d.domid, d.state)) {
+                    Some((domid, DomainRunState::Alive)) => {
+                        let _ = self.update(rec, |r| {
+                            r.domid = Some(domid);
+                            Ok::<(), InvalidTransition>(())
+                        })?;
+                    }
+                    Some((_, DomainRunState::Dying)) => {}
+                    Some((domid, DomainRunState::Shutdown(kind))) => {
+                        to_destroy.push(domid);
+                        match shutdown_outcome(rec.state, kind) {
+                            Ok(()) => {
+                                if self.update(rec, |r| r.transition(ZoneState::Stopped, now()))?.is_ok() {
+                                    report.stopped.push(name);
+                                }
+                            }
+                            Err(reason) => {
+                                if self.update(rec, |r| r.fail(reason.clone(), now()))?.is_ok() {
+                                    report.failed.push((name, reason));
+                                }
+                            }
+                        }
+                    }
+                    None => {
+                        let reason = "its domain vanished (destroyed outside Bulkhead, or the host restarted)";
+                        if self.update(rec, |r| r.fail(reason, now()))?.is_ok() {
+                            report.failed.push((name, reason.to_owned()));
+                        }
+                    }
+                }
+            }
+            for d in &domains {
+                if d.name.starts_with(DOMAIN_NAME_PREFIX) && !zones.contains_key(&d.uuid) {
+                    to_destroy.push(d.domid);
+                    report.orphans_destroyed.push(d.domid);
+                }
+            }
+        }
+        for domid in to_destroy {
+            if let Err(e) = self.hv.destroy(domid).await {
+                tracing::warn!(domid, error = %e, "destroying a leftover domain failed; will retry at the next reconcile");
+            }
+        }
+        Ok(report)
+    }
+
+    fn domain_request(&self, rec: &ZoneRecord, mode: VirtMode) -> DomainRequest {
+        let spec = &rec.spec;
+        let mut cmdline = vec![
+            "console=hvc0".to_owned(),
+            "quiet".to_owned(),
+            format!("bulkhead.zone={}", rec.id),
+            format!("bulkhead.hostname={}", spec.effective_hostname()),
+        ];
+        cmdline.extend(spec.kernel_args.iter().cloned());
+        DomainRequest {
+            name: format!("{DOMAIN_NAME_PREFIX}{}", spec.name),
+            uuid: rec.id.clone(),
+            kind: if mode == VirtMode::Pvh { DomainKind::Pvh } else { DomainKind::Pv },
+            memory_mib: spec.memory_mib,
+            vcpus: spec.vcpus,
+            kernel: spec.kernel.clone().unwrap_or_else(|| self.cfg.default_kernel.clone()),
+            initrd: Some(spec.initrd.clone().unwrap_or_else(|| self.cfg.default_initrd.clone())),
+            cmdline: cmdline.join(" "),
+        }
+    }
+}
+
+/// What a shut-down domain means for a zone in `state`: `Ok` = a clean stop, `Err` = a failure and why.
+fn shutdown_outcome(state: ZoneState, kind: ShutdownKind) -> Result<(), String> {
+    match (state, kind) {
+        (ZoneState::Stopping, ShutdownKind::Poweroff) => Ok(()),
+        (_, ShutdownKind::Poweroff) => Err("the zone powered off by itself".into()),
+        (_, ShutdownKind::Crash) => Err("the zone crashed (kernel panic or init died)".into()),
+        (_, ShutdownKind::Reboot) => Err("the zone asked to reboot; zones are not rebooted".into()),
+        (_, ShutdownKind::Watchdog) => Err("the zone's watchdog fired".into()),
+        (_, ShutdownKind::Suspend) => Err("the zone suspended itself".into()),
+        (_, ShutdownKind::Other(code)) => Err(format!("the zone shut down with unknown reason {code}")),
+    }
+}
+
+fn find<'a>(zones: &'a BTreeMap<String, ZoneRecord>, key: &str) -> Option<&'a ZoneRecord> {
+    zones.get(key).or_else(|| zones.values().find(|z| z.spec.name.as_str() == key))
+}
+
+fn find_mut<'a>(zones: &'a mut BTreeMap<String, ZoneRecord>, key: &str) -> Option<&'a mut ZoneRecord> {
+    let id = find(zones, key)?.id.clone();
+    zones.get_mut(&id)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::hypervisor::fake::FakeHypervisor;
+    use crate::zone::{HostVirtCaps, ZoneName};
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    const PV_ONLY: HostVirtCaps = HostVirtCaps { hvm: false, hap: false };
+
+    fn cfg() -> ManagerConfig {
+        ManagerConfig {
+            default_kernel: "/usr/lib/bulkhead/zone/kernel".into(),
+            default_initrd: "/usr/lib/bulkhead/zone/initrd".into(),
+            auto_virt_mode: None,
+        }
+    }
+
+    fn spec(name: &str) -> ZoneSpec {
+        ZoneSpec {
+            name: ZoneName::try_from(name.to_owned()).unwrap_or_else(|e| panic!("{e}")),
+            memory_mib: 64,
+            vcpus: 1,
+            virt_mode: VirtMode::Auto,
+            kernel: None,
+            initrd: None,
+            kernel_args: vec!["loglevel=3".into()],
+            hostname: None,
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+        }
+    }
+
+    async fn manager(dir: &std::path::Path, hv: FakeHypervisor) -> Result<ZoneManager<FakeHypervisor>, ManagerError> {
+        let store = RecordStore::open(dir.join("zones")).map_err(ManagerError::Store)?;
+        ZoneManager::open(hv, store, cfg()).await
+    }
+
+    #[tokio::test]
+    async fn create_validates_and_refuses_duplicate_names() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let m = manager(dir.path(), FakeHypervisor::new(PV_ONLY)).await?;
+        let z = m.create(spec("web")).await?;
+        assert_eq!(z.state, ZoneState::Created);
+        assert!(matches!(m.create(spec("web")).await, Err(ManagerError::AlreadyExists(n)) if n == "web"));
+        let mut bad = spec("other");
+        bad.vcpus = 0;
+        assert!(matches!(m.create(bad).await, Err(ManagerError::InvalidSpec(SpecError::Vcpus(0)))));
+        assert_eq!(m.get("web").await?.id, z.id);
+        assert_eq!(m.get(&z.id).await?.spec.name.as_str(), "web");
+        assert!(matches!(m.get("nope").await, Err(ManagerError::NotFound(_))));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn start_builds_a_paused_domain_then_runs_it() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let m = manager(dir.path(), FakeHypervisor::new(PV_ONLY)).await?;
+        let z = m.create(spec("web")).await?;
+        let started = m.start("web").await?;
+        assert_eq!(started.state, ZoneState::Starting);
+        let domid = started.domid.ok_or("no domid")?;
+        let d = m.hypervisor().domain(domid).ok_or("no domain")?;
+        assert!(!d.paused);
+        assert_eq!(d.request.name, "bulkhead-web");
+        assert_eq!(d.request.uuid, z.id);
+        assert_eq!(d.request.kind, DomainKind::Pv);
+        assert_eq!(d.request.kernel, PathBuf::from("/usr/lib/bulkhead/zone/kernel"));
+        assert_eq!(
+            d.request.cmdline,
+            format!("console=hvc0 quiet bulkhead.zone={} bulkhead.hostname=web loglevel=3", z.id)
+        );
+        assert_eq!(started.virt_mode, Some((VirtMode::Pv, "auto: the host has no HVM, using PV".into())));
+        // Starting twice is a state error, not a second domain.
+        assert!(matches!(m.start("web").await, Err(ManagerError::WrongState { .. })));
+        assert_eq!(m.hypervisor().count(), 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_failed_build_marks_the_zone_failed_with_the_reason() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let hv = FakeHypervisor::new(PV_ONLY);
+        hv.fail_next_create("not enough memory");
+        let m = manager(dir.path(), hv).await?;
+        m.create(spec("web")).await?;
+        let e = m.start("web").await.err().ok_or("start should fail")?;
+        assert!(e.to_string().contains("not enough memory"), "{e}");
+        let z = m.get("web").await?;
+        assert_eq!(z.state, ZoneState::Failed);
+        assert!(z.failure_reason.unwrap_or_default().contains("not enough memory"));
+        // It can be started again.
+        assert_eq!(m.start("web").await?.state, ZoneState::Starting);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn pvh_request_on_a_pv_only_host_is_refused_before_anything_is_built() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let m = manager(dir.path(), FakeHypervisor::new(PV_ONLY)).await?;
+        let mut s = spec("web");
+        s.virt_mode = VirtMode::Pvh;
+        m.create(s).await?;
+        assert!(matches!(m.start("web").await, Err(ManagerError::VirtMode { .. })));
+        assert_eq!(m.get("web").await?.state, ZoneState::Created);
+        assert_eq!(m.hypervisor().count(), 0);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn destroy_removes_domain_and_record_and_is_idempotent() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let m = manager(dir.path(), FakeHypervisor::new(PV_ONLY)).await?;
+        m.create(spec("web")).await?;
+        m.start("web").await?;
+        m.destroy("web").await?;
+        assert_eq!(m.hypervisor().count(), 0);
+        assert!(matches!(m.get("web").await, Err(ManagerError::NotFound(_))));
+        m.destroy("web").await?;
+        assert_eq!(std::fs::read_dir(dir.path().join("zones"))?.count(), 0, "no state file left");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_destroy_that_fails_can_be_retried() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let m = manager(dir.path(), FakeHypervisor::new(PV_ONLY)).await?;
+        m.create(spec("web")).await?;
+        let domid = m.start("web").await?.domid.ok_or("domid")?;
+        m.hypervisor().fail_next_destroy("hypervisor busy");
+        assert!(m.destroy("web").await.is_err());
+        assert!(m.hypervisor().domain(domid).is_some());
+        assert_eq!(m.get("web").await?.domid, Some(domid), "the zone is still known");
+        m.destroy("web").await?;
+        assert!(m.hypervisor().domain(domid).is_none());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn state_survives_a_daemon_restart() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let m = manager(dir.path(), FakeHypervisor::new(PV_ONLY)).await?;
+        m.create(spec("a")).await?;
+        m.create(spec("b")).await?;
+        let a = m.start("a").await?;
+        let b = m.start("b").await?;
+        // The daemon dies; the hypervisor (and its domains) live on.
+        let ZoneManager { hv, .. } = m;
+        let m = manager(dir.path(), hv).await?;
+        let zones = m.list().await;
+        assert_eq!(
+            zones.iter().map(|z| (z.spec.name.as_str(), z.state, z.domid)).collect::<Vec<_>>(),
+            [("a", ZoneState::Starting, a.domid), ("b", ZoneState::Starting, b.domid)]
+        );
+        m.destroy("a").await?;
+        assert_eq!(m.hypervisor().count(), 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn reconcile_reports_vanished_and_crashed_zones_and_removes_orphans() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let m = manager(dir.path(), FakeHypervisor::new(PV_ONLY)).await?;
+        for n in ["gone", "crashed", "fine"] {
+            m.create(spec(n)).await?;
+            m.start(n).await?;
+        }
+        let gone = m.get("gone").await?.domid.ok_or("domid")?;
+        let crashed = m.get("crashed").await?.domid.ok_or("domid")?;
+        m.hypervisor().vanish(gone);
+        m.hypervisor().guest_shuts_down(crashed, ShutdownKind::Crash);
+        let orphan = m.hypervisor().add_foreign(DomainRequest {
+            name: "bulkhead-leftover".into(),
+            uuid: "00000000-0000-0000-0000-000000000001".into(),
+            kind: DomainKind::Pv,
+            memory_mib: 32,
+            vcpus: 1,
+            kernel: "/k".into(),
+            initrd: None,
+            cmdline: String::new(),
+        });
+        let foreign = m.hypervisor().add_foreign(DomainRequest {
+            name: "someone-elses".into(),
+            uuid: "00000000-0000-0000-0000-000000000002".into(),
+            kind: DomainKind::Pv,
+            memory_mib: 32,
+            vcpus: 1,
+            kernel: "/k".into(),
+            initrd: None,
+            cmdline: String::new(),
+        });
+        let r = m.reconcile().await?;
+        let mut failed: Vec<_> = r.failed.iter().map(|(n, _)| n.as_str()).collect();
+        failed.sort();
+        assert_eq!(failed, ["crashed", "gone"]);
+        assert_eq!(r.orphans_destroyed, [orphan]);
+        let c = m.get("crashed").await?;
+        assert_eq!(c.state, ZoneState::Failed);
+        assert!(c.failure_reason.unwrap_or_default().contains("crashed"));
+        assert!(m.get("gone").await?.failure_reason.unwrap_or_default().contains("vanished"));
+        assert!(m.hypervisor().domain(crashed).is_none(), "the crashed domain is cleaned up");
+        assert!(m.hypervisor().domain(foreign).is_some(), "other people's domains are left alone");
+        assert_eq!(m.get("fine").await?.state, ZoneState::Starting);
+        // A second pass changes nothing.
+        assert_eq!(m.reconcile().await?, ReconcileReport::default());
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn five_zones_start_concurrently_and_all_are_destroyed() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let m = Arc::new(manager(dir.path(), FakeHypervisor::new(PV_ONLY)).await?);
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..5 {
+            let m = m.clone();
+            tasks.spawn(async move {
+                let name = format!("z{i}");
+                m.create(spec(&name)).await?;
+                m.start(&name).await
+            });
+        }
+        let mut domids = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            domids.push(r??.domid.ok_or("domid")?);
+        }
+        domids.sort();
+        domids.dedup();
+        assert_eq!(domids.len(), 5);
+        for i in 0..5 {
+            m.destroy(&format!("z{i}")).await?;
+        }
+        assert_eq!(m.hypervisor().count(), 0);
+        assert!(m.list().await.is_empty());
+        Ok(())
+    }
+}
