@@ -77,6 +77,17 @@ pub struct DomainObservation {
     pub state: DomainRunState,
 }
 
+/// How a wait for a domain's shutdown ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitOutcome {
+    /// It shut down, for this reason.
+    ShutDown(ShutdownKind),
+    /// It no longer exists.
+    Gone,
+    /// The timeout passed and it still runs.
+    StillRunning,
+}
+
 /// Hypervisor failures, each naming the operation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HypervisorError {
@@ -130,6 +141,12 @@ pub trait Hypervisor: Send + Sync + 'static {
     fn unpause(&self, domid: u32) -> impl Future<Output = Result<(), HypervisorError>> + Send;
     /// Asks the guest to power off (it may ignore this).
     fn request_shutdown(&self, domid: u32) -> impl Future<Output = Result<(), HypervisorError>> + Send;
+    /// Waits, at most `timeout`, until the domain has shut down or is gone.
+    fn wait_shutdown(
+        &self,
+        domid: u32,
+        timeout: std::time::Duration,
+    ) -> impl Future<Output = Result<WaitOutcome, HypervisorError>> + Send;
     /// Destroys the domain at once. A domain that is already gone is not an error.
     fn destroy(&self, domid: u32) -> impl Future<Output = Result<(), HypervisorError>> + Send;
     /// Every domain on the host, dom0 included.
@@ -153,6 +170,8 @@ pub mod fake {
         pub paused: bool,
         /// Run state.
         pub state: DomainRunState,
+        /// The guest ignores shutdown requests (a hung init).
+        pub ignores_shutdown: bool,
     }
 
     #[derive(Debug, Default)]
@@ -201,6 +220,15 @@ pub mod fake {
             });
         }
 
+        /// The guest in `domid` ignores shutdown requests from now on.
+        pub fn guest_ignores_shutdown(&self, domid: u32) {
+            self.with(|i| {
+                if let Some(d) = i.domains.get_mut(&domid) {
+                    d.ignores_shutdown = true;
+                }
+            });
+        }
+
         /// The domain disappears behind the daemon's back (e.g. `xl destroy` by an operator).
         pub fn vanish(&self, domid: u32) {
             self.with(|i| i.domains.remove(&domid));
@@ -211,7 +239,10 @@ pub mod fake {
             self.with(|i| {
                 let domid = i.next_domid;
                 i.next_domid += 1;
-                i.domains.insert(domid, FakeDomain { request, paused: false, state: DomainRunState::Alive });
+                i.domains.insert(
+                    domid,
+                    FakeDomain { request, paused: false, state: DomainRunState::Alive, ignores_shutdown: false },
+                );
                 domid
             })
         }
@@ -245,8 +276,15 @@ pub mod fake {
                 }
                 let domid = i.next_domid;
                 i.next_domid += 1;
-                i.domains
-                    .insert(domid, FakeDomain { request: req.clone(), paused: true, state: DomainRunState::Alive });
+                i.domains.insert(
+                    domid,
+                    FakeDomain {
+                        request: req.clone(),
+                        paused: true,
+                        state: DomainRunState::Alive,
+                        ignores_shutdown: false,
+                    },
+                );
                 Ok(domid)
             })
         }
@@ -264,11 +302,26 @@ pub mod fake {
         async fn request_shutdown(&self, domid: u32) -> Result<(), HypervisorError> {
             self.with(|i| match i.domains.get_mut(&domid) {
                 Some(d) => {
-                    d.state = DomainRunState::Shutdown(ShutdownKind::Poweroff);
+                    if !d.ignores_shutdown {
+                        d.state = DomainRunState::Shutdown(ShutdownKind::Poweroff);
+                    }
                     Ok(())
                 }
                 None => Err(HypervisorError::Shutdown { domid, reason: "no such domain".into() }),
             })
+        }
+
+        async fn wait_shutdown(
+            &self,
+            domid: u32,
+            _timeout: std::time::Duration,
+        ) -> Result<WaitOutcome, HypervisorError> {
+            // Fake guests react at once: whatever state they are in now is the answer.
+            Ok(self.with(|i| match i.domains.get(&domid).map(|d| (d.state, d.ignores_shutdown)) {
+                None => WaitOutcome::Gone,
+                Some((DomainRunState::Shutdown(k), _)) => WaitOutcome::ShutDown(k),
+                Some(_) => WaitOutcome::StillRunning,
+            }))
         }
 
         async fn destroy(&self, domid: u32) -> Result<(), HypervisorError> {

@@ -9,9 +9,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tokio::sync::Mutex;
+use std::time::Duration;
 
-use crate::hypervisor::{DomainKind, DomainRequest, DomainRunState, Hypervisor, HypervisorError, ShutdownKind};
+use tokio::sync::{Mutex, broadcast};
+
+use crate::hypervisor::{
+    DomainKind, DomainRequest, DomainRunState, Hypervisor, HypervisorError, ShutdownKind, WaitOutcome,
+};
 use crate::store::{RecordStore, StoreError};
 use crate::zone::{InvalidTransition, Nanos, SpecError, VirtMode, ZoneRecord, ZoneSpec, ZoneState, resolve_virt_mode};
 
@@ -70,6 +74,22 @@ pub enum ManagerError {
     Store(#[source] StoreError),
 }
 
+/// How many state changes a slow watcher may fall behind before it is cut off.
+const EVENT_BACKLOG: usize = 1024;
+
+/// A zone changed state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZoneEvent {
+    /// The zone's id.
+    pub zone_id: String,
+    /// Its new state.
+    pub state: ZoneState,
+    /// Why, for failures.
+    pub reason: Option<String>,
+    /// When.
+    pub at: Nanos,
+}
+
 /// What a reconcile pass changed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ReconcileReport {
@@ -92,6 +112,7 @@ pub struct ZoneManager<H> {
     store: RecordStore<ZoneRecord>,
     zones: Mutex<BTreeMap<String, ZoneRecord>>,
     cfg: ManagerConfig,
+    events: broadcast::Sender<ZoneEvent>,
 }
 
 impl<H: Hypervisor> ZoneManager<H> {
@@ -102,7 +123,8 @@ impl<H: Hypervisor> ZoneManager<H> {
             tracing::error!(key = %c.key, reason = ?c.reason, moved_to = %c.moved_to.display(), "zone record set aside");
         }
         let zones = loaded.records.into_iter().collect();
-        let m = ZoneManager { hv, store, zones: Mutex::new(zones), cfg };
+        let (events, _) = broadcast::channel(EVENT_BACKLOG);
+        let m = ZoneManager { hv, store, zones: Mutex::new(zones), cfg, events };
         let report = m.reconcile().await?;
         tracing::info!(?report, "reconciled zones with the hypervisor");
         Ok(m)
@@ -130,9 +152,25 @@ impl<H: Hypervisor> ZoneManager<H> {
         }
         if next != *rec {
             self.persist(&next)?;
+            let changed_state = next.state != rec.state;
             *rec = next;
+            if changed_state {
+                // No subscribers is fine: nobody is watching.
+                let _ = self.events.send(ZoneEvent {
+                    zone_id: rec.id.clone(),
+                    state: rec.state,
+                    reason: rec.failure_reason.clone(),
+                    at: now(),
+                });
+            }
         }
         Ok(Ok(()))
+    }
+
+    /// State changes from now on. A watcher more than a thousand changes behind gets `Lagged` and should
+    /// re-list.
+    pub fn subscribe(&self) -> broadcast::Receiver<ZoneEvent> {
+        self.events.subscribe()
     }
 
     /// Records a new zone (not booted).
@@ -218,6 +256,41 @@ impl<H: Hypervisor> ZoneManager<H> {
         }
         tracing::info!(zone = %snapshot.spec.name, domid, "zone domain running");
         Ok(snapshot)
+    }
+
+    /// Asks the zone to power off and waits up to `timeout`; a zone still running then is destroyed. The zone
+    /// ends `Stopped` (its record stays, so it can be started again).
+    pub async fn stop(&self, zone: &str, timeout: Duration) -> Result<ZoneRecord, ManagerError> {
+        let (id, name, domid) = {
+            let mut zones = self.zones.lock().await;
+            let rec = find_mut(&mut zones, zone).ok_or_else(|| ManagerError::NotFound(zone.to_owned()))?;
+            let name = rec.spec.name.to_string();
+            if rec.state == ZoneState::Stopped {
+                return Ok(rec.clone());
+            }
+            self.update(rec, |r| r.transition(ZoneState::Stopping, now()))?
+                .map_err(|transition| ManagerError::WrongState { zone: name.clone(), transition })?;
+            (rec.id.clone(), name, rec.domid)
+        };
+        if let Some(domid) = domid {
+            let hv_err = |source| ManagerError::Hypervisor { zone: name.clone(), source };
+            let outcome = match self.hv.request_shutdown(domid).await {
+                Ok(()) => self.hv.wait_shutdown(domid, timeout).await.map_err(hv_err)?,
+                Err(e) => {
+                    tracing::warn!(zone = %name, domid, error = %e, "shutdown request failed; destroying");
+                    WaitOutcome::StillRunning
+                }
+            };
+            if outcome == WaitOutcome::StillRunning {
+                tracing::warn!(zone = %name, domid, ?timeout, "zone did not power off in time; destroying it");
+            }
+            self.hv.destroy(domid).await.map_err(hv_err)?;
+        }
+        let mut zones = self.zones.lock().await;
+        let rec = zones.get_mut(&id).ok_or_else(|| ManagerError::NotFound(zone.to_owned()))?;
+        self.update(rec, |r| r.transition(ZoneState::Stopped, now()))?
+            .map_err(|transition| ManagerError::WrongState { zone: name.clone(), transition })?;
+        Ok(rec.clone())
     }
 
     /// Destroys the zone's domain at once and forgets the zone. Destroying an unknown zone is not an error.
@@ -484,6 +557,34 @@ mod tests {
         assert!(matches!(m.get("web").await, Err(ManagerError::NotFound(_))));
         m.destroy("web").await?;
         assert_eq!(std::fs::read_dir(dir.path().join("zones"))?.count(), 0, "no state file left");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn stop_powers_off_gracefully_or_forces_after_the_timeout() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let m = manager(dir.path(), FakeHypervisor::new(PV_ONLY)).await?;
+        let mut events = m.subscribe();
+        for n in ["polite", "hung"] {
+            m.create(spec(n)).await?;
+            m.start(n).await?;
+        }
+        let hung = m.get("hung").await?.domid.ok_or("domid")?;
+        m.hypervisor().guest_ignores_shutdown(hung);
+        let polite = m.stop("polite", Duration::from_secs(1)).await?;
+        assert_eq!((polite.state, polite.domid), (ZoneState::Stopped, None));
+        let forced = m.stop("hung", Duration::from_secs(1)).await?;
+        assert_eq!(forced.state, ZoneState::Stopped);
+        assert_eq!(m.hypervisor().count(), 0, "both domains are gone");
+        // Stopping a stopped zone is a no-op; it can start again.
+        assert_eq!(m.stop("polite", Duration::from_secs(1)).await?.state, ZoneState::Stopped);
+        assert_eq!(m.start("polite").await?.state, ZoneState::Starting);
+        let mut seen = Vec::new();
+        while let Ok(e) = events.try_recv() {
+            seen.push(e.state);
+        }
+        use ZoneState::*;
+        assert_eq!(seen, [Starting, Starting, Stopping, Stopped, Stopping, Stopped, Starting]);
         Ok(())
     }
 

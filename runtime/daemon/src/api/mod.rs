@@ -1,0 +1,57 @@
+//! The gRPC edge: one file per service converts protobuf to the core's types and back, and maps core
+//! errors to gRPC status codes on purpose. Served on a unix socket that only root can reach.
+
+pub mod zones;
+
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::Status;
+
+use crate::manager::ManagerError;
+
+/// The user-facing message of an error: its own text and its causes, on one line.
+pub(crate) fn message_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        cur = s.source();
+    }
+    msg
+}
+
+impl From<ManagerError> for Status {
+    fn from(e: ManagerError) -> Status {
+        let msg = message_chain(&e);
+        match e {
+            ManagerError::NotFound(_) => Status::not_found(msg),
+            ManagerError::AlreadyExists(_) => Status::already_exists(msg),
+            ManagerError::InvalidSpec(_) => Status::invalid_argument(msg),
+            ManagerError::WrongState { .. } | ManagerError::VirtMode { .. } => Status::failed_precondition(msg),
+            ManagerError::Hypervisor { .. } => Status::unavailable(msg),
+            ManagerError::Store(_) => Status::internal(msg),
+        }
+    }
+}
+
+/// Binds the control socket at `path`, replacing a stale one. Its directory is made 0700 first, so there
+/// is no moment when another user could connect; the socket itself is 0600.
+pub fn bind_control_socket(path: &Path) -> io::Result<UnixListenerStream> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(UnixListenerStream::new(listener))
+}
