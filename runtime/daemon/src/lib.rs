@@ -3,6 +3,7 @@
 //! The core never imports tonic: the API layer converts protobuf to the domain types here.
 
 pub mod api;
+pub mod config;
 pub mod hypervisor;
 pub mod manager;
 pub mod store;
