@@ -1,0 +1,65 @@
+//! `bulkhead`, the command-line client of bulkheadd. The binary parses arguments and calls [`run`]; each
+//! command group lives in `commands/`, output formatting in `format`.
+
+pub mod commands;
+pub mod format;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use bulkhead_api::control::v1::zone_service_client::ZoneServiceClient;
+use clap::{Parser, Subcommand};
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint};
+
+/// The daemon's control socket unless `--socket` says otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/bulkhead/control.sock";
+
+/// Command line.
+#[derive(Debug, Parser)]
+#[command(name = "bulkhead", version, about = "Run and inspect Bulkhead zones (each a Xen VM) on this node")]
+pub struct Cli {
+    /// bulkheadd's control socket.
+    #[arg(long, global = true, default_value = DEFAULT_SOCKET, env = "BULKHEAD_SOCKET")]
+    pub socket: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Command groups.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Zones: the VMs workloads run in.
+    #[command(subcommand)]
+    Zone(commands::zone::ZoneCommand),
+}
+
+/// Connects to bulkheadd over its unix socket.
+pub async fn connect(socket: &Path) -> anyhow::Result<Channel> {
+    let path = socket.to_owned();
+    // The URI is required by tonic but unused: the connector dials the socket.
+    Endpoint::try_from("http://localhost")
+        .context("building the endpoint")?
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+        }))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot reach bulkheadd at {}: is it running (systemctl status bulkheadd), and are you root?",
+                socket.display()
+            )
+        })
+}
+
+/// Runs one command, writing results to `out`; returns the process exit code.
+pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<i32> {
+    let channel = connect(&cli.socket).await?;
+    match cli.command {
+        Command::Zone(cmd) => commands::zone::run(cmd, ZoneServiceClient::new(channel), out).await,
+    }
+}
