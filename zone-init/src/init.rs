@@ -1,0 +1,120 @@
+//! The PID 1 sequence: mounts, configuration, hostname, cgroups, then the event loop.
+//!
+//! Single-threaded by design (style.md §4): init starts children only by fork+exec (`std::process::Command`),
+//! never by forking and running more Rust.
+
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::cgroup;
+use crate::cmdline::{self, Selftest, ZoneConfig};
+use crate::error::InitError;
+use crate::power::power_off;
+use crate::say;
+use crate::signals::{Event, Signals};
+use crate::uptime::parse_uptime_ms;
+
+/// The argument that makes the binary the self-test child instead of init.
+pub const SELFTEST_CHILD_ARG: &str = "--selftest-child";
+/// The self-test child's exit code.
+pub const SELFTEST_CHILD_CODE: i32 = 7;
+/// The argument that makes the binary ask init (PID 1) to power off, by SIGPWR. The kernel runs
+/// `/init --request-poweroff` as its `poweroff_cmd` when the toolstack asks for a shutdown (`xl shutdown`:
+/// Xen's `control/shutdown=poweroff` makes the kernel call `orderly_poweroff`, which runs that command).
+pub const POWEROFF_REQUEST_ARG: &str = "--request-poweroff";
+/// The sysctl holding the command the kernel runs for an orderly power-off.
+const POWEROFF_CMD_SYSCTL: &str = "/proc/sys/kernel/poweroff_cmd";
+
+/// The `poweroff_cmd` value that routes the kernel's orderly power-off to init.
+pub fn poweroff_cmd(exe: &Path) -> String {
+    format!("{} {POWEROFF_REQUEST_ARG}", exe.display())
+}
+
+fn read(path: &str) -> Result<String, InitError> {
+    std::fs::read_to_string(path).map_err(|source| InitError::ReadFile { path: PathBuf::from(path), source })
+}
+
+/// The one line that says the zone is up.
+pub fn ready_line(config: &ZoneConfig, controllers: &[String], psi: bool, boot_ms: u64) -> String {
+    format!(
+        "ready zone={} hostname={} cgroup-controllers={} psi={} boot_ms={boot_ms}",
+        config.zone,
+        config.hostname,
+        controllers.join(","),
+        if psi { "yes" } else { "no" },
+    )
+}
+
+/// Runs init. Returns only on a fatal error; the caller reports it and powers off.
+pub fn run() -> Result<Infallible, InitError> {
+    // Signals first: nothing that arrives from here on is lost.
+    let mut signals = Signals::new()?;
+    crate::mounts::mount_all()?;
+    let exe = std::env::current_exe().map_err(InitError::SetPoweroffCmd)?;
+    std::fs::write(POWEROFF_CMD_SYSCTL, poweroff_cmd(&exe)).map_err(InitError::SetPoweroffCmd)?;
+
+    let cmdline = cmdline::parse(&read("/proc/cmdline")?).map_err(InitError::ParseCmdline)?;
+    for key in &cmdline.unknown {
+        say!("warning: unknown kernel parameter {key} ignored");
+    }
+    let config = cmdline.config;
+    nix::unistd::sethostname(config.hostname.as_str())
+        .map_err(|source| InitError::SetHostname { hostname: config.hostname.to_string(), source })?;
+
+    let controllers = cgroup::enable_controllers(Path::new(cgroup::CGROUP_ROOT))?;
+    let psi = cgroup::psi_available();
+    let uptime = read("/proc/uptime")?;
+    let boot_ms = parse_uptime_ms(&uptime).ok_or_else(|| InitError::ParseUptime { text: uptime.clone() })?;
+    say!("{}", ready_line(&config, &controllers, psi, boot_ms));
+
+    let selftest_child = match config.selftest {
+        Some(Selftest::PowerOff) => {
+            let child =
+                Command::new("/proc/self/exe").arg(SELFTEST_CHILD_ARG).spawn().map_err(InitError::SpawnSelftest)?;
+            // Reaped through the SIGCHLD path below, not with Child::wait. Pids fit in i32 (pid_max <= 2^22).
+            Some(nix::unistd::Pid::from_raw(child.id() as i32))
+        }
+        None => None,
+    };
+
+    loop {
+        match signals.wait_event()? {
+            Event::Reaped(reaped) => {
+                for r in reaped {
+                    if Some(r.pid) == selftest_child {
+                        say!("selftest child exited {}", r.code);
+                        power_off();
+                    }
+                }
+            }
+            Event::Shutdown(signal) => {
+                say!("{signal} received: powering off");
+                power_off();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cmdline::{Hostname, ZoneId};
+
+    #[test]
+    fn the_ready_line_has_the_documented_fields() -> Result<(), &'static str> {
+        let config = ZoneConfig { zone: ZoneId::parse("t1")?, hostname: Hostname::parse("zone-t1")?, selftest: None };
+        let controllers = ["cpuset", "cpu", "memory"].map(String::from);
+        assert_eq!(
+            ready_line(&config, &controllers, true, 1234),
+            "ready zone=t1 hostname=zone-t1 cgroup-controllers=cpuset,cpu,memory psi=yes boot_ms=1234"
+        );
+        assert!(ready_line(&config, &[], false, 0).contains("cgroup-controllers= psi=no boot_ms=0"));
+        Ok(())
+    }
+
+    #[test]
+    fn the_kernel_poweroff_command_reruns_init_with_the_request_argument() {
+        assert_eq!(poweroff_cmd(Path::new("/init")), "/init --request-poweroff");
+    }
+}
