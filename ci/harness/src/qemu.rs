@@ -20,8 +20,16 @@ use std::time::{Duration, Instant};
 
 use crate::outcome::{Outcome, StatusLine};
 
-/// Lines on the serial console that mean the bed itself is dead.
-const FATAL_SERIAL_PATTERNS: &[&str] = &["Kernel panic - not syncing", "(XEN) Panic on CPU", "(XEN) Reboot in"];
+/// Lines on the serial console that mean the bed itself is dead, with what to tell the user.
+const FATAL_SERIAL_PATTERNS: &[(&str, &str)] = &[
+    ("Kernel panic - not syncing", "dom0's kernel panicked"),
+    ("(XEN) Panic on CPU", "Xen panicked"),
+    ("(XEN) Reboot in", "Xen is rebooting"),
+    (
+        "Initramfs unpacking failed",
+        "dom0's root (its initramfs, in a tmpfs of half of dom0's 1 GiB) did not fit: --add less or strip binaries",
+    ),
+];
 
 /// How long dom0 may take to power off after the scenario's status is in.
 const POWEROFF_GRACE: Duration = Duration::from_secs(30);
@@ -273,8 +281,8 @@ fn follow(cfg: &BootConfig, child: &mut Child, rx: &Receiver<Event>, t0: Instant
             Ok(Event::Status(StatusLine::Error(msg))) => {
                 return Outcome::BedFailure { reason: format!("dom0 init: {msg}") };
             }
-            Ok(Event::Fatal(line)) => {
-                return Outcome::BedFailure { reason: format!("the serial console shows a crash: {line}") };
+            Ok(Event::Fatal(what)) => {
+                return Outcome::BedFailure { reason: what };
             }
             Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
         }
@@ -353,8 +361,8 @@ fn spawn_serial_pump(from: UnixStream, mut log: File, echo: bool, tx: Sender<Eve
                         let _ = io::stderr().write_all(&line);
                     }
                     let text = String::from_utf8_lossy(&line);
-                    if let Some(p) = FATAL_SERIAL_PATTERNS.iter().find(|p| text.contains(*p)) {
-                        let _ = tx.send(Event::Fatal(format!("{p}: {}", text.trim())));
+                    if let Some((_, why)) = FATAL_SERIAL_PATTERNS.iter().find(|(p, _)| text.contains(p)) {
+                        let _ = tx.send(Event::Fatal(format!("{why} ({})", text.trim())));
                     }
                 }
             }
