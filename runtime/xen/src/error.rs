@@ -91,6 +91,33 @@ pub enum Error {
     #[error("libxl_domain_info for domain {domid} failed: {code}")]
     DomainInfo { domid: u32, code: LibxlError },
 
+    // ----- domain lifecycle -----
+    /// A [`DomainSpec`](crate::DomainSpec) field is invalid (nothing was
+    /// handed to libxl).
+    #[error("invalid domain spec: {field}: {reason}")]
+    InvalidDomainSpec { field: crate::domain::SpecField, reason: String },
+    /// `libxl_domain_create_new` failed (libxl has already destroyed any
+    /// half-created domain).
+    #[error("libxl_domain_create_new for domain {name:?} failed: {code}")]
+    DomainCreate { name: String, code: LibxlError },
+    /// `libxl_domain_unpause` failed.
+    #[error("libxl_domain_unpause of domain {domid} failed: {code}")]
+    DomainUnpause { domid: u32, code: LibxlError },
+    /// `libxl_domain_pause` failed.
+    #[error("libxl_domain_pause of domain {domid} failed: {code}")]
+    DomainPause { domid: u32, code: LibxlError },
+    /// `libxl_domain_shutdown` failed (`ERROR_TIMEDOUT`: the guest did not
+    /// acknowledge the request within 60 s).
+    #[error("libxl_domain_shutdown of domain {domid} failed: {code}")]
+    DomainShutdown { domid: u32, code: LibxlError },
+    /// `libxl_domain_destroy` failed.
+    #[error("libxl_domain_destroy of domain {domid} failed: {code}")]
+    DomainDestroy { domid: u32, code: LibxlError },
+    /// A guest-only operation was asked for dom0 or a reserved domid; it was
+    /// refused before reaching libxl.
+    #[error("refusing to {op} domain {domid}: not a guest domain")]
+    NotAGuestDomain { domid: u32, op: &'static str },
+
     // ----- xenstore -----
     /// `xs_open` failed (xenstored not running, no /dev/xen/xenbus, ...).
     #[error("xs_open failed")]

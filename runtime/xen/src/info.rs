@@ -302,6 +302,17 @@ impl DomainType {
             other => Self::Other(other),
         }
     }
+
+    /// Parse libxl's name for a type (`libxl_domain_type_to_string`: `"pv"`,
+    /// `"hvm"`, `"pvh"`), as libxl writes it to `/libxl/<domid>/type`.
+    pub fn from_libxl_name(name: &[u8]) -> Option<Self> {
+        match name {
+            b"pv" => Some(Self::Pv),
+            b"hvm" => Some(Self::Hvm),
+            b"pvh" => Some(Self::Pvh),
+            _ => None,
+        }
+    }
 }
 
 /// One domain, as listed by `libxl_list_domain` (+ its name).
@@ -436,6 +447,7 @@ impl Libxl {
         drop(list);
         for d in &mut out {
             d.name = self.domid_to_name(d.domid);
+            self.refine_domain_type(d);
         }
         out.sort_by_key(|d| d.domid);
         Ok(out)
@@ -450,7 +462,31 @@ impl Libxl {
         let rc = unsafe { sys::libxl_domain_info(self.as_ptr(), raw.as_mut_ptr(), domid) };
         LibxlError::check(rc).map_err(|code| Error::DomainInfo { domid, code })?;
         let name = self.domid_to_name(domid);
-        Ok(DomainInfo::from_raw(&raw, name))
+        let mut info = DomainInfo::from_raw(&raw, name);
+        self.refine_domain_type(&mut info);
+        Ok(info)
+    }
+
+    /// `libxl_dominfo.domain_type` comes from Xen's domctl flags, which only
+    /// say "HVM container or not": a PVH guest is reported as HVM. libxl
+    /// records the configured type at `/libxl/<domid>/type` when it creates
+    /// a domain; use that to tell PVH from HVM (domains libxl did not
+    /// create keep the domctl answer).
+    fn refine_domain_type(&mut self, info: &mut DomainInfo) {
+        if info.domain_type != DomainType::Hvm {
+            return;
+        }
+        let path = format!("/libxl/{}/type", info.domid);
+        let Some(xs) = self.xenstore() else { return };
+        match xs.try_read(&path) {
+            Ok(Some(v)) => {
+                if let Some(t) = DomainType::from_libxl_name(&v) {
+                    info.domain_type = t;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, %path, "reading the libxl domain type failed"),
+        }
     }
 }
 
@@ -554,6 +590,15 @@ mod tests {
         ] {
             assert_eq!(ShutdownReason::from_raw(raw), want);
         }
+    }
+
+    #[test]
+    fn domain_type_from_libxl_names() {
+        assert_eq!(DomainType::from_libxl_name(b"pvh"), Some(DomainType::Pvh));
+        assert_eq!(DomainType::from_libxl_name(b"hvm"), Some(DomainType::Hvm));
+        assert_eq!(DomainType::from_libxl_name(b"pv"), Some(DomainType::Pv));
+        assert_eq!(DomainType::from_libxl_name(b"PVH"), None);
+        assert_eq!(DomainType::from_libxl_name(b""), None);
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //!
 //! * [`libxl`]: the libxl context ([`Libxl`]), the IDL init/dispose guard
 //!   ([`Idl`]) and the thread that owns the context ([`LibxlWorker`]).
+//! * [`domain`]: [`DomainSpec`] and domain create / unpause / shutdown /
+//!   destroy.
 //! * [`info`]: version, physinfo and domain list read through libxl.
 //! * [`xenstore`]: xenstore handle, transactions and watches.
 //! * [`evtchn`]: event channels.
@@ -18,6 +20,7 @@
 
 mod asyncfd;
 mod cstr;
+pub mod domain;
 pub mod error;
 pub mod evtchn;
 pub mod gnttab;
@@ -27,6 +30,7 @@ pub mod logger;
 pub mod vchan;
 pub mod xenstore;
 
+pub use domain::{DiskSpec, DomainKind, DomainSpec, ShutdownAction, SpecField};
 pub use error::{Error, LibxlError, Result};
 pub use evtchn::{AsyncEventChannels, EventChannels, Port};
 pub use gnttab::{GrantMapping, GrantTable, SharedMem};

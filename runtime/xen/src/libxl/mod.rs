@@ -29,6 +29,7 @@ pub use worker::LibxlWorker;
 
 use crate::error::{Error, LibxlError, Result};
 use crate::logger::TracingLogger;
+use crate::xenstore::Xenstore;
 
 /// Child-process hooks handed to `libxl_childproc_setmode`.
 ///
@@ -50,6 +51,9 @@ pub struct Libxl {
     // Declared after `ctx` and only dropped after `Drop::drop` has freed the
     // context, so the logger outlives every use libxl can make of it.
     _logger: Box<TracingLogger>,
+    /// Xenstore connection opened on first use (reading what libxl records
+    /// under `/libxl/<domid>`), see [`Libxl::xenstore`].
+    xs: Option<Xenstore>,
     _single_thread: PhantomData<*mut sys::libxl_ctx>,
 }
 
@@ -92,7 +96,7 @@ impl Libxl {
             sys::libxl_childproc_setmode(ctx.as_ptr(), &CHILDPROC_HOOKS, std::ptr::null_mut());
         }
         tracing::debug!("libxl context allocated (selective-reap SIGCHLD mode)");
-        Ok(Libxl { ctx, _logger: logger, _single_thread: PhantomData })
+        Ok(Libxl { ctx, _logger: logger, xs: None, _single_thread: PhantomData })
     }
 
     /// The raw context, for calls this crate does not wrap yet.
@@ -101,6 +105,20 @@ impl Libxl {
     /// the thread owning `self`.
     pub fn as_ptr(&self) -> *mut sys::libxl_ctx {
         self.ctx.as_ptr()
+    }
+
+    /// A xenstore connection owned by this context, opened on first use
+    /// (`None`, with a debug log, if it cannot be opened). libxl's own
+    /// xenstore handle is private, and some facts libxl records (such as a
+    /// domain's real type) are only reachable through xenstore.
+    pub(crate) fn xenstore(&mut self) -> Option<&Xenstore> {
+        if self.xs.is_none() {
+            match Xenstore::open() {
+                Ok(xs) => self.xs = Some(xs),
+                Err(e) => tracing::debug!(error = %e, "opening xenstore for the libxl context failed"),
+            }
+        }
+        self.xs.as_ref()
     }
 }
 

@@ -9,9 +9,9 @@
 //! Synchronous libxl operations (`ao_how == NULL`) run libxl's internal event
 //! loop on the calling thread until they complete, so a long operation
 //! (domain creation runs hotplug scripts) occupies the worker; queue depth is
-//! visible only as latency. Later additions such as `domain_create_new` are
-//! just another method on [`Libxl`] plus, optionally, a convenience wrapper
-//! here.
+//! visible only as latency. Each operation is a method on [`Libxl`] plus an
+//! async convenience wrapper on [`LibxlWorker`] (see `info.rs` and
+//! `domain.rs`).
 
 use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
