@@ -182,17 +182,38 @@ pub mod fake {
         fail_next_destroy: Option<String>,
     }
 
+    /// Holds `wait_shutdown` at its start until the test says go: lets a test act while a wait is pending.
+    #[derive(Debug, Default)]
+    pub struct WaitGate {
+        /// Notified when a wait has started.
+        pub entered: tokio::sync::Notify,
+        /// Notify to let the wait go on.
+        pub resume: tokio::sync::Notify,
+    }
+
     /// The fake.
     #[derive(Debug)]
     pub struct FakeHypervisor {
         caps: HostVirtCaps,
         inner: Mutex<Inner>,
+        wait_gate: Mutex<Option<std::sync::Arc<WaitGate>>>,
     }
 
     impl FakeHypervisor {
         /// A host with these capabilities and no guests.
         pub fn new(caps: HostVirtCaps) -> Self {
-            FakeHypervisor { caps, inner: Mutex::new(Inner { next_domid: 1, ..Inner::default() }) }
+            FakeHypervisor {
+                caps,
+                inner: Mutex::new(Inner { next_domid: 1, ..Inner::default() }),
+                wait_gate: Mutex::new(None),
+            }
+        }
+
+        /// The next `wait_shutdown` stops at the returned gate until resumed.
+        pub fn gate_next_wait(&self) -> std::sync::Arc<WaitGate> {
+            let gate = std::sync::Arc::new(WaitGate::default());
+            *self.wait_gate.lock().unwrap_or_else(|p| p.into_inner()) = Some(gate.clone());
+            gate
         }
 
         fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
@@ -316,6 +337,11 @@ pub mod fake {
             domid: u32,
             _timeout: std::time::Duration,
         ) -> Result<WaitOutcome, HypervisorError> {
+            let gate = self.wait_gate.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(gate) = gate {
+                gate.entered.notify_one();
+                gate.resume.notified().await;
+            }
             // Fake guests react at once: whatever state they are in now is the answer.
             Ok(self.with(|i| match i.domains.get(&domid).map(|d| (d.state, d.ignores_shutdown)) {
                 None => WaitOutcome::Gone,

@@ -7,4 +7,5 @@ pub mod config;
 pub mod hypervisor;
 pub mod manager;
 pub mod store;
+pub mod xen;
 pub mod zone;

@@ -288,8 +288,11 @@ impl<H: Hypervisor> ZoneManager<H> {
         }
         let mut zones = self.zones.lock().await;
         let rec = zones.get_mut(&id).ok_or_else(|| ManagerError::NotFound(zone.to_owned()))?;
-        self.update(rec, |r| r.transition(ZoneState::Stopped, now()))?
-            .map_err(|transition| ManagerError::WrongState { zone: name.clone(), transition })?;
+        // The reconciler may have seen the power-off first and finished the stop itself.
+        if rec.state != ZoneState::Stopped {
+            self.update(rec, |r| r.transition(ZoneState::Stopped, now()))?
+                .map_err(|transition| ManagerError::WrongState { zone: name.clone(), transition })?;
+        }
         Ok(rec.clone())
     }
 
@@ -585,6 +588,28 @@ mod tests {
         }
         use ZoneState::*;
         assert_eq!(seen, [Starting, Starting, Stopping, Stopped, Stopping, Stopped, Starting]);
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stop_that_the_reconciler_finished_first_still_succeeds() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let m = Arc::new(manager(dir.path(), FakeHypervisor::new(PV_ONLY)).await?);
+        m.create(spec("web")).await?;
+        m.start("web").await?;
+        // As on a real host: the guest powers off on the request, and the domain-release watch makes the
+        // reconciler finish the stop while `stop` is still waiting for the shutdown.
+        let gate = m.hypervisor().gate_next_wait();
+        let stopping = {
+            let m = m.clone();
+            tokio::spawn(async move { m.stop("web", Duration::from_secs(1)).await })
+        };
+        gate.entered.notified().await;
+        assert_eq!(m.reconcile().await?.stopped, ["web"]);
+        gate.resume.notify_one();
+        let z = stopping.await??;
+        assert_eq!(z.state, ZoneState::Stopped);
+        assert_eq!(m.hypervisor().count(), 0);
         Ok(())
     }
 
