@@ -10,6 +10,28 @@
 //! there (with validation), so the daemon's core never handles protobuf's optional-everything shapes.
 #![forbid(unsafe_code)]
 
+/// Connecting to bulkheadd.
+#[cfg(feature = "client")]
+pub mod client {
+    use std::path::Path;
+
+    use hyper_util::rt::TokioIo;
+    use tokio::net::UnixStream;
+    use tonic::transport::{Channel, Endpoint};
+
+    /// A channel to bulkheadd's control socket at `socket` (the daemon listens on a unix socket only).
+    pub async fn connect_unix(socket: &Path) -> Result<Channel, tonic::transport::Error> {
+        let path = socket.to_owned();
+        // The URI is required by tonic but unused: the connector dials the socket.
+        Endpoint::from_static("http://localhost")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+            }))
+            .await
+    }
+}
+
 /// `bulkhead.control.v1`: zones, workloads, images and host information.
 pub mod control {
     /// Version 1 of the control API.

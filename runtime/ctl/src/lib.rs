@@ -10,9 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use bulkhead_api::control::v1::zone_service_client::ZoneServiceClient;
 use clap::{Parser, Subcommand};
-use hyper_util::rt::TokioIo;
-use tokio::net::UnixStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// The daemon's control socket unless `--socket` says otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/bulkhead/control.sock";
@@ -39,21 +37,12 @@ pub enum Command {
 
 /// Connects to bulkheadd over its unix socket.
 pub async fn connect(socket: &Path) -> anyhow::Result<Channel> {
-    let path = socket.to_owned();
-    // The URI is required by tonic but unused: the connector dials the socket.
-    Endpoint::try_from("http://localhost")
-        .context("building the endpoint")?
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
-        }))
-        .await
-        .with_context(|| {
-            format!(
-                "cannot reach bulkheadd at {}: is it running (systemctl status bulkheadd), and are you root?",
-                socket.display()
-            )
-        })
+    bulkhead_api::client::connect_unix(socket).await.with_context(|| {
+        format!(
+            "cannot reach bulkheadd at {}: is it running (systemctl status bulkheadd), and are you root?",
+            socket.display()
+        )
+    })
 }
 
 /// Runs one command, writing results to `out`; returns the process exit code.

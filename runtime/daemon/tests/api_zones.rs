@@ -15,22 +15,13 @@ use bulkheadd::hypervisor::fake::FakeHypervisor;
 use bulkheadd::manager::{ManagerConfig, ZoneManager};
 use bulkheadd::store::RecordStore;
 use bulkheadd::zone::HostVirtCaps;
-use hyper_util::rt::TokioIo;
-use tokio::net::UnixStream;
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 async fn connect(path: PathBuf) -> Result<ZoneServiceClient<Channel>, tonic::transport::Error> {
-    // The URI is required by the API but unused: the connector dials the socket.
-    let channel = Endpoint::try_from("http://localhost")?
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
-        }))
-        .await?;
-    Ok(ZoneServiceClient::new(channel))
+    Ok(ZoneServiceClient::new(bulkhead_api::client::connect_unix(&path).await?))
 }
 
 struct Daemon {
