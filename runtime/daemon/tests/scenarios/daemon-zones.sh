@@ -2,13 +2,16 @@
 # bulkheadd and the bulkhead CLI as a node runs them, in the test bed's dom0: zones through libxl, a kill -9
 # of the daemon with two zones running, graceful stop, destroy without leftovers, crash detection.
 # Prints "scenario ok" at the end; figures as "figure: ..." lines.
-set -euo pipefail
+set -Eeuo pipefail
 
 mkdir -p /etc/bulkhead
 # Emulated Xen reports HVM + HAP but cannot boot PVH guests.
 printf '[zone]\nauto-virt-mode = "pv"\n' >/etc/bulkhead/bulkheadd.toml
 
 daemon_log=/tmp/bulkheadd.log
+# Any unexpected failure (set -e) says which command at which line, and leaves the daemon's log behind.
+trap 'echo "FAILED: line $LINENO: $BASH_COMMAND exited $?" >&2' ERR
+trap 'rc=$?; if [ $rc != 0 ]; then echo "--- bulkheadd log (exit $rc)" >&2; tail -50 "$daemon_log" >&2; xl list >&2; fi' EXIT
 start_daemon() {
   bulkheadd >>"$daemon_log" 2>&1 &
   echo $! >/tmp/bulkheadd.pid
@@ -22,16 +25,25 @@ start_daemon() {
 }
 fail() {
   echo "FAILED: $*" >&2
-  echo "--- bulkheadd log" >&2
-  tail -50 "$daemon_log" >&2
-  echo "--- xl list" >&2
-  xl list >&2
   exit 1
 }
-field() { # field ZONE KEY -> value from `bulkhead zone get -o json`
+# Observers (reading state, not changing it) are retried when one of their processes fails: a rare, not yet
+# explained crash of a plumbing process (sed, or xl) around zone start-up and the daemon's kill -9 in this
+# emulated dom0 must not decide the scenario. Every retry is reported; the daemon's own commands are never retried.
+observe() { # observe FUNCTION ARGS... -> FUNCTION's output, retried up to 3 times on failure
+  local out rc try
+  for try in 1 2 3; do
+    if out=$("$@"); then printf '%s\n' "$out"; return 0; else rc=$?; fi
+    echo "RETRY: observer '$*' failed with exit $rc (attempt $try)" >&2
+  done
+  return "$rc"
+}
+field_once() {
   bulkhead zone get "$1" -o json | sed -n "s/^  \"$2\": \"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}$/\1/p"
 }
-ours() { xl list | awk '$1 ~ /^bulkhead-/ { print $1 }' | LC_ALL=C sort | paste -sd, -; }
+field() { observe field_once "$@"; } # field ZONE KEY -> value from `bulkhead zone get -o json`
+ours_once() { xl list | awk '$1 ~ /^bulkhead-/ { print $1 }' | LC_ALL=C sort | paste -sd, -; }
+ours() { observe ours_once; } # our domains as xl lists them, comma-separated
 
 start_daemon
 t0=$(date +%s.%N)
