@@ -142,6 +142,12 @@ pub enum ValidationError {
         /// The field.
         field: &'static str,
     },
+    /// A device name has characters other than ASCII lowercase letters and digits.
+    #[error("{field} is not a valid device name (lowercase letters and digits only, like xvdb)")]
+    InvalidDeviceName {
+        /// The field.
+        field: &'static str,
+    },
     /// A signal number is outside `1..=MAX_SIGNAL`.
     #[error("signal number {signal} is out of range")]
     InvalidSignal {

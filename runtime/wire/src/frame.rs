@@ -11,7 +11,7 @@ use crate::limits::MAX_FRAME_PAYLOAD;
 pub const MAGIC: [u8; 4] = *b"BHZW";
 
 /// The protocol version this crate speaks; frames of any other version are rejected.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// Length of the fixed frame header in bytes.
 pub const HEADER_LEN: usize = 16;
@@ -280,6 +280,7 @@ mod tests {
             limits: ResourceLimits { memory_bytes: Some(1), cpu: None, pids_max: None },
             readonly_rootfs: true,
             hostname: None,
+            root_device: "xvdb".into(),
         }
     }
 
@@ -445,7 +446,7 @@ mod tests {
     fn golden_ping() -> TestResult {
         let f = encode(&HostToZone::Ping { nonce: 1 })?;
         let want = [
-            0x42, 0x48, 0x5a, 0x57, 0x01, 0x01, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0xbc, 0x45, 0xa9, 0x30, 0x0b, 0x01,
+            0x42, 0x48, 0x5a, 0x57, 0x02, 0x01, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0xbf, 0xfe, 0x9e, 0xdb, 0x0b, 0x01,
         ];
         assert_eq!(f, want);
         Ok(())
@@ -455,7 +456,7 @@ mod tests {
     fn golden_pong() -> TestResult {
         let f = encode(&ZoneToHost::Pong { nonce: 0x102 })?;
         let want = [
-            0x42, 0x48, 0x5a, 0x57, 0x01, 0x02, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x12, 0x77, 0x81, 0xa0, 0x09, 0x82,
+            0x42, 0x48, 0x5a, 0x57, 0x02, 0x02, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x13, 0x11, 0x63, 0x39, 0x09, 0x82,
             0x02,
         ];
         assert_eq!(f, want);
@@ -486,6 +487,7 @@ mod tests {
             0x01, 0x01, 0x00, 0x00, // memory Some(1), cpu None, pids None
             0x01, // readonly_rootfs
             0x00, // hostname None
+            0x04, b'x', b'v', b'd', b'b', // root_device
         ];
         assert_eq!(&encode(&m)?[HEADER_LEN..], want);
         Ok(())
@@ -503,7 +505,7 @@ mod tests {
 
     #[test]
     fn bad_version() {
-        for v in [0, 2, 0xff] {
+        for v in [0, 1, 3, 0xff] {
             let f = raw_frame(v, Direction::HostToZone as u8, 0, &[0x0b, 0x01]);
             assert!(
                 matches!(decode_slice::<HostToZone>(&f), Err(WireError::UnsupportedVersion { found }) if found == v)
@@ -613,7 +615,7 @@ mod tests {
         for _ in 0..MAX_ARGS {
             payload.extend_from_slice(&[0x01, b'x']);
         }
-        payload.extend_from_slice(&[0x00, 0x01, b'/', 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        payload.extend_from_slice(&[0x00, 0x01, b'/', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, b'x']);
         assert!(matches!(decode_slice::<HostToZone>(&host_frame(&payload)), Ok(Some(_))));
         // Env: Exec { 1, 2, ["x"], <MAX_ENV + 1 entries> }.
         let mut payload = vec![0x05, 0x01, 0x02, 0x01, 0x01, b'x'];

@@ -39,5 +39,8 @@ pub const MAX_SHORT_STRING_LEN: usize = 128;
 /// Longest human-readable error message or failure reason, in bytes.
 pub const MAX_MESSAGE_LEN: usize = 1024;
 
+/// Longest block device name (Linux's `DISK_NAME_LEN` is 32; Xen's `xvd` names are far shorter).
+pub const MAX_DEVICE_NAME_LEN: usize = 15;
+
 /// Highest signal number accepted (Linux `SIGRTMAX`); the lowest is 1.
 pub const MAX_SIGNAL: i32 = 64;

@@ -66,8 +66,18 @@ fn resource_limits() -> impl Strategy<Value = ResourceLimits> {
 }
 
 fn workload_spec() -> impl Strategy<Value = WorkloadSpec> {
-    (argv(), env(), path(), user(), any::<bool>(), resource_limits(), any::<bool>(), option::of(hostname())).prop_map(
-        |(argv, env, cwd, user, tty, limits, readonly_rootfs, hostname)| WorkloadSpec {
+    (
+        argv(),
+        env(),
+        path(),
+        user(),
+        any::<bool>(),
+        resource_limits(),
+        any::<bool>(),
+        option::of(hostname()),
+        "[a-z0-9]{1,15}",
+    )
+        .prop_map(|(argv, env, cwd, user, tty, limits, readonly_rootfs, hostname, root_device)| WorkloadSpec {
             argv,
             env,
             cwd,
@@ -76,8 +86,8 @@ fn workload_spec() -> impl Strategy<Value = WorkloadSpec> {
             limits,
             readonly_rootfs,
             hostname,
-        },
-    )
+            root_device,
+        })
 }
 
 fn exit_status() -> impl Strategy<Value = ExitStatus> {

@@ -137,6 +137,9 @@ pub struct WorkloadSpec {
     pub readonly_rootfs: bool,
     /// The workload's hostname (UTS namespace); `None` keeps the zone's.
     pub hostname: Option<String>,
+    /// The zone's block device (e.g. `xvdb`) holding the workload's root image, an erofs filesystem: 1 to
+    /// [`limits::MAX_DEVICE_NAME_LEN`] ASCII lowercase letters and digits.
+    pub root_device: String,
 }
 
 impl WorkloadSpec {
@@ -148,7 +151,7 @@ impl WorkloadSpec {
         if let Some(h) = &self.hostname {
             validate::hostname("spec.hostname", h)?;
         }
-        Ok(())
+        validate::device_name("spec.root_device", &self.root_device)
     }
 }
 
@@ -292,6 +295,7 @@ mod tests {
             },
             readonly_rootfs: false,
             hostname: Some("web-0.example".into()),
+            root_device: "xvdb".into(),
         }
     }
 
@@ -329,6 +333,11 @@ mod tests {
         ));
         assert_eq!(check(|s| s.cwd = "srv".into()), Err(V::NotAbsolute { field: "spec.cwd" }));
         assert_eq!(check(|s| s.cwd.clear()), Err(V::Empty { field: "spec.cwd" }));
+        for bad in ["../sda", "xvd/b", "XVDB", "xvdb "] {
+            assert_eq!(check(|s| s.root_device = bad.into()), Err(V::InvalidDeviceName { field: "spec.root_device" }));
+        }
+        assert_eq!(check(|s| s.root_device.clear()), Err(V::Empty { field: "spec.root_device" }));
+        assert!(matches!(check(|s| s.root_device = "x".repeat(16)), Err(V::TooLong { .. })));
         assert!(matches!(
             check(|s| s.user.additional_gids = vec![0; limits::MAX_ADDITIONAL_GIDS + 1]),
             Err(V::TooMany { field: "user.additional_gids", .. })

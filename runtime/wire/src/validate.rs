@@ -66,6 +66,17 @@ pub(crate) fn hostname(field: &'static str, h: &str) -> Result<(), ValidationErr
     if h.split('.').all(label_ok) { Ok(()) } else { Err(ValidationError::InvalidHostname { field }) }
 }
 
+/// Checks a block device name as the zone's /dev shows it (`xvdb`): ASCII lowercase letters and digits only,
+/// so it can never name a path outside /dev.
+pub(crate) fn device_name(field: &'static str, name: &str) -> Result<(), ValidationError> {
+    non_empty_string(field, name, limits::MAX_DEVICE_NAME_LEN)?;
+    if name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+        Ok(())
+    } else {
+        Err(ValidationError::InvalidDeviceName { field })
+    }
+}
+
 /// Checks a signal number against `1..=`[`limits::MAX_SIGNAL`].
 pub(crate) fn signal(signal: i32) -> Result<(), ValidationError> {
     if (1..=limits::MAX_SIGNAL).contains(&signal) { Ok(()) } else { Err(ValidationError::InvalidSignal { signal }) }

@@ -95,6 +95,7 @@ pub enum Error {
     /// A [`DomainSpec`](crate::DomainSpec) field is invalid (nothing was
     /// handed to libxl).
     #[error("invalid domain spec: {field}: {reason}")]
+    #[cfg(feature = "toolstack")]
     InvalidDomainSpec { field: crate::domain::SpecField, reason: String },
     /// `libxl_domain_create_new` failed (libxl has already destroyed any
     /// half-created domain).

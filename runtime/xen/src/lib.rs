@@ -20,21 +20,27 @@
 
 mod asyncfd;
 mod cstr;
+#[cfg(feature = "toolstack")]
 pub mod domain;
 pub mod error;
 pub mod evtchn;
 pub mod gnttab;
+#[cfg(feature = "toolstack")]
 pub mod info;
+#[cfg(feature = "toolstack")]
 pub mod libxl;
 pub mod logger;
 pub mod vchan;
 pub mod xenstore;
 
+#[cfg(feature = "toolstack")]
 pub use domain::{DiskSpec, DomainKind, DomainSpec, ShutdownAction, SpecField};
 pub use error::{Error, LibxlError, Result};
 pub use evtchn::{AsyncEventChannels, EventChannels, Port};
 pub use gnttab::{GrantMapping, GrantTable, SharedMem};
+#[cfg(feature = "toolstack")]
 pub use info::{DomainInfo, DomainState, DomainType, PhysCaps, PhysInfo, ShutdownReason, Uuid, VersionInfo};
+#[cfg(feature = "toolstack")]
 pub use libxl::{Idl, IdlType, Libxl, LibxlWorker};
 pub use vchan::{AsyncVchan, Vchan, VchanState};
 pub use xenstore::{AsyncWatcher, Transaction, Xenstore};
