@@ -10,6 +10,9 @@
 //! - `bulkhead.hostname=NAME` (required): an RFC 1123 host name, lowercase as Kubernetes requires, at most 64
 //!   characters (the kernel's `HOST_NAME_MAX`).
 //! - `bulkhead.selftest=poweroff` (optional): run the boot self-test and power off (no host channel needed).
+//! - `bulkhead.channel=PATH` (optional): the xenstore directory (relative to the zone's own, e.g.
+//!   `bulkhead/channel`) where bulkheadd serves the zone's host channel; 1-40 characters of `[A-Za-z0-9/_-]`.
+//!   Without it the zone runs standalone (self-test, bare `xl create`).
 //!
 //! Unknown `bulkhead.*` keys are collected in [`Cmdline::unknown`] for init to report; they are not fatal, so
 //! an older zone-init boots with a newer host. A known key given twice is an error.
@@ -123,6 +126,35 @@ impl fmt::Display for Hostname {
     }
 }
 
+/// `bulkhead.channel`: a relative xenstore path, short enough for libxenvchan once the zone's own directory
+/// (`/local/domain/<id>/`) is prefixed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelPath(String);
+
+impl ChannelPath {
+    /// The longest accepted path.
+    pub const MAX_LEN: usize = 40;
+
+    /// Validates a relative xenstore path.
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        if s.is_empty() || s.len() > Self::MAX_LEN {
+            return Err("must be 1 to 40 characters");
+        }
+        if s.starts_with('/') || s.ends_with('/') || s.contains("//") {
+            return Err("must be a relative path without empty components");
+        }
+        if !s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'-')) {
+            return Err("may hold only letters, digits, '/', '_' and '-'");
+        }
+        Ok(ChannelPath(s.to_owned()))
+    }
+
+    /// The path.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// What `bulkhead.selftest` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Selftest {
@@ -139,6 +171,8 @@ pub struct ZoneConfig {
     pub hostname: Hostname,
     /// `bulkhead.selftest`.
     pub selftest: Option<Selftest>,
+    /// `bulkhead.channel`.
+    pub channel: Option<ChannelPath>,
 }
 
 /// A parsed command line: the configuration and the `bulkhead.*` keys this init does not know.
@@ -191,6 +225,7 @@ pub fn parse(line: &str) -> Result<Cmdline, CmdlineError> {
     let mut zone: Option<String> = None;
     let mut hostname: Option<String> = None;
     let mut selftest: Option<String> = None;
+    let mut channel: Option<String> = None;
     let mut unknown = Vec::new();
     for param in split_params(line)? {
         let (key, value) = match param.split_once('=') {
@@ -202,6 +237,7 @@ pub fn parse(line: &str) -> Result<Cmdline, CmdlineError> {
             "zone" => ("zone", &mut zone),
             "hostname" => ("hostname", &mut hostname),
             "selftest" => ("selftest", &mut selftest),
+            "channel" => ("channel", &mut channel),
             other => {
                 unknown.push(format!("{PREFIX}{other}"));
                 continue;
@@ -233,7 +269,15 @@ pub fn parse(line: &str) -> Result<Cmdline, CmdlineError> {
             });
         }
     };
-    Ok(Cmdline { config: ZoneConfig { zone, hostname, selftest }, unknown })
+    let channel = match channel {
+        None => None,
+        Some(path) => Some(ChannelPath::parse(&path).map_err(|reason| CmdlineError::Invalid {
+            key: "channel",
+            value: path,
+            reason,
+        })?),
+    };
+    Ok(Cmdline { config: ZoneConfig { zone, hostname, selftest, channel }, unknown })
 }
 
 #[cfg(test)]
@@ -345,5 +389,16 @@ mod tests {
         ));
         let c = ok("\"bulkhead.zone=z\"\tbulkhead.hostname=\"h\"\n");
         assert_eq!((c.config.zone.as_str(), c.config.hostname.as_str()), ("z", "h"));
+    }
+
+    #[test]
+    fn the_channel_path_is_optional_relative_and_bounded() {
+        assert_eq!(ok("bulkhead.zone=z bulkhead.hostname=h").config.channel, None);
+        let c = ok("bulkhead.zone=z bulkhead.hostname=h bulkhead.channel=bulkhead/channel");
+        assert_eq!(c.config.channel.as_ref().map(ChannelPath::as_str), Some("bulkhead/channel"));
+        for bad in ["/local/domain/0/x", "a//b", "a/", "a b", "x".repeat(41).as_str(), "", "a.b"] {
+            let line = format!("bulkhead.zone=z bulkhead.hostname=h \"bulkhead.channel={bad}\"");
+            assert!(matches!(err(&line), CmdlineError::Invalid { key: "channel", .. }), "{bad:?}");
+        }
     }
 }

@@ -23,6 +23,18 @@ pub fn say(args: fmt::Arguments<'_>) {
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
+/// An error and its causes on one line, `outer: inner: root`.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        cur = s.source();
+    }
+    text
+}
+
 /// `say!("...", args)`: [`say`] with `format!` syntax.
 #[macro_export]
 macro_rules! say {

@@ -79,6 +79,12 @@ pub enum InitError {
     /// Reaping children.
     #[error("reaping children (waitpid)")]
     Reap(#[source] Errno),
+    /// Waiting for events (`poll`).
+    #[error("waiting for events (poll)")]
+    Poll(#[source] Errno),
+    /// The host channel.
+    #[error("host channel")]
+    Channel(#[source] crate::channel::ChannelError),
     /// Starting the self-test child.
     #[error("spawning the self-test child /proc/self/exe --selftest-child")]
     SpawnSelftest(#[source] std::io::Error),
@@ -89,7 +95,8 @@ impl InitError {
     pub fn stage(&self) -> &'static str {
         match self {
             InitError::BlockSignals(_) | InitError::CreateSignalFd(_) | InitError::DisableCad(_) => "signals",
-            InitError::ReadSignalFd(_) | InitError::Reap(_) => "event-loop",
+            InitError::ReadSignalFd(_) | InitError::Reap(_) | InitError::Poll(_) => "event-loop",
+            InitError::Channel(_) => "channel",
             InitError::CreateDir { .. } | InitError::Mount { .. } | InitError::LinkPtmx(_) => "mount",
             InitError::ParseCmdline(_) => "cmdline",
             InitError::ReadFile { .. } | InitError::ParseUptime { .. } => "read",

@@ -7,10 +7,17 @@ use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use std::time::Duration;
+
+use bulkhead_wire::{PROTOCOL_VERSION, ZoneToHost};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+use crate::agent::{Action, Agent};
 use crate::cgroup;
+use crate::channel::{Channel, ChannelError};
 use crate::cmdline::{self, Selftest, ZoneConfig};
 use crate::error::InitError;
-use crate::power::power_off;
+use crate::power::{power_off, shutdown};
 use crate::say;
 use crate::signals::{Event, Signals};
 use crate::uptime::parse_uptime_ms;
@@ -78,20 +85,95 @@ pub fn run() -> Result<Infallible, InitError> {
         None => None,
     };
 
+    let mut channel = match &config.channel {
+        Some(path) => Some(connect(path.as_str(), boot_ms)?),
+        None => None,
+    };
+    let mut agent = Agent::new();
     loop {
-        match signals.wait_event()? {
-            Event::Reaped(reaped) => {
-                for r in reaped {
-                    if Some(r.pid) == selftest_child {
-                        say!("selftest child exited {}", r.code);
-                        power_off();
+        wait_for_events(&signals, channel.as_ref())?;
+        for event in signals.pending()? {
+            match event {
+                Event::Reaped(reaped) => {
+                    for r in reaped {
+                        if Some(r.pid) == selftest_child {
+                            say!("selftest child exited {}", r.code);
+                            power_off();
+                        }
                     }
                 }
+                Event::Shutdown(signal) => {
+                    say!("{signal} received: powering off");
+                    shutdown(SIGNAL_SHUTDOWN_GRACE);
+                }
             }
-            Event::Shutdown(signal) => {
-                say!("{signal} received: powering off");
-                power_off();
+        }
+        if let Some(ch) = channel.as_mut() {
+            match serve(ch, &mut agent) {
+                Ok(Action::Continue) => {}
+                Ok(Action::Shutdown { grace_ms }) => {
+                    say!("host asked to power off (grace {grace_ms} ms)");
+                    shutdown(Duration::from_millis(u64::from(grace_ms)));
+                }
+                Err(e) => {
+                    // Workloads keep running; the host reconnects when it can.
+                    say!("host channel lost: {}", crate::console::chain(&e));
+                    channel = None;
+                }
             }
+        }
+    }
+}
+
+/// How long processes get after SIGTERM when init itself is told to power off by a signal.
+const SIGNAL_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Connects to bulkheadd and says hello; the welcome arrives through the event loop.
+fn connect(path: &str, boot_ms: u64) -> Result<Channel, InitError> {
+    let mut ch = Channel::connect(path).map_err(InitError::Channel)?;
+    let kernel_release =
+        nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+    ch.queue(&ZoneToHost::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        init_version: env!("CARGO_PKG_VERSION").to_owned(),
+        kernel_release,
+        boot_time_ms: boot_ms,
+    })
+    .map_err(InitError::Channel)?;
+    ch.pump().map_err(InitError::Channel)?;
+    say!("host channel: hello sent on {path}");
+    Ok(ch)
+}
+
+/// Sleeps until a signal is pending or the channel has an event.
+fn wait_for_events(signals: &Signals, channel: Option<&Channel>) -> Result<(), InitError> {
+    let mut fds = vec![PollFd::new(signals.fd(), PollFlags::POLLIN)];
+    if let Some(ch) = channel {
+        fds.push(PollFd::new(ch.fd(), PollFlags::POLLIN));
+    }
+    match poll(&mut fds, PollTimeout::NONE) {
+        Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
+        Err(e) => Err(InitError::Poll(e)),
+    }
+}
+
+/// Moves the channel's bytes and handles every request that arrived, until a pump brings no new request.
+/// The host is dom0 (trusted to stop sending), so this is not bounded by rounds: stopping early would leave
+/// data in the ring with its notification already consumed.
+fn serve(ch: &mut Channel, agent: &mut Agent) -> Result<Action, ChannelError> {
+    let mut answers = Vec::new();
+    loop {
+        let requests = ch.pump()?;
+        if requests.is_empty() {
+            return Ok(Action::Continue);
+        }
+        for msg in requests {
+            if let Action::Shutdown { grace_ms } = agent.handle(msg, &mut answers) {
+                return Ok(Action::Shutdown { grace_ms });
+            }
+        }
+        for a in answers.drain(..) {
+            ch.queue(&a)?;
         }
     }
 }
@@ -103,7 +185,12 @@ mod tests {
 
     #[test]
     fn the_ready_line_has_the_documented_fields() -> Result<(), &'static str> {
-        let config = ZoneConfig { zone: ZoneId::parse("t1")?, hostname: Hostname::parse("zone-t1")?, selftest: None };
+        let config = ZoneConfig {
+            zone: ZoneId::parse("t1")?,
+            hostname: Hostname::parse("zone-t1")?,
+            selftest: None,
+            channel: None,
+        };
         let controllers = ["cpuset", "cpu", "memory"].map(String::from);
         assert_eq!(
             ready_line(&config, &controllers, true, 1234),

@@ -14,7 +14,9 @@
 //! Everything init prints goes through [`console`]; `println!` and friends are banned by `clippy.toml`.
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod cgroup;
+pub mod channel;
 pub mod cmdline;
 pub mod console;
 pub mod error;

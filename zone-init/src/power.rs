@@ -2,6 +2,27 @@
 
 use crate::say;
 
+/// Asks every process to end (SIGTERM), gives them `grace` to do so while reaping them, kills what is left
+/// (SIGKILL), then powers off. As PID 1, `kill(-1, ..)` reaches every process but init itself.
+pub fn shutdown(grace: std::time::Duration) -> ! {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let all = Pid::from_raw(-1);
+    if kill(all, Signal::SIGTERM).is_ok() {
+        let deadline = std::time::Instant::now() + grace;
+        // ESRCH/ECHILD: nobody left. Poll with a short sleep: the signalfd loop is not running any more.
+        while std::time::Instant::now() < deadline {
+            let _ = crate::reap::reap_all();
+            if kill(all, None).is_err() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = kill(all, Signal::SIGKILL);
+    }
+    power_off();
+}
+
 /// Syncs and powers the zone off with `reboot(RB_POWER_OFF)`. If the kernel refuses, says so on the console
 /// and waits forever rather than exit.
 ///

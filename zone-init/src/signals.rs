@@ -57,29 +57,43 @@ impl Signals {
             mask.add(s);
         }
         mask.thread_block().map_err(InitError::BlockSignals)?;
-        let fd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC).map_err(InitError::CreateSignalFd)?;
+        let fd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+            .map_err(InitError::CreateSignalFd)?;
         nix::sys::reboot::set_cad_enabled(false).map_err(InitError::DisableCad)?;
         Ok(Signals { fd })
     }
 
-    /// Blocks until the next event.
-    pub fn wait_event(&mut self) -> Result<Event, InitError> {
+    /// The signalfd: readable when a handled signal is pending; then call [`pending`](Signals::pending).
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.fd.as_fd()
+    }
+
+    /// Every event that is pending now, without blocking: one `Reaped` with all exited children if any
+    /// SIGCHLD arrived, and one `Shutdown` per shutdown signal.
+    pub fn pending(&mut self) -> Result<Vec<Event>, InitError> {
+        let mut events = Vec::new();
+        let mut reap = false;
         loop {
             let info = match self.fd.read_signal() {
                 Ok(Some(info)) => info,
-                // A blocking signalfd does not return EAGAIN; tolerate it anyway.
-                Ok(None) | Err(nix::errno::Errno::EINTR) => continue,
+                Ok(None) | Err(nix::errno::Errno::EAGAIN) => break,
+                Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => return Err(InitError::ReadSignalFd(e)),
             };
             let Some(signal) = i32::try_from(info.ssi_signo).ok().and_then(|n| Signal::try_from(n).ok()) else {
                 continue;
             };
             match meaning(signal) {
-                Meaning::Reap => return Ok(Event::Reaped(reap_all().map_err(InitError::Reap)?)),
-                Meaning::Shutdown => return Ok(Event::Shutdown(signal)),
-                Meaning::Ignore => continue,
+                Meaning::Reap => reap = true,
+                Meaning::Shutdown => events.push(Event::Shutdown(signal)),
+                Meaning::Ignore => {}
             }
         }
+        if reap {
+            events.insert(0, Event::Reaped(reap_all().map_err(InitError::Reap)?));
+        }
+        Ok(events)
     }
 }
 

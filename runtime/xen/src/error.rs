@@ -5,10 +5,12 @@
 //! underlying cause: a [`LibxlError`] for libxl calls, or the `errno` captured
 //! right after the C call as an [`std::io::Error`] for the thin libraries.
 
+#[cfg(feature = "toolstack")]
 use std::ffi::CStr;
 use std::fmt;
 use std::io;
 
+#[cfg(feature = "toolstack")]
 use bulkhead_xen_sys as sys;
 
 /// Result alias used throughout this crate.
@@ -30,7 +32,15 @@ impl LibxlError {
     }
 
     /// libxl's name for the code (`"fail"`, `"domain_notfound"`, ...), if it
+    /// knows it. Always `None` in a guest-only build (no libxl linked).
+    #[cfg(not(feature = "toolstack"))]
+    pub fn name(self) -> Option<&'static str> {
+        None
+    }
+
+    /// libxl's name for the code (`"fail"`, `"domain_notfound"`, ...), if it
     /// knows it.
+    #[cfg(feature = "toolstack")]
     pub fn name(self) -> Option<&'static str> {
         // SAFETY: libxl_error_to_string is a pure lookup in libxl's static
         // enum string table; it accepts any integer and returns either NULL
@@ -260,6 +270,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(feature = "toolstack")]
     fn libxl_error_names_come_from_libxl() {
         let e = LibxlError(sys::ERROR_FAIL);
         assert_eq!(e.code(), -3);
@@ -282,6 +293,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "toolstack")]
     fn error_messages_name_the_operation_and_arguments() {
         let e = Error::XenstoreRead {
             path: "/local/domain/0/name".into(),
