@@ -16,7 +16,12 @@ use clap::Parser;
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 async fn serve(dir: &Path) -> Result<std::path::PathBuf, Box<dyn std::error::Error>> {
-    let cfg = ManagerConfig { default_kernel: "/k".into(), default_initrd: "/i".into(), auto_virt_mode: None };
+    let cfg = ManagerConfig {
+        default_kernel: "/k".into(),
+        default_initrd: "/i".into(),
+        auto_virt_mode: None,
+        hello_timeout: bulkheadd::manager::DEFAULT_HELLO_TIMEOUT,
+    };
     let hv = FakeHypervisor::new(HostVirtCaps { hvm: false, hap: false });
     let manager = Arc::new(ZoneManager::open(hv, RecordStore::open(dir.join("zones"))?, cfg).await?);
     let socket = dir.join("control.sock");

@@ -127,6 +127,7 @@ impl Config {
         ManagerConfig {
             default_kernel: self.zone.kernel.clone(),
             default_initrd: self.zone.initrd.clone(),
+            hello_timeout: crate::manager::DEFAULT_HELLO_TIMEOUT,
             auto_virt_mode: match self.zone.auto_virt_mode {
                 AutoVirtMode::Detect => None,
                 AutoVirtMode::Pv => Some(VirtMode::Pv),

@@ -4,7 +4,20 @@
 use std::future::Future;
 use std::path::PathBuf;
 
+use tokio::io::{AsyncRead, AsyncWrite};
+
 use crate::zone::HostVirtCaps;
+
+/// Where, relative to a zone's xenstore directory, bulkheadd serves the zone's host channel. The zone's init
+/// gets it as `bulkhead.channel=` on its kernel command line.
+pub const ZONE_CHANNEL_PATH: &str = "bulkhead/channel";
+
+/// A byte stream to one zone's init.
+pub trait ChannelIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> ChannelIo for T {}
+
+/// The daemon's end of a zone's host channel.
+pub type ChannelStream = Box<dyn ChannelIo>;
 
 /// The two modes a domain is actually built with (`auto` is resolved before this point).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +142,14 @@ pub enum HypervisorError {
     /// Listing domains failed.
     #[error("listing domains: {0}")]
     List(String),
+    /// Serving the host channel failed.
+    #[error("serving the host channel of domain {domid}: {reason}")]
+    Channel {
+        /// Domain id.
+        domid: u32,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// The operations zone orchestration needs. Implementations must be safe to call concurrently.
@@ -151,6 +172,9 @@ pub trait Hypervisor: Send + Sync + 'static {
     fn destroy(&self, domid: u32) -> impl Future<Output = Result<(), HypervisorError>> + Send;
     /// Every domain on the host, dom0 included.
     fn list(&self) -> impl Future<Output = Result<Vec<DomainObservation>, HypervisorError>> + Send;
+    /// Serves the host channel of a (paused) domain at [`ZONE_CHANNEL_PATH`], so the zone's init finds it when
+    /// it boots. Serving again replaces the previous channel (a restarted daemon).
+    fn serve_channel(&self, domid: u32) -> impl Future<Output = Result<ChannelStream, HypervisorError>> + Send;
 }
 
 /// An in-memory hypervisor for tests: domains are records; tests steer failures and guest behaviour.
@@ -160,6 +184,9 @@ pub mod fake {
     use std::sync::Mutex;
 
     use super::*;
+
+    /// Bytes in flight per direction on a fake channel (a vchan ring is 64 KiB).
+    const FAKE_CHANNEL_BUFFER: usize = 64 * 1024;
 
     /// One fake domain.
     #[derive(Debug, Clone)]
@@ -180,6 +207,8 @@ pub mod fake {
         domains: BTreeMap<u32, FakeDomain>,
         fail_next_create: Option<String>,
         fail_next_destroy: Option<String>,
+        /// The zone ends of served channels, until a test takes them.
+        zone_ends: BTreeMap<u32, tokio::io::DuplexStream>,
     }
 
     /// Holds `wait_shutdown` at its start until the test says go: lets a test act while a wait is pending.
@@ -271,6 +300,11 @@ pub mod fake {
         /// A copy of one domain.
         pub fn domain(&self, domid: u32) -> Option<FakeDomain> {
             self.with(|i| i.domains.get(&domid).cloned())
+        }
+
+        /// The zone's end of the channel last served for `domid`: the test plays the zone's init on it.
+        pub fn take_zone_end(&self, domid: u32) -> Option<tokio::io::DuplexStream> {
+            self.with(|i| i.zone_ends.remove(&domid))
         }
 
         /// How many domains exist.
@@ -372,6 +406,18 @@ pub mod fake {
                     })
                     .collect()
             }))
+        }
+
+        async fn serve_channel(&self, domid: u32) -> Result<ChannelStream, HypervisorError> {
+            let (daemon_end, zone_end) = tokio::io::duplex(FAKE_CHANNEL_BUFFER);
+            self.with(|i| {
+                if !i.domains.contains_key(&domid) {
+                    return Err(HypervisorError::Channel { domid, reason: "no such domain".into() });
+                }
+                i.zone_ends.insert(domid, zone_end);
+                Ok(())
+            })?;
+            Ok(Box::new(daemon_end))
         }
     }
 }

@@ -5,17 +5,19 @@
 //! domain build does not stall `get`/`list` or other zones. A record changed by someone else during a call (for
 //! example destroyed while its domain was being built) is detected afterwards and the new domain cleaned up.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use std::time::Duration;
-
-use tokio::sync::{Mutex, broadcast};
+use tokio::sync::{Mutex, broadcast, mpsc};
 
 use crate::hypervisor::{
     DomainKind, DomainRequest, DomainRunState, Hypervisor, HypervisorError, ShutdownKind, WaitOutcome,
+    ZONE_CHANNEL_PATH,
 };
+use crate::link::{LinkEvent, LinkParams, ZoneLink};
 use crate::store::{RecordStore, StoreError};
 use crate::zone::{InvalidTransition, Nanos, SpecError, VirtMode, ZoneRecord, ZoneSpec, ZoneState, resolve_virt_mode};
 
@@ -31,7 +33,13 @@ pub struct ManagerConfig {
     pub default_initrd: PathBuf,
     /// The node's answer for `auto` (see [`resolve_virt_mode`]).
     pub auto_virt_mode: Option<VirtMode>,
+    /// How long a zone's init has, from unpause, to connect over the channel before the zone is failed.
+    pub hello_timeout: Duration,
 }
+
+/// The default [`ManagerConfig::hello_timeout`]: a zone's init connects about 3 s after boot under software
+/// emulation; several zones booting at once on a loaded host take longer.
+pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Orchestration failures; each maps to one gRPC code at the API edge.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +121,8 @@ pub struct ZoneManager<H> {
     zones: Mutex<BTreeMap<String, ZoneRecord>>,
     cfg: ManagerConfig,
     events: broadcast::Sender<ZoneEvent>,
+    /// The host channel of each zone whose domain this daemon serves, by zone id.
+    links: std::sync::Mutex<HashMap<String, ZoneLink>>,
 }
 
 impl<H: Hypervisor> ZoneManager<H> {
@@ -124,7 +134,7 @@ impl<H: Hypervisor> ZoneManager<H> {
         }
         let zones = loaded.records.into_iter().collect();
         let (events, _) = broadcast::channel(EVENT_BACKLOG);
-        let m = ZoneManager { hv, store, zones: Mutex::new(zones), cfg, events };
+        let m = ZoneManager { hv, store, zones: Mutex::new(zones), cfg, events, links: Default::default() };
         let report = m.reconcile().await?;
         tracing::info!(?report, "reconciled zones with the hypervisor");
         Ok(m)
@@ -200,8 +210,9 @@ impl<H: Hypervisor> ZoneManager<H> {
         v
     }
 
-    /// Builds the zone's domain (paused), then lets it run. The zone is `Starting` until its init connects.
-    pub async fn start(&self, zone: &str) -> Result<ZoneRecord, ManagerError> {
+    /// Builds the zone's domain (paused), serves its host channel, then lets it run. The zone is `Starting`
+    /// until its init connects over the channel, then `Ready`.
+    pub async fn start(self: &Arc<Self>, zone: &str) -> Result<ZoneRecord, ManagerError> {
         let caps =
             self.hv.host_caps().await.map_err(|source| ManagerError::Hypervisor { zone: zone.to_owned(), source })?;
         let (id, request) = {
@@ -246,7 +257,16 @@ impl<H: Hypervisor> ZoneManager<H> {
         }
         let snapshot = rec.clone();
         drop(zones);
-        if let Err(source) = self.hv.unpause(domid).await {
+        let served = self.hv.serve_channel(domid).await;
+        let unpaused = match served {
+            Ok(io) => {
+                self.attach_link(&snapshot, domid, io);
+                self.hv.unpause(domid).await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(source) = unpaused {
+            self.close_link(&id);
             let _ = self.hv.destroy(domid).await;
             let mut zones = self.zones.lock().await;
             if let Some(rec) = zones.get_mut(&id) {
@@ -256,6 +276,90 @@ impl<H: Hypervisor> ZoneManager<H> {
         }
         tracing::info!(zone = %snapshot.spec.name, domid, "zone domain running");
         Ok(snapshot)
+    }
+
+    /// Starts serving the zone's channel and handling what happens on it.
+    fn attach_link(self: &Arc<Self>, rec: &ZoneRecord, domid: u32, io: crate::hypervisor::ChannelStream) {
+        let (tx, mut rx) = mpsc::channel(4);
+        let params = LinkParams {
+            zone_id: rec.id.clone(),
+            hostname: rec.spec.effective_hostname().to_string(),
+            hello_timeout: self.cfg.hello_timeout,
+        };
+        let link = ZoneLink::spawn(io, params, tx);
+        if let Ok(mut links) = self.links.lock()
+            && let Some(old) = links.insert(rec.id.clone(), link)
+        {
+            old.close();
+        }
+        let manager: Weak<Self> = Arc::downgrade(self);
+        let id = rec.id.clone();
+        tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                let Some(m) = manager.upgrade() else { break };
+                m.on_link_event(&id, domid, event).await;
+            }
+        });
+    }
+
+    fn close_link(&self, zone_id: &str) {
+        if let Ok(mut links) = self.links.lock()
+            && let Some(link) = links.remove(zone_id)
+        {
+            link.close();
+        }
+    }
+
+    /// The host channel of a zone, while its init is connected.
+    pub fn link(&self, zone_id: &str) -> Option<ZoneLink> {
+        self.links.lock().ok()?.get(zone_id).filter(|l| l.is_open()).cloned()
+    }
+
+    /// What a zone's channel reported. Events of an older domain of the zone (restarted since) are ignored.
+    async fn on_link_event(&self, id: &str, domid: u32, event: LinkEvent) {
+        let failure = match event {
+            LinkEvent::Connected(info) => {
+                let mut zones = self.zones.lock().await;
+                let Some(rec) = zones.get_mut(id).filter(|r| r.domid == Some(domid)) else { return };
+                let name = rec.spec.name.to_string();
+                match self.update(rec, |r| {
+                    r.transition(ZoneState::Ready, now())?;
+                    r.init = Some(info.clone());
+                    Ok::<(), InvalidTransition>(())
+                }) {
+                    Ok(Ok(())) => tracing::info!(zone = %name, init = %info.version, kernel = %info.kernel_release,
+                        boot_ms = info.boot_time_ms, "zone ready"),
+                    Ok(Err(t)) => tracing::debug!(zone = %name, %t, "zone connected in a state that ignores it"),
+                    Err(e) => tracing::error!(zone = %name, error = %e, "recording the zone as ready failed"),
+                }
+                return;
+            }
+            LinkEvent::Closed => {
+                // The zone powered off or its init died: the domain's shutdown reaches the reconciler.
+                self.close_link(id);
+                return;
+            }
+            LinkEvent::InitFailed { stage, reason } => format!("the zone's init failed ({stage:?}): {reason}"),
+            LinkEvent::ProtocolError(e) => format!("the zone broke the host channel protocol: {e}"),
+            LinkEvent::HelloTimeout(t) => format!(
+                "the zone's init did not connect within {} s (kernel or init stuck: see the zone's console)",
+                t.as_secs()
+            ),
+        };
+        self.close_link(id);
+        {
+            let mut zones = self.zones.lock().await;
+            let Some(rec) = zones.get_mut(id).filter(|r| r.domid == Some(domid)) else { return };
+            let name = rec.spec.name.to_string();
+            tracing::warn!(zone = %name, domid, reason = %failure, "zone failed");
+            if let Err(e) = self.update(rec, |r| r.fail(failure.clone(), now())) {
+                tracing::error!(zone = %name, error = %e, "recording the zone's failure failed");
+            }
+        }
+        // A failed zone has no domain: do not leave a broken or hostile guest running.
+        if let Err(e) = self.hv.destroy(domid).await {
+            tracing::warn!(domid, error = %e, "destroying a failed zone's domain failed; the reconciler retries");
+        }
     }
 
     /// Asks the zone to power off and waits up to `timeout`; a zone still running then is destroyed. The zone
@@ -286,6 +390,7 @@ impl<H: Hypervisor> ZoneManager<H> {
             }
             self.hv.destroy(domid).await.map_err(hv_err)?;
         }
+        self.close_link(&id);
         let mut zones = self.zones.lock().await;
         let rec = zones.get_mut(&id).ok_or_else(|| ManagerError::NotFound(zone.to_owned()))?;
         // The reconciler may have seen the power-off first and finished the stop itself.
@@ -313,6 +418,7 @@ impl<H: Hypervisor> ZoneManager<H> {
                 return Err(ManagerError::Hypervisor { zone: name, source });
             }
         }
+        self.close_link(&rec.id);
         if let Err(e) = self.store.remove(&rec.id) {
             self.zones.lock().await.insert(rec.id.clone(), rec);
             return Err(ManagerError::Store(e));
@@ -379,6 +485,9 @@ impl<H: Hypervisor> ZoneManager<H> {
                     }
                 }
             }
+            for rec in zones.values().filter(|r| !r.state.has_domain()) {
+                self.close_link(&rec.id);
+            }
             for d in &domains {
                 if d.name.starts_with(DOMAIN_NAME_PREFIX) && !zones.contains_key(&d.uuid) {
                     to_destroy.push(d.domid);
@@ -401,6 +510,7 @@ impl<H: Hypervisor> ZoneManager<H> {
             "quiet".to_owned(),
             format!("bulkhead.zone={}", rec.id),
             format!("bulkhead.hostname={}", spec.effective_hostname()),
+            format!("bulkhead.channel={ZONE_CHANNEL_PATH}"),
         ];
         cmdline.extend(spec.kernel_args.iter().cloned());
         DomainRequest {
@@ -445,6 +555,10 @@ mod tests {
     use super::*;
     use crate::hypervisor::fake::FakeHypervisor;
     use crate::zone::{HostVirtCaps, ZoneName};
+    use bulkhead_wire::{HostToZone, InitStage, PROTOCOL_VERSION, ZoneCodec, ZoneToHost};
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::AsyncWriteExt;
+    use tokio_util::codec::Framed;
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -455,6 +569,7 @@ mod tests {
             default_kernel: "/usr/lib/bulkhead/zone/kernel".into(),
             default_initrd: "/usr/lib/bulkhead/zone/initrd".into(),
             auto_virt_mode: None,
+            hello_timeout: Duration::from_secs(5),
         }
     }
 
@@ -473,9 +588,12 @@ mod tests {
         }
     }
 
-    async fn manager(dir: &std::path::Path, hv: FakeHypervisor) -> Result<ZoneManager<FakeHypervisor>, ManagerError> {
+    async fn manager(
+        dir: &std::path::Path,
+        hv: FakeHypervisor,
+    ) -> Result<Arc<ZoneManager<FakeHypervisor>>, ManagerError> {
         let store = RecordStore::open(dir.join("zones")).map_err(ManagerError::Store)?;
-        ZoneManager::open(hv, store, cfg()).await
+        ZoneManager::open(hv, store, cfg()).await.map(Arc::new)
     }
 
     #[tokio::test]
@@ -510,12 +628,107 @@ mod tests {
         assert_eq!(d.request.kernel, PathBuf::from("/usr/lib/bulkhead/zone/kernel"));
         assert_eq!(
             d.request.cmdline,
-            format!("console=hvc0 quiet bulkhead.zone={} bulkhead.hostname=web loglevel=3", z.id)
+            format!(
+                "console=hvc0 quiet bulkhead.zone={} bulkhead.hostname=web bulkhead.channel=bulkhead/channel loglevel=3",
+                z.id
+            )
         );
         assert_eq!(started.virt_mode, Some((VirtMode::Pv, "auto: the host has no HVM, using PV".into())));
         // Starting twice is a state error, not a second domain.
         assert!(matches!(m.start("web").await, Err(ManagerError::WrongState { .. })));
         assert_eq!(m.hypervisor().count(), 1);
+        Ok(())
+    }
+
+    /// Waits until the zone reaches `state` (link events are handled by a task).
+    async fn wait_for_state(
+        m: &ZoneManager<FakeHypervisor>,
+        zone: &str,
+        state: ZoneState,
+    ) -> Result<ZoneRecord, Box<dyn std::error::Error>> {
+        for _ in 0..500 {
+            let rec = m.get(zone).await?;
+            if rec.state == state {
+                return Ok(rec);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Err(format!("zone {zone} never became {state:?}: {:?}", m.get(zone).await?.state).into())
+    }
+
+    fn zone_end(
+        m: &ZoneManager<FakeHypervisor>,
+        domid: u32,
+    ) -> Result<Framed<tokio::io::DuplexStream, ZoneCodec>, Box<dyn std::error::Error>> {
+        let io = m.hypervisor().take_zone_end(domid).ok_or("the channel was not served")?;
+        Ok(Framed::new(io, ZoneCodec::new()))
+    }
+
+    #[tokio::test]
+    async fn the_zone_is_ready_when_its_init_says_hello() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let m = manager(dir.path(), FakeHypervisor::new(PV_ONLY)).await?;
+        m.create(spec("web")).await?;
+        let domid = m.start("web").await?.domid.ok_or("no domid")?;
+        let mut zone = zone_end(&m, domid)?;
+        zone.send(ZoneToHost::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            init_version: "9.9.9".into(),
+            kernel_release: "6.12.48-bulkhead".into(),
+            boot_time_ms: 1200,
+        })
+        .await?;
+        assert!(matches!(zone.next().await, Some(Ok(HostToZone::Welcome { .. }))));
+        let rec = wait_for_state(&m, "web", ZoneState::Ready).await?;
+        assert_eq!(rec.init.as_ref().map(|i| i.kernel_release.as_str()), Some("6.12.48-bulkhead"));
+        assert!(rec.ready_at >= rec.started_at);
+        assert!(m.link(&rec.id).is_some());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn garbage_on_the_channel_fails_only_that_zone_and_destroys_its_domain() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let m = manager(dir.path(), FakeHypervisor::new(PV_ONLY)).await?;
+        m.create(spec("hostile")).await?;
+        m.create(spec("fine")).await?;
+        let bad = m.start("hostile").await?.domid.ok_or("no domid")?;
+        let good = m.start("fine").await?.domid.ok_or("no domid")?;
+        let mut raw = m.hypervisor().take_zone_end(bad).ok_or("no channel")?;
+        raw.write_all(&[0x42; 4096]).await?;
+        let rec = wait_for_state(&m, "hostile", ZoneState::Failed).await?;
+        assert!(rec.failure_reason.as_deref().unwrap_or_default().contains("protocol"), "{:?}", rec.failure_reason);
+        assert!(m.hypervisor().domain(bad).is_none(), "the hostile zone's domain must be destroyed");
+        // The other zone is unaffected and still connects.
+        let mut zone = zone_end(&m, good)?;
+        zone.send(ZoneToHost::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            init_version: "1".into(),
+            kernel_release: "k".into(),
+            boot_time_ms: 1,
+        })
+        .await?;
+        wait_for_state(&m, "fine", ZoneState::Ready).await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_init_failure_or_silence_fails_the_zone_with_the_reason() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let m = manager(dir.path(), FakeHypervisor::new(PV_ONLY)).await?;
+        m.create(spec("broken")).await?;
+        let domid = m.start("broken").await?.domid.ok_or("no domid")?;
+        let mut zone = zone_end(&m, domid)?;
+        zone.send(ZoneToHost::InitFailed { stage: InitStage::Rootfs, reason: "no erofs on xvdb".into() }).await?;
+        let rec = wait_for_state(&m, "broken", ZoneState::Failed).await?;
+        assert!(rec.failure_reason.as_deref().unwrap_or_default().contains("no erofs on xvdb"));
+
+        m.create(spec("silent")).await?;
+        let domid = m.start("silent").await?.domid.ok_or("no domid")?;
+        tokio::time::pause();
+        let rec = wait_for_state(&m, "silent", ZoneState::Failed).await?;
+        assert!(rec.failure_reason.as_deref().unwrap_or_default().contains("did not connect"));
+        assert!(m.hypervisor().domain(domid).is_none());
         Ok(())
     }
 
@@ -594,7 +807,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_stop_that_the_reconciler_finished_first_still_succeeds() -> TestResult {
         let dir = tempfile::tempdir()?;
-        let m = Arc::new(manager(dir.path(), FakeHypervisor::new(PV_ONLY)).await?);
+        let m = manager(dir.path(), FakeHypervisor::new(PV_ONLY)).await?;
         m.create(spec("web")).await?;
         m.start("web").await?;
         // As on a real host: the guest powers off on the request, and the domain-release watch makes the
@@ -637,7 +850,7 @@ mod tests {
         let a = m.start("a").await?;
         let b = m.start("b").await?;
         // The daemon dies; the hypervisor (and its domains) live on.
-        let ZoneManager { hv, .. } = m;
+        let ZoneManager { hv, .. } = Arc::try_unwrap(m).map_err(|_| "the manager is still shared")?;
         let m = manager(dir.path(), hv).await?;
         let zones = m.list().await;
         assert_eq!(
@@ -701,7 +914,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn five_zones_start_concurrently_and_all_are_destroyed() -> TestResult {
         let dir = tempfile::tempdir()?;
-        let m = Arc::new(manager(dir.path(), FakeHypervisor::new(PV_ONLY)).await?);
+        let m = manager(dir.path(), FakeHypervisor::new(PV_ONLY)).await?;
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..5 {
             let m = m.clone();

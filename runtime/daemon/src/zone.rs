@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::link::InitInfo;
+
 /// Smallest zone memory accepted; below this the zone kernel does not boot.
 pub const MIN_MEMORY_MIB: u32 = 32;
 /// Largest zone memory accepted (1 TiB): a typo guard, not a capacity check.
@@ -304,6 +306,9 @@ pub struct ZoneRecord {
     pub ready_at: Nanos,
     /// When it stopped or failed.
     pub finished_at: Nanos,
+    /// What the zone's init reported when it last connected.
+    #[serde(default)]
+    pub init: Option<InitInfo>,
 }
 
 impl ZoneRecord {
@@ -320,6 +325,7 @@ impl ZoneRecord {
             started_at: 0,
             ready_at: 0,
             finished_at: 0,
+            init: None,
         }
     }
 
@@ -334,6 +340,7 @@ impl ZoneRecord {
                 self.ready_at = 0;
                 self.finished_at = 0;
                 self.failure_reason = None;
+                self.init = None;
             }
             ZoneState::Ready => self.ready_at = now,
             ZoneState::Stopped | ZoneState::Failed => {

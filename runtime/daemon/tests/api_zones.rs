@@ -36,6 +36,7 @@ async fn start_daemon(state: &Path) -> Result<Daemon, Box<dyn std::error::Error>
         default_kernel: "/usr/lib/bulkhead/zone/kernel".into(),
         default_initrd: "/usr/lib/bulkhead/zone/initrd".into(),
         auto_virt_mode: None,
+        hello_timeout: bulkheadd::manager::DEFAULT_HELLO_TIMEOUT,
     };
     let manager = Arc::new(ZoneManager::open(hv, RecordStore::open(state.join("zones"))?, cfg).await?);
     let socket = state.join("run/control.sock");

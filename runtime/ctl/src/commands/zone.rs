@@ -131,6 +131,10 @@ pub struct ZoneView {
     pub virt_mode_reason: Option<String>,
     /// Why it failed.
     pub failure_reason: Option<String>,
+    /// The zone init's version, once it connected.
+    pub init_version: Option<String>,
+    /// The zone kernel's release, once its init connected.
+    pub kernel_release: Option<String>,
     /// Labels.
     pub labels: BTreeMap<String, String>,
 }
@@ -159,6 +163,8 @@ impl From<pb::ZoneStatus> for ZoneView {
             virt_mode: virt,
             virt_mode_reason: non_empty(z.virt_mode_reason),
             failure_reason: non_empty(z.failure_reason),
+            init_version: non_empty(z.init_version),
+            kernel_release: non_empty(z.kernel_release),
             labels: spec.labels.into_iter().collect(),
         }
     }

@@ -114,8 +114,8 @@ pub fn status_to_pb(r: &ZoneRecord) -> pb::ZoneStatus {
         started_at: r.started_at,
         ready_at: r.ready_at,
         finished_at: r.finished_at,
-        init_version: String::new(),
-        kernel_release: String::new(),
+        init_version: r.init.as_ref().map(|i| i.version.clone()).unwrap_or_default(),
+        kernel_release: r.init.as_ref().map(|i| i.kernel_release.clone()).unwrap_or_default(),
     }
 }
 

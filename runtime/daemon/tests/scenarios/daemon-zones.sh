@@ -44,6 +44,15 @@ field_once() {
 field() { observe field_once "$@"; } # field ZONE KEY -> value from `bulkhead zone get -o json`
 ours_once() { xl list | awk '$1 ~ /^bulkhead-/ { print $1 }' | LC_ALL=C sort | paste -sd, -; }
 ours() { observe ours_once; } # our domains as xl lists them, comma-separated
+wait_state() { # wait_state ZONE STATE [TRIES]: polls every 0.2 s
+  local st=
+  for _ in $(seq "${3:-300}"); do
+    st=$(field "$1" state)
+    [ "$st" = "$2" ] && return 0
+    sleep 0.2
+  done
+  fail "zone $1 is $st, not $2"
+}
 
 start_daemon
 t0=$(date +%s.%N)
@@ -51,7 +60,14 @@ bulkhead zone create a --memory 48 --start >/dev/null || fail "create a"
 t1=$(date +%s.%N)
 bulkhead zone create b --memory 48 --start >/dev/null || fail "create b"
 echo "figure: zone create+start through bulkheadd: $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }') s"
+# Ready = the zone's init connected over the vchan and was welcomed.
+wait_state a ready
+wait_state b ready
+t2=$(date +%s.%N)
+echo "figure: two zones created to both ready: $(awk -v a="$t0" -v b="$t2" 'BEGIN { printf "%.2f", b - a }') s"
 bulkhead zone list
+[ -n "$(field a init_version)" ] || fail "zone a reports no init version"
+echo "zone a: init $(field a init_version), kernel $(field a kernel_release)"
 [ "$(ours)" = "bulkhead-a,bulkhead-b" ] || fail "expected domains bulkhead-a and bulkhead-b, xl lists: [$(ours)]"
 domid_a=$(field a domid)
 [ "$(field a virt_mode)" = pv ] || fail "zone a is not PV"
@@ -62,9 +78,9 @@ wait "$(cat /tmp/bulkheadd.pid)" 2>/dev/null || true
 [ "$(ours)" = "bulkhead-a,bulkhead-b" ] || fail "zones died with the daemon: [$(ours)]"
 start_daemon
 bulkhead zone list
-[ "$(field a state)" = starting ] || fail "zone a after restart: $(field a state)"
+[ "$(field a state)" = ready ] || fail "zone a after restart: $(field a state)"
 [ "$(field a domid)" = "$domid_a" ] || fail "zone a's domid changed across the restart"
-[ "$(field b state)" = starting ] || fail "zone b after restart: $(field b state)"
+[ "$(field b state)" = ready ] || fail "zone b after restart: $(field b state)"
 
 # Still controllable: a graceful stop (the zone init powers off on the shutdown request), then destroys.
 t0=$(date +%s.%N)
