@@ -1,12 +1,12 @@
 //! The setup helper: `bulkhead-zone --workload-setup` or `--exec-setup`, started by [`super::spawn`] with
 //! `std::process::Command` (fork+exec), so it is a fresh, single-threaded process in which cloning is safe.
 //!
-//! It reads its [`Request`] from fd 0 (the caller's `SOCK_SEQPACKET` socket), opens the cgroup, joins a
+//! It reads its request from fd 0 (the caller's `SOCK_SEQPACKET` socket), opens the cgroup, joins a
 //! running workload's namespaces (exec only), then `clone3`s the process with `CLONE_PARENT` (the process
 //! becomes a child of the caller, not of the helper) and, for a new workload, `CLONE_NEWNS | CLONE_NEWPID |
 //! CLONE_NEWUTS | CLONE_NEWIPC`, starting it directly in its cgroup (`CLONE_INTO_CGROUP`). It reports the
-//! pid and exits; the process sets itself up ([`super::child`]) and execs. Failures go back to the caller as
-//! [`Report::Failed`]; the helper writes nothing to its stdout (`/dev/null`) and only says on its stderr (the
+//! pid and exits; the process sets itself up (module `child`) and execs. Failures go back to the caller as
+//! `Report::Failed`; the helper writes nothing to its stdout (`/dev/null`) and only says on its stderr (the
 //! console) when it cannot even reach the caller.
 
 use std::fs::File;

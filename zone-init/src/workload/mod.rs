@@ -119,6 +119,11 @@ pub fn exit_status(status: WaitStatus, oom_killed: bool) -> Option<ExitStatus> {
 }
 
 /// Sends signal number `signal` (as the host gives it) to `pid`.
+///
+/// A workload's process is the init of its pid namespace, and the kernel drops signals sent to such an init
+/// for which it installed no handler, even from the zone's namespace, with the exception of SIGKILL (and
+/// SIGSTOP). So SIGTERM stops only workloads that handle it, as with any container runtime: a stop request
+/// escalates to SIGKILL after its grace period.
 pub fn signal(pid: Pid, signal: i32) -> Result<(), WorkloadError> {
     let sig = Signal::try_from(signal).map_err(|_| WorkloadError::InvalidSignal { signal })?;
     nix::sys::signal::kill(pid, sig).map_err(|errno| WorkloadError::Kill { pid: pid.as_raw(), signal, errno })

@@ -21,7 +21,7 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use super::Layout;
 use super::error::WorkloadError;
 
-/// The mount points the process needs in its root ([`super::child`] mounts on them).
+/// The mount points the process needs in its root (the process mounts on them).
 pub const MOUNT_POINTS: [&str; 3] = ["proc", "sys", "dev"];
 
 /// Checks that `device` names a Xen PV disk: `xvd` and one or two lowercase letters (`xvdb`, `xvdaa`).

@@ -3,7 +3,7 @@
 //! The caller (init) never forks and keeps running Rust. It starts the setup helper, a fresh copy of its own
 //! binary (`<helper_exe> --workload-setup` or `--exec-setup`, see [`super::helper`]) with
 //! `std::process::Command`, hands it the request and the stdio descriptors over a `SOCK_SEQPACKET` socket
-//! pair ([`super::protocol`]), and reads reports back until end of stream:
+//! pair (module `protocol`), and reads reports back until end of stream:
 //!
 //! - `Started { pid }` from the helper: the process exists, as a direct child of the caller (`CLONE_PARENT`),
 //!   so the caller's SIGCHLD reaping sees its real exit status;
