@@ -135,9 +135,17 @@ impl Drop for Host {
         }
         if self.cgroups {
             let workloads = self.layout.workloads_cgroup();
-            if let Ok(entries) = std::fs::read_dir(&workloads) {
-                for e in entries.flatten().filter(|e| e.path().is_dir()) {
-                    let _ = std::fs::remove_dir(e.path());
+            // A failed test may have left workloads running: kill them, wait for them to leave.
+            let dirs: Vec<PathBuf> = std::fs::read_dir(&workloads)
+                .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
+                .unwrap_or_default();
+            for dir in &dirs {
+                let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+            }
+            for dir in &dirs {
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while std::fs::remove_dir(dir).is_err() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
                 }
             }
             let _ = std::fs::remove_dir(&workloads);
