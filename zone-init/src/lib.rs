@@ -12,6 +12,9 @@
 //! `/init --request-poweroff`, so a toolstack shutdown (`xl shutdown`) arrives as SIGPWR.
 //!
 //! Everything init prints goes through [`console`]; `println!` and friends are banned by `clippy.toml`.
+//!
+//! Workloads (containers): [`workload`] mounts their images and roots, creates their cgroups and starts their
+//! processes through a setup helper (this binary again, with `--workload-setup` or `--exec-setup`).
 #![warn(missing_docs)]
 
 pub mod agent;
@@ -26,3 +29,4 @@ pub mod power;
 pub mod reap;
 pub mod signals;
 pub mod uptime;
+pub mod workload;

@@ -2,11 +2,14 @@
 //!
 //! `bulkhead-zone --selftest-child` exits 7 at once: the boot self-test (`bulkhead.selftest=poweroff`) runs
 //! init's own binary that way, since the initramfs holds nothing else. `bulkhead-zone --request-poweroff`
-//! sends SIGPWR to PID 1; init installs it as the kernel's `poweroff_cmd`.
+//! sends SIGPWR to PID 1; init installs it as the kernel's `poweroff_cmd`. `bulkhead-zone --workload-setup`
+//! and `--exec-setup` are the setup helpers init starts for each workload or exec process
+//! (`bulkhead_zone::workload::helper`); they read their request from stdin and exit once the process runs.
 
 use bulkhead_zone::init::{self, POWEROFF_REQUEST_ARG, SELFTEST_CHILD_ARG, SELFTEST_CHILD_CODE};
 use bulkhead_zone::power::power_off;
 use bulkhead_zone::say;
+use bulkhead_zone::workload::{self, EXEC_SETUP_ARG, HelperKind, WORKLOAD_SETUP_ARG};
 
 /// Prints `FATAL <stage>: <error chain>` and powers off: PID 1 never exits.
 fn fatal(stage: &str, err: &anyhow::Error) -> ! {
@@ -27,6 +30,12 @@ fn main() {
     let first = std::env::args_os().nth(1);
     if first.as_deref() == Some(SELFTEST_CHILD_ARG.as_ref()) {
         std::process::exit(SELFTEST_CHILD_CODE);
+    }
+    if first.as_deref() == Some(WORKLOAD_SETUP_ARG.as_ref()) {
+        std::process::exit(workload::helper_main(HelperKind::Workload));
+    }
+    if first.as_deref() == Some(EXEC_SETUP_ARG.as_ref()) {
+        std::process::exit(workload::helper_main(HelperKind::Exec));
     }
     if first.as_deref() == Some(POWEROFF_REQUEST_ARG.as_ref()) {
         // Run by the kernel as poweroff_cmd: init does the power-off. Only if PID 1 is this very binary,

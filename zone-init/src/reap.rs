@@ -2,7 +2,9 @@
 //!
 //! On each SIGCHLD, [`reap_all`] calls `waitpid(-1, WNOHANG)` until no exited child is left (several exits
 //! can share one SIGCHLD), and [`exit_code`] turns each status into a shell-style exit code: the code for
-//! `Exited`, 128 + signal number for `Signaled` (never only `WIFEXITED`: style.md §7 item 6).
+//! `Exited`, 128 + signal number for `Signaled` (never only `WIFEXITED`: style.md §7 item 6). Each
+//! [`Reaped`] also keeps the full [`WaitStatus`], so the event loop can tell a workload's exit code from a
+//! signal death and map it with [`crate::workload::exit_status`].
 
 use nix::errno::Errno;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
@@ -15,6 +17,8 @@ pub struct Reaped {
     pub pid: Pid,
     /// Its exit code: the code it exited with, or 128 + the number of the signal that killed it.
     pub code: i32,
+    /// The status `waitpid` returned (always `Exited` or `Signaled`).
+    pub status: WaitStatus,
 }
 
 /// The exit code of a terminated child, or `None` for statuses that are not a termination (stopped,
@@ -35,7 +39,7 @@ pub fn reap_all() -> Result<Vec<Reaped>, Errno> {
             Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return Ok(reaped),
             Ok(status) => {
                 if let Some((pid, code)) = exit_code(status) {
-                    reaped.push(Reaped { pid, code });
+                    reaped.push(Reaped { pid, code, status });
                 }
             }
             Err(Errno::EINTR) => continue,

@@ -1,0 +1,142 @@
+//! The unsafe bottom of the workload machinery: the few system calls nix does not wrap safely. Everything
+//! above this module is safe code; each block here says which invariant makes it sound.
+
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::sched::CloneFlags;
+use nix::unistd::Pid;
+
+/// Mirrors `struct clone_args` of `include/uapi/linux/sched.h` up to `cgroup` (`CLONE_ARGS_SIZE_VER2`, 88
+/// bytes, Linux 5.7). Every field is a `__aligned_u64`.
+#[repr(C)]
+#[derive(Debug, Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// `CLONE_INTO_CGROUP` (`include/uapi/linux/sched.h`): start the child in the cgroup `clone_args.cgroup`
+/// refers to. Only clone3 takes it (the bit does not fit the flags of `clone(2)`).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Which side of a [`clone3`] this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Forked {
+    /// The new process.
+    Child,
+    /// The calling process; the new process has this pid (in the caller's pid namespace).
+    Parent(Pid),
+}
+
+/// `clone3(2)` with fork semantics (no new stack, no shared memory): both processes return from this call.
+/// With `CLONE_PARENT` in `flags` the child is a sibling of the caller (a child of the caller's parent), and
+/// the child's exit signal is the caller's own, as the kernel requires (`exit_signal` must be 0 then);
+/// otherwise the child reports SIGCHLD to the caller. With `cgroup`, the child starts in that cgroup v2
+/// directory (`CLONE_INTO_CGROUP`), so it never runs a single instruction outside it.
+///
+/// # Safety
+///
+/// The calling process must be single-threaded. The child is a copy of the caller's only thread; had other
+/// threads existed, locks they held (in malloc, stdio, Rust's std) would stay locked forever in the child.
+/// The child must also leave through `execve` or process exit, never by returning to code that assumes the
+/// caller's pid (glibc's cached thread id is not updated by a raw clone3).
+pub(crate) unsafe fn clone3(flags: CloneFlags, cgroup: Option<BorrowedFd<'_>>) -> Result<Forked, Errno> {
+    // CloneFlags holds non-negative c_int bits.
+    let mut bits = u64::from(flags.bits().unsigned_abs());
+    let exit_signal = if flags.contains(CloneFlags::CLONE_PARENT) { 0 } else { libc::SIGCHLD.unsigned_abs() };
+    let mut args = CloneArgs { exit_signal: u64::from(exit_signal), ..CloneArgs::default() };
+    if let Some(fd) = cgroup {
+        bits |= CLONE_INTO_CGROUP;
+        args.cgroup = u64::from(fd.as_raw_fd().unsigned_abs());
+    }
+    args.flags = bits;
+    // SAFETY: `args` is a valid, initialised `struct clone_args` and the size passed is its size; it is read
+    // by the kernel only during the call. No stack is given, so the child runs on a copy of this stack in a
+    // copy of this address space, exactly like fork(2); this function's caller guarantees there is no other
+    // thread whose state the copy could catch half-updated.
+    let ret = unsafe { libc::syscall(libc::SYS_clone3, &mut args as *mut CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    match ret {
+        -1 => Err(Errno::last()),
+        0 => Ok(Forked::Child),
+        pid => i32::try_from(pid).map(|p| Forked::Parent(Pid::from_raw(p))).map_err(|_| Errno::EOVERFLOW),
+    }
+}
+
+/// Marks every file descriptor from `first` up as close-on-exec (`close_range(first, ~0, CLOSE_RANGE_CLOEXEC)`,
+/// Linux 5.11), so that nothing the process inherited by accident reaches the program it execs, while the fds
+/// it still needs until then stay open.
+pub(crate) fn cloexec_from(first: u32) -> Result<(), Errno> {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2; // include/uapi/linux/close_range.h
+    // SAFETY: close_range takes plain integers and only changes fd flags; no memory is passed or aliased.
+    let ret = unsafe { libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, CLOSE_RANGE_CLOEXEC) };
+    Errno::result(ret).map(drop)
+}
+
+/// Makes the terminal `fd` the controlling terminal of the calling session (`ioctl(TIOCSCTTY, 0)`); the
+/// caller must be a session leader without one (right after `setsid`).
+pub(crate) fn set_controlling_terminal(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    // SAFETY: TIOCSCTTY takes an integer argument (0: do not steal from another session); no memory is passed.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSCTTY, 0 as libc::c_int) };
+    Errno::result(ret).map(drop)
+}
+
+/// Sets the window size of the terminal `fd` (`ioctl(TIOCSWINSZ)`); the kernel sends SIGWINCH to the
+/// terminal's foreground process group when it changes.
+pub(crate) fn set_window_size(fd: BorrowedFd<'_>, rows: u16, cols: u16) -> Result<(), Errno> {
+    let size = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCSWINSZ reads one `struct winsize` through the pointer, which points at `size`, alive and
+    // initialised for the whole call.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &size as *const libc::winsize) };
+    Errno::result(ret).map(drop)
+}
+
+/// Resets every catchable signal (1 to 64, standard and real-time) to its default disposition. Ignored
+/// signals stay ignored across `execve` (Rust's runtime ignores SIGPIPE, for one), so a workload would
+/// otherwise inherit them.
+pub(crate) fn reset_signal_dispositions() {
+    for signo in 1..=64 {
+        if signo == libc::SIGKILL || signo == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: SIG_DFL installs no handler, so no Rust code can run in signal context; numbers the kernel
+        // does not know (or reserves for glibc) just fail with EINVAL, which is ignored.
+        unsafe {
+            libc::signal(signo, libc::SIG_DFL);
+        }
+    }
+}
+
+/// Takes ownership of a descriptor received in an `SCM_RIGHTS` control message.
+pub(crate) fn own_received_fd(fd: RawFd) -> OwnedFd {
+    // SAFETY: the kernel installed `fd` in this process's table while delivering the message, and nothing
+    // else in the process knows its number yet, so this is its only owner.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clone_args_has_the_kernels_ver2_size() {
+        assert_eq!(std::mem::size_of::<CloneArgs>(), 88);
+    }
+
+    #[test]
+    fn window_size_needs_a_terminal() -> Result<(), Box<dyn std::error::Error>> {
+        let file = std::fs::File::open("/dev/null")?;
+        use std::os::fd::AsFd;
+        assert_eq!(set_window_size(file.as_fd(), 24, 80), Err(Errno::ENOTTY));
+        Ok(())
+    }
+}
