@@ -1,9 +1,27 @@
-//! What init does with the host's requests. This step answers the control messages (welcome, ping,
-//! shutdown); workload requests get an `Unsupported` error until the workload machinery is wired in.
+//! What init does with the host's requests: workloads and execs through [`crate::workload`], their output
+//! and exits back to the host.
+//!
+//! Ordering: all output of a process is sent before its `Exited`. When a process is reaped, whatever is left
+//! in its pipes (or terminal) is read first, then its exit is reported. Output is read only while the
+//! channel's backlog is small ([`Agent::wants_output`]), so a chatty workload waits in its pipe instead of
+//! growing init's memory.
 
-use bulkhead_wire::{ErrorCode, HostToZone, StreamId, ZoneToHost};
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
 
+use bulkhead_wire::{
+    EnvVar, ErrorCode, ExitStatus, HostToZone, OutputFd, ResourceUsage, StreamId, User, WorkloadSpec, ZoneToHost,
+    limits::MAX_DATA_CHUNK,
+};
+use bytes::Bytes;
+use nix::errno::Errno;
+use nix::unistd::Pid;
+
+use crate::console::chain;
+use crate::reap::Reaped;
 use crate::say;
+use crate::workload::{self, ExecLaunch, Launch, Layout, Spawned, WorkloadError, cgroup, rootfs};
 
 /// What the event loop must do after a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,21 +35,151 @@ pub enum Action {
     },
 }
 
+/// Stdin bytes held for a process that is not reading, per process.
+const MAX_PENDING_STDIN: usize = 1 << 20;
+/// End-of-transmission: what closing stdin means on a terminal.
+const TTY_EOF: u8 = 0x04;
+
+#[derive(Debug)]
+enum WorkloadState {
+    Created,
+    Running(Pid),
+    Exited,
+}
+
+#[derive(Debug)]
+struct Workload {
+    spec: WorkloadSpec,
+    rootfs: PathBuf,
+    cgroup: Option<PathBuf>,
+    state: WorkloadState,
+}
+
+/// A running workload or exec process and its stdio.
+#[derive(Debug)]
+struct Process {
+    pid: Pid,
+    /// The workload's cgroup, for the OOM check of a workload's main process.
+    oom_cgroup: Option<PathBuf>,
+    stdin: Option<OwnedFd>,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+    tty: bool,
+    pending_stdin: Vec<u8>,
+    close_stdin_when_flushed: bool,
+    /// Set when reaped; reported once the output is drained.
+    exit: Option<ExitStatus>,
+}
+
+impl Process {
+    fn new(s: Spawned, oom_cgroup: Option<PathBuf>) -> Self {
+        Process {
+            pid: s.pid,
+            oom_cgroup,
+            stdin: s.stdin,
+            stdout: Some(s.stdout),
+            stderr: s.stderr,
+            tty: s.pty_master,
+            pending_stdin: Vec::new(),
+            close_stdin_when_flushed: false,
+            exit: None,
+        }
+    }
+
+    /// Where input goes: the stdin pipe, or the terminal.
+    fn input(&self) -> Option<BorrowedFd<'_>> {
+        if self.tty { self.stdout.as_ref().map(AsFd::as_fd) } else { self.stdin.as_ref().map(AsFd::as_fd) }
+    }
+
+    /// Writes what the process will take now; keeps the rest.
+    fn flush_stdin(&mut self) {
+        while !self.pending_stdin.is_empty() {
+            let Some(fd) = self.input() else {
+                self.pending_stdin.clear();
+                break;
+            };
+            match nix::unistd::write(fd, &self.pending_stdin) {
+                Ok(0) | Err(Errno::EAGAIN) => break,
+                Ok(n) => {
+                    self.pending_stdin.drain(..n);
+                }
+                Err(Errno::EINTR) => continue,
+                Err(_) => {
+                    // The reader is gone (EPIPE): its input no longer matters.
+                    self.pending_stdin.clear();
+                    self.stdin = None;
+                }
+            }
+        }
+        if self.pending_stdin.is_empty() && self.close_stdin_when_flushed {
+            self.close_stdin_when_flushed = false;
+            if self.tty {
+                self.pending_stdin.push(TTY_EOF);
+                // One more round writes it.
+            } else {
+                self.stdin = None;
+            }
+        }
+    }
+}
+
+/// Reads what is available from `fd` (non-blocking) into output messages. Returns false at end of file.
+fn read_available(fd: &OwnedFd, stream_id: StreamId, which: OutputFd, out: &mut Vec<ZoneToHost>) -> bool {
+    let mut buf = vec![0u8; MAX_DATA_CHUNK];
+    // Bounded per call so one process cannot monopolise the loop; the rest is read on the next wakeup.
+    for _ in 0..16 {
+        match nix::unistd::read(fd, &mut buf) {
+            Ok(0) => return false,
+            Ok(n) => out.push(ZoneToHost::Output { stream_id, fd: which, data: Bytes::copy_from_slice(&buf[..n]) }),
+            Err(Errno::EAGAIN) => return true,
+            Err(Errno::EINTR) => continue,
+            // EIO: a terminal whose other side is closed.
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
 /// The request handler's state.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Agent {
+    layout: Layout,
     welcomed: bool,
+    workloads: BTreeMap<StreamId, Workload>,
+    processes: BTreeMap<StreamId, Process>,
+}
+
+impl Default for Agent {
+    fn default() -> Self {
+        Agent::new(Layout::zone())
+    }
 }
 
 impl Agent {
     /// A fresh agent, before the host's welcome.
-    pub fn new() -> Self {
-        Agent::default()
+    pub fn new(layout: Layout) -> Self {
+        Agent { layout, welcomed: false, workloads: BTreeMap::new(), processes: BTreeMap::new() }
     }
 
     /// Whether the host has answered our hello.
     pub fn welcomed(&self) -> bool {
         self.welcomed
+    }
+
+    /// The fds whose readiness should wake the loop: every process's output, and stdin with data pending.
+    pub fn poll_fds(&self) -> Vec<(BorrowedFd<'_>, bool)> {
+        let mut fds = Vec::new();
+        for p in self.processes.values() {
+            for fd in [&p.stdout, &p.stderr].into_iter().flatten() {
+                fds.push((fd.as_fd(), false));
+            }
+            if !p.pending_stdin.is_empty()
+                && let Some(fd) = p.input()
+            {
+                fds.push((fd, true));
+            }
+        }
+        fds
     }
 
     /// Handles one request; answers go to `out`.
@@ -43,25 +191,274 @@ impl Agent {
             }
             HostToZone::Ping { nonce } => out.push(ZoneToHost::Pong { nonce }),
             HostToZone::Shutdown { grace_ms } => return Action::Shutdown { grace_ms },
-            HostToZone::GetStats { .. } => out.push(unsupported(None, "stats")),
-            HostToZone::CreateWorkload { id, .. }
-            | HostToZone::StartWorkload { id }
-            | HostToZone::RemoveWorkload { id }
-            | HostToZone::Signal { id, .. }
-            | HostToZone::Exec { exec_id: id, .. }
-            | HostToZone::Stdin { stream_id: id, .. }
-            | HostToZone::CloseStdin { stream_id: id }
-            | HostToZone::Resize { stream_id: id, .. } => out.push(unsupported(Some(id), "workloads")),
+            HostToZone::CreateWorkload { id, spec } => {
+                out.push(self.create(id, spec).unwrap_or_else(|e| e.into_message(id)));
+            }
+            HostToZone::StartWorkload { id } => out.push(self.start(id).unwrap_or_else(|e| e.into_message(id))),
+            HostToZone::RemoveWorkload { id } => out.push(self.remove(id).unwrap_or_else(|e| e.into_message(id))),
+            HostToZone::Signal { id, signal } => {
+                if let Err(e) = self.signal(id, signal) {
+                    out.push(e.into_message(id));
+                }
+            }
+            HostToZone::Exec { exec_id, workload_id, argv, env, cwd, tty, user } => {
+                let exec = ExecRequest { workload_id, argv, env, cwd, tty, user };
+                out.push(self.exec(exec_id, exec).unwrap_or_else(|e| e.into_message(exec_id)));
+            }
+            HostToZone::Stdin { stream_id, data } => {
+                if let Err(e) = self.stdin(stream_id, &data) {
+                    out.push(e.into_message(stream_id));
+                }
+            }
+            HostToZone::CloseStdin { stream_id } => match self.processes.get_mut(&stream_id) {
+                Some(p) => {
+                    p.close_stdin_when_flushed = true;
+                    p.flush_stdin();
+                }
+                None => out.push(Failure::not_found(stream_id).into_message(stream_id)),
+            },
+            HostToZone::Resize { stream_id, rows, cols } => {
+                if let Err(e) = self.resize(stream_id, rows, cols) {
+                    out.push(e.into_message(stream_id));
+                }
+            }
+            HostToZone::GetStats { id } => out.push(self.stats(id)),
         }
         Action::Continue
     }
+
+    fn create(&mut self, id: StreamId, spec: WorkloadSpec) -> Result<ZoneToHost, Failure> {
+        if self.workloads.contains_key(&id) || self.processes.contains_key(&id) {
+            return Err(Failure::new(ErrorCode::AlreadyExists, format!("id {id} is in use")));
+        }
+        let image = rootfs::mount_image(&self.layout, &spec.root_device)?;
+        let root = rootfs::prepare(&self.layout, id.0, &image, spec.readonly_rootfs)?;
+        let cgroup = match cgroup::create(&self.layout, id.0, &spec.limits) {
+            Ok(cg) => Some(cg),
+            Err(e) => {
+                let _ = rootfs::remove(&self.layout, id.0);
+                return Err(e.into());
+            }
+        };
+        self.workloads.insert(id, Workload { spec, rootfs: root, cgroup, state: WorkloadState::Created });
+        Ok(ZoneToHost::WorkloadCreated { id })
+    }
+
+    fn start(&mut self, id: StreamId) -> Result<ZoneToHost, Failure> {
+        let w = self.workloads.get_mut(&id).ok_or_else(|| Failure::not_found(id))?;
+        if !matches!(w.state, WorkloadState::Created) {
+            return Err(Failure::new(ErrorCode::FailedPrecondition, format!("workload {id} was started already")));
+        }
+        let spawned = workload::spawn_workload(&Launch::new(id.0, w.spec.clone(), w.rootfs.clone(), w.cgroup.clone()))?;
+        let pid = spawned.pid;
+        w.state = WorkloadState::Running(pid);
+        self.processes.insert(id, Process::new(spawned, w.cgroup.clone()));
+        Ok(ZoneToHost::WorkloadStarted { id, pid: pid.as_raw().unsigned_abs() })
+    }
+
+    fn remove(&mut self, id: StreamId) -> Result<ZoneToHost, Failure> {
+        let w = self.workloads.get(&id).ok_or_else(|| Failure::not_found(id))?;
+        if matches!(w.state, WorkloadState::Running(_)) {
+            return Err(Failure::new(
+                ErrorCode::FailedPrecondition,
+                format!("workload {id} is running: stop it (signal) before removing it"),
+            ));
+        }
+        if let Some(cg) = &w.cgroup {
+            cgroup::remove(cg)?;
+        }
+        rootfs::remove(&self.layout, id.0)?;
+        self.workloads.remove(&id);
+        Ok(ZoneToHost::WorkloadRemoved { id })
+    }
+
+    fn signal(&mut self, id: StreamId, signal: i32) -> Result<(), Failure> {
+        let p = self.processes.get(&id).filter(|p| p.exit.is_none()).ok_or_else(|| Failure::not_running(id))?;
+        workload::signal(p.pid, signal).map_err(Failure::from)
+    }
+
+    fn exec(&mut self, exec_id: StreamId, req: ExecRequest) -> Result<ZoneToHost, Failure> {
+        if self.workloads.contains_key(&exec_id) || self.processes.contains_key(&exec_id) {
+            return Err(Failure::new(ErrorCode::AlreadyExists, format!("id {exec_id} is in use")));
+        }
+        let w = self.workloads.get(&req.workload_id).ok_or_else(|| Failure::not_found(req.workload_id))?;
+        let WorkloadState::Running(target) = w.state else {
+            return Err(Failure::not_running(req.workload_id));
+        };
+        let launch = ExecLaunch {
+            target,
+            cgroup: w.cgroup.clone(),
+            argv: req.argv,
+            env: merge_env(&w.spec.env, req.env),
+            cwd: req.cwd.unwrap_or_else(|| w.spec.cwd.clone()),
+            user: req.user.unwrap_or_else(|| w.spec.user.clone()),
+            tty: req.tty,
+            helper_exe: PathBuf::from(workload::SELF_EXE),
+        };
+        let spawned = workload::spawn_exec(&launch)?;
+        let pid = spawned.pid;
+        self.processes.insert(exec_id, Process::new(spawned, None));
+        Ok(ZoneToHost::ExecStarted { exec_id, pid: pid.as_raw().unsigned_abs() })
+    }
+
+    fn stdin(&mut self, id: StreamId, data: &[u8]) -> Result<(), Failure> {
+        let p = self.processes.get_mut(&id).ok_or_else(|| Failure::not_found(id))?;
+        if p.input().is_none() {
+            return Err(Failure::new(ErrorCode::FailedPrecondition, format!("{id}'s stdin is closed")));
+        }
+        if p.pending_stdin.len() + data.len() > MAX_PENDING_STDIN {
+            return Err(Failure::new(
+                ErrorCode::ResourceExhausted,
+                format!("{id} is not reading its stdin; {MAX_PENDING_STDIN} bytes are waiting already"),
+            ));
+        }
+        p.pending_stdin.extend_from_slice(data);
+        p.flush_stdin();
+        Ok(())
+    }
+
+    fn resize(&mut self, id: StreamId, rows: u16, cols: u16) -> Result<(), Failure> {
+        let p = self.processes.get(&id).ok_or_else(|| Failure::not_found(id))?;
+        match (&p.stdout, p.tty) {
+            (Some(master), true) => workload::resize(master.as_fd(), rows, cols).map_err(Failure::from),
+            _ => Err(Failure::new(ErrorCode::FailedPrecondition, format!("{id} has no terminal"))),
+        }
+    }
+
+    fn stats(&self, id: Option<StreamId>) -> ZoneToHost {
+        let dir = match id {
+            None => Some(self.layout.cgroup_root.clone()),
+            Some(id) => self.workloads.get(&id).and_then(|w| w.cgroup.clone()),
+        };
+        let Some(dir) = dir else {
+            let id = id.unwrap_or(StreamId(0));
+            return Failure::not_found(id).into_message(id);
+        };
+        let memory_bytes = std::fs::read_to_string(dir.join("memory.current"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .or_else(zone_memory_used)
+            .unwrap_or(0);
+        let cpu_usage_ns = std::fs::read_to_string(dir.join("cpu.stat"))
+            .ok()
+            .and_then(|s| {
+                s.lines().find_map(|l| l.strip_prefix("usage_usec ").and_then(|v| v.trim().parse::<u64>().ok()))
+            })
+            .map_or(0, |us| us.saturating_mul(1000));
+        ZoneToHost::Stats { id, usage: ResourceUsage { cpu_usage_ns, memory_bytes } }
+    }
+
+    /// Processes reaped by init: records exits of ours (reported once their output is drained).
+    pub fn on_reaped(&mut self, reaped: &[Reaped]) {
+        for r in reaped {
+            let Some((&id, p)) = self.processes.iter_mut().find(|(_, p)| p.pid == r.pid && p.exit.is_none()) else {
+                continue;
+            };
+            let oom = p.oom_cgroup.as_deref().is_some_and(cgroup::oom_killed);
+            p.exit = workload::exit_status(r.status, oom);
+            if let Some(w) = self.workloads.get_mut(&id) {
+                w.state = WorkloadState::Exited;
+            }
+        }
+    }
+
+    /// Whether output should be read now: only while the channel keeps up.
+    pub fn wants_output(backlog: usize) -> bool {
+        backlog < OUTPUT_BACKLOG_LIMIT
+    }
+
+    /// Reads available output, flushes pending stdin, and reports finished processes.
+    pub fn collect(&mut self, out: &mut Vec<ZoneToHost>) {
+        let mut finished = Vec::new();
+        for (&id, p) in self.processes.iter_mut() {
+            p.flush_stdin();
+            let which = [(OutputFd::Stdout, &mut p.stdout), (OutputFd::Stderr, &mut p.stderr)];
+            for (fd_kind, slot) in which {
+                if let Some(fd) = slot.as_ref()
+                    && !read_available(fd, id, fd_kind, out)
+                {
+                    *slot = None;
+                }
+            }
+            if let Some(status) = p.exit {
+                // Reaped: what is left in the pipes was read above; do not wait for grandchildren that may hold
+                // them open.
+                finished.push((id, status));
+            }
+        }
+        for (id, status) in finished {
+            self.processes.remove(&id);
+            out.push(ZoneToHost::Exited { stream_id: id, status });
+        }
+    }
 }
 
-fn unsupported(request: Option<StreamId>, what: &str) -> ZoneToHost {
-    ZoneToHost::Error {
-        request,
-        code: ErrorCode::Unsupported,
-        message: format!("this zone init does not support {what} yet"),
+/// Output is not read while more than this is queued for the host.
+const OUTPUT_BACKLOG_LIMIT: usize = 1 << 20;
+
+/// The zone's memory in use, from /proc/meminfo (the root cgroup has no memory.current).
+fn zone_memory_used() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = |key: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()))
+    };
+    Some(kib("MemTotal:")?.saturating_sub(kib("MemAvailable:")?).saturating_mul(1024))
+}
+
+/// The exec's environment: the workload's, with the exec's entries added or overriding by name.
+fn merge_env(base: &[EnvVar], extra: Vec<EnvVar>) -> Vec<EnvVar> {
+    let mut env: Vec<EnvVar> = base.iter().filter(|b| !extra.iter().any(|e| e.name == b.name)).cloned().collect();
+    env.extend(extra);
+    env
+}
+
+struct ExecRequest {
+    workload_id: StreamId,
+    argv: Vec<String>,
+    env: Vec<EnvVar>,
+    cwd: Option<String>,
+    tty: bool,
+    user: Option<User>,
+}
+
+/// A failed request, as reported to the host.
+#[derive(Debug)]
+struct Failure {
+    code: ErrorCode,
+    message: String,
+}
+
+impl Failure {
+    fn new(code: ErrorCode, message: String) -> Self {
+        Failure { code, message }
+    }
+
+    fn not_found(id: StreamId) -> Self {
+        Failure::new(ErrorCode::NotFound, format!("no workload or exec {id} in this zone"))
+    }
+
+    fn not_running(id: StreamId) -> Self {
+        Failure::new(ErrorCode::FailedPrecondition, format!("{id} is not running"))
+    }
+
+    fn into_message(self, id: StreamId) -> ZoneToHost {
+        // The wire bounds messages; keep the start, which names the failed operation.
+        let mut message = self.message;
+        if message.len() > bulkhead_wire::limits::MAX_MESSAGE_LEN {
+            let mut cut = bulkhead_wire::limits::MAX_MESSAGE_LEN;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        ZoneToHost::Error { request: Some(id), code: self.code, message }
+    }
+}
+
+impl From<WorkloadError> for Failure {
+    fn from(e: WorkloadError) -> Self {
+        Failure::new(e.code(), chain(&e))
     }
 }
 
@@ -69,9 +466,17 @@ fn unsupported(request: Option<StreamId>, what: &str) -> ZoneToHost {
 mod tests {
     use super::*;
 
+    fn agent() -> Agent {
+        Agent::new(Layout {
+            dev_dir: "/nonexistent/dev".into(),
+            run_dir: "/nonexistent/run".into(),
+            cgroup_root: "/nonexistent/cgroup".into(),
+        })
+    }
+
     #[test]
     fn ping_is_answered_with_the_same_nonce_and_shutdown_ends_the_loop() {
-        let mut agent = Agent::new();
+        let mut agent = agent();
         let mut out = Vec::new();
         assert_eq!(agent.handle(HostToZone::Ping { nonce: 42 }, &mut out), Action::Continue);
         assert_eq!(out, [ZoneToHost::Pong { nonce: 42 }]);
@@ -79,5 +484,41 @@ mod tests {
         assert!(!agent.welcomed());
         agent.handle(HostToZone::Welcome { zone_id: "z".into(), hostname: "h".into() }, &mut out);
         assert!(agent.welcomed());
+    }
+
+    #[test]
+    fn requests_about_unknown_ids_are_answered_with_not_found() {
+        let mut agent = agent();
+        let mut out = Vec::new();
+        agent.handle(HostToZone::StartWorkload { id: StreamId(4) }, &mut out);
+        agent.handle(HostToZone::Signal { id: StreamId(5), signal: 9 }, &mut out);
+        agent.handle(HostToZone::Resize { stream_id: StreamId(6), rows: 1, cols: 1 }, &mut out);
+        let codes: Vec<_> = out
+            .iter()
+            .map(|m| match m {
+                ZoneToHost::Error { request, code, .. } => (request.map(|r| r.0), *code),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            codes,
+            [(Some(4), ErrorCode::NotFound), (Some(5), ErrorCode::FailedPrecondition), (Some(6), ErrorCode::NotFound)]
+        );
+    }
+
+    #[test]
+    fn exec_env_overrides_the_workloads_by_name() {
+        let e = |n: &str, v: &str| EnvVar { name: n.into(), value: v.into() };
+        let merged = merge_env(&[e("PATH", "/bin"), e("A", "1")], vec![e("A", "2"), e("B", "3")]);
+        assert_eq!(merged, [e("PATH", "/bin"), e("A", "2"), e("B", "3")]);
+    }
+
+    #[test]
+    fn error_messages_are_cut_to_the_wire_limit() {
+        let long = "é".repeat(bulkhead_wire::limits::MAX_MESSAGE_LEN);
+        match Failure::new(ErrorCode::Internal, long).into_message(StreamId(1)) {
+            ZoneToHost::Error { message, .. } => assert!(message.len() <= bulkhead_wire::limits::MAX_MESSAGE_LEN),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -4,6 +4,7 @@
 //! never by forking and running more Rust.
 
 use std::convert::Infallible;
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -21,6 +22,7 @@ use crate::power::{power_off, shutdown};
 use crate::say;
 use crate::signals::{Event, Signals};
 use crate::uptime::parse_uptime_ms;
+use crate::workload::Layout;
 
 /// The argument that makes the binary the self-test child instead of init.
 pub const SELFTEST_CHILD_ARG: &str = "--selftest-child";
@@ -89,18 +91,21 @@ pub fn run() -> Result<Infallible, InitError> {
         Some(path) => Some(connect(path.as_str(), boot_ms)?),
         None => None,
     };
-    let mut agent = Agent::new();
+    let mut agent = Agent::new(Layout::zone());
     loop {
-        wait_for_events(&signals, channel.as_ref())?;
+        // Workload output is read only while the host keeps up, and only with a host to send it to.
+        let read_output = channel.as_ref().is_some_and(|c| Agent::wants_output(c.backlog()));
+        wait_for_events(&signals, channel.as_ref(), if read_output { agent.poll_fds() } else { Vec::new() })?;
         for event in signals.pending()? {
             match event {
                 Event::Reaped(reaped) => {
-                    for r in reaped {
+                    for r in &reaped {
                         if Some(r.pid) == selftest_child {
                             say!("selftest child exited {}", r.code);
                             power_off();
                         }
                     }
+                    agent.on_reaped(&reaped);
                 }
                 Event::Shutdown(signal) => {
                     say!("{signal} received: powering off");
@@ -109,14 +114,18 @@ pub fn run() -> Result<Infallible, InitError> {
             }
         }
         if let Some(ch) = channel.as_mut() {
-            match serve(ch, &mut agent) {
+            let mut outgoing = Vec::new();
+            if Agent::wants_output(ch.backlog()) {
+                agent.collect(&mut outgoing);
+            }
+            match serve(ch, &mut agent, outgoing) {
                 Ok(Action::Continue) => {}
                 Ok(Action::Shutdown { grace_ms }) => {
                     say!("host asked to power off (grace {grace_ms} ms)");
                     shutdown(Duration::from_millis(u64::from(grace_ms)));
                 }
                 Err(e) => {
-                    // Workloads keep running; the host reconnects when it can.
+                    // Workloads keep running (their output waits in their pipes); the host reconnects when it can.
                     say!("host channel lost: {}", crate::console::chain(&e));
                     channel = None;
                 }
@@ -145,11 +154,19 @@ fn connect(path: &str, boot_ms: u64) -> Result<Channel, InitError> {
     Ok(ch)
 }
 
-/// Sleeps until a signal is pending or the channel has an event.
-fn wait_for_events(signals: &Signals, channel: Option<&Channel>) -> Result<(), InitError> {
+/// Sleeps until a signal is pending, the channel has an event, or a workload fd is ready (`(fd, true)`: for
+/// writing).
+fn wait_for_events(
+    signals: &Signals,
+    channel: Option<&Channel>,
+    workload_fds: Vec<(BorrowedFd<'_>, bool)>,
+) -> Result<(), InitError> {
     let mut fds = vec![PollFd::new(signals.fd(), PollFlags::POLLIN)];
     if let Some(ch) = channel {
         fds.push(PollFd::new(ch.fd(), PollFlags::POLLIN));
+    }
+    for (fd, write) in workload_fds {
+        fds.push(PollFd::new(fd, if write { PollFlags::POLLOUT } else { PollFlags::POLLIN }));
     }
     match poll(&mut fds, PollTimeout::NONE) {
         Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
@@ -157,10 +174,13 @@ fn wait_for_events(signals: &Signals, channel: Option<&Channel>) -> Result<(), I
     }
 }
 
-/// Moves the channel's bytes and handles every request that arrived, until a pump brings no new request.
-/// The host is dom0 (trusted to stop sending), so this is not bounded by rounds: stopping early would leave
-/// data in the ring with its notification already consumed.
-fn serve(ch: &mut Channel, agent: &mut Agent) -> Result<Action, ChannelError> {
+/// Sends `outgoing`, moves the channel's bytes and handles every request that arrived, until a pump brings
+/// no new request. The host is dom0 (trusted to stop sending), so this is not bounded by rounds: stopping
+/// early would leave data in the ring with its notification already consumed.
+fn serve(ch: &mut Channel, agent: &mut Agent, outgoing: Vec<ZoneToHost>) -> Result<Action, ChannelError> {
+    for m in &outgoing {
+        ch.queue(m)?;
+    }
     let mut answers = Vec::new();
     loop {
         let requests = ch.pump()?;
