@@ -142,6 +142,18 @@ pub enum HypervisorError {
     /// Listing domains failed.
     #[error("listing domains: {0}")]
     List(String),
+    /// Attaching or detaching a disk failed.
+    #[error("{op} disk {vdev} of domain {domid}: {reason}")]
+    Disk {
+        /// "attaching" or "detaching".
+        op: &'static str,
+        /// Domain id.
+        domid: u32,
+        /// Guest device name.
+        vdev: String,
+        /// Why.
+        reason: String,
+    },
     /// Serving the host channel failed.
     #[error("serving the host channel of domain {domid}: {reason}")]
     Channel {
@@ -175,6 +187,16 @@ pub trait Hypervisor: Send + Sync + 'static {
     /// Serves the host channel of a (paused) domain at [`ZONE_CHANNEL_PATH`], so the zone's init finds it when
     /// it boots. Serving again replaces the previous channel (a restarted daemon).
     fn serve_channel(&self, domid: u32) -> impl Future<Output = Result<ChannelStream, HypervisorError>> + Send;
+    /// Attaches the image file `image` to the running domain as read-only PV disk `vdev` (`xvdb`, ...).
+    /// Nothing of the attachment outlives the domain (e.g. a loop device is released when it goes away).
+    fn attach_disk(
+        &self,
+        domid: u32,
+        image: &std::path::Path,
+        vdev: &str,
+    ) -> impl Future<Output = Result<(), HypervisorError>> + Send;
+    /// Detaches PV disk `vdev` from the domain (the zone must no longer use it).
+    fn detach_disk(&self, domid: u32, vdev: &str) -> impl Future<Output = Result<(), HypervisorError>> + Send;
 }
 
 /// An in-memory hypervisor for tests: domains are records; tests steer failures and guest behaviour.
@@ -199,6 +221,8 @@ pub mod fake {
         pub state: DomainRunState,
         /// The guest ignores shutdown requests (a hung init).
         pub ignores_shutdown: bool,
+        /// Attached disks: guest device name to image path.
+        pub disks: BTreeMap<String, PathBuf>,
     }
 
     #[derive(Debug, Default)]
@@ -291,7 +315,13 @@ pub mod fake {
                 i.next_domid += 1;
                 i.domains.insert(
                     domid,
-                    FakeDomain { request, paused: false, state: DomainRunState::Alive, ignores_shutdown: false },
+                    FakeDomain {
+                        request,
+                        paused: false,
+                        state: DomainRunState::Alive,
+                        ignores_shutdown: false,
+                        disks: BTreeMap::new(),
+                    },
                 );
                 domid
             })
@@ -338,6 +368,7 @@ pub mod fake {
                         paused: true,
                         state: DomainRunState::Alive,
                         ignores_shutdown: false,
+                        disks: BTreeMap::new(),
                     },
                 );
                 Ok(domid)
@@ -406,6 +437,38 @@ pub mod fake {
                     })
                     .collect()
             }))
+        }
+
+        async fn attach_disk(&self, domid: u32, image: &std::path::Path, vdev: &str) -> Result<(), HypervisorError> {
+            let fail = |reason: &str| HypervisorError::Disk {
+                op: "attaching",
+                domid,
+                vdev: vdev.to_owned(),
+                reason: reason.to_owned(),
+            };
+            self.with(|i| {
+                let d = i.domains.get_mut(&domid).ok_or_else(|| fail("no such domain"))?;
+                if d.disks.contains_key(vdev) {
+                    return Err(fail("the device name is in use"));
+                }
+                d.disks.insert(vdev.to_owned(), image.to_owned());
+                Ok(())
+            })
+        }
+
+        async fn detach_disk(&self, domid: u32, vdev: &str) -> Result<(), HypervisorError> {
+            self.with(|i| {
+                let d = i.domains.get_mut(&domid);
+                match d.and_then(|d| d.disks.remove(vdev)) {
+                    Some(_) => Ok(()),
+                    None => Err(HypervisorError::Disk {
+                        op: "detaching",
+                        domid,
+                        vdev: vdev.to_owned(),
+                        reason: "no such disk".into(),
+                    }),
+                }
+            })
         }
 
         async fn serve_channel(&self, domid: u32) -> Result<ChannelStream, HypervisorError> {

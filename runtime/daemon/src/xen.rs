@@ -196,6 +196,24 @@ impl Hypervisor for LibxlHypervisor {
             .collect())
     }
 
+    async fn attach_disk(&self, domid: u32, image: &std::path::Path, vdev: &str) -> Result<(), HypervisorError> {
+        Err(HypervisorError::Disk {
+            op: "attaching",
+            domid,
+            vdev: vdev.to_owned(),
+            reason: format!("disk hot-plug of {} is not implemented yet", image.display()),
+        })
+    }
+
+    async fn detach_disk(&self, domid: u32, vdev: &str) -> Result<(), HypervisorError> {
+        Err(HypervisorError::Disk {
+            op: "detaching",
+            domid,
+            vdev: vdev.to_owned(),
+            reason: "disk hot-plug is not implemented yet".into(),
+        })
+    }
+
     async fn serve_channel(&self, domid: u32) -> Result<ChannelStream, HypervisorError> {
         let fail = |reason: String| HypervisorError::Channel { domid, reason };
         let path = format!("/local/domain/{domid}/{ZONE_CHANNEL_PATH}");
