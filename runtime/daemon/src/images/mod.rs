@@ -25,6 +25,8 @@ pub mod erofs;
 pub mod layout;
 pub mod oci;
 pub mod reference;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
 pub mod unpack;
 
 use std::collections::BTreeMap;
