@@ -86,7 +86,7 @@ pub struct ImageRecord {
     pub id: String,
     /// Normalised references (see [`reference::normalize`]), sorted.
     pub references: Vec<String>,
-    /// Bytes of file content in the root image.
+    /// Bytes of regular-file content in the root image (hard links counted once).
     pub size_bytes: u64,
     /// When it was imported (ns since the epoch).
     pub created_at: Nanos,
@@ -319,6 +319,30 @@ fn resolve<'a>(images: &'a BTreeMap<String, ImageRecord>, image: &str) -> Result
     Err(ImageError::NotFound(image.to_owned()))
 }
 
+/// Bytes of regular-file content beneath `root`, each inode once. Never follows symlinks; the tree is the
+/// daemon's own staging directory.
+fn tree_size(root: &Path) -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0u64;
+    let mut todo = vec![root.to_owned()];
+    while let Some(dir) = todo.pop() {
+        for entry in fs::read_dir(&dir)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                todo.push(entry.path());
+            } else if kind.is_file() {
+                let m = entry.metadata()?;
+                if m.nlink() == 1 || seen.insert(m.ino()) {
+                    total += m.len();
+                }
+            }
+        }
+    }
+    Ok(total)
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -459,7 +483,7 @@ impl Inner {
     }
 
     /// Applies the layers to a staging tree in `work`, builds the root image and moves it in place.
-    /// Returns the bytes of file content.
+    /// Returns the bytes of file content in the finished tree.
     fn build(&self, path: &Path, input: &InputDir, plan: &ImagePlan, work: &Path) -> Result<u64, ImageError> {
         let staging = work.join("rootfs");
         fs::DirBuilder::new().mode(0o755).create(&staging).map_err(io_err("creating", &staging))?;
@@ -480,6 +504,7 @@ impl Inner {
             what: "the layers".into(),
             source,
         })?;
+        let size = tree_size(&staging).map_err(io_err("measuring", &staging))?;
         if stats.skipped_devices > 0 {
             tracing::info!(image = %plan.id.digest(), count = stats.skipped_devices, "left device nodes out of the image");
         }
@@ -492,7 +517,7 @@ impl Inner {
             .map_err(io_err("setting the mode of", &built))?;
         fs::rename(&built, &dest).map_err(io_err("moving the root image to", &dest))?;
         sync_dir(&self.cfg.dir).map_err(io_err("syncing", &self.cfg.dir))?;
-        Ok(stats.bytes)
+        Ok(size)
     }
 
     /// Applies one layer while verifying its blob (digest and size) and its uncompressed tar (diff id).

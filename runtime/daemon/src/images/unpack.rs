@@ -22,7 +22,7 @@
 //! earlier entries only as far as its own checks go, cannot apply whiteouts, and gives no place for these
 //! bounds. The target directory is private to the daemon (mode 0700), so only the archive can race us.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io::{self, Read};
@@ -55,11 +55,19 @@ pub struct UnpackLimits {
     pub max_entries: u64,
     /// Longest entry path or hard-link target, in bytes.
     pub max_path_len: usize,
+    /// Entry path bytes summed over all entries: bounds the memory kept per entry (whiteout bookkeeping,
+    /// directory times), which entries × longest path would not.
+    pub max_path_bytes: u64,
 }
 
 impl Default for UnpackLimits {
     fn default() -> Self {
-        UnpackLimits { max_total_bytes: 32 << 30, max_entries: 2_000_000, max_path_len: 4096 }
+        UnpackLimits {
+            max_total_bytes: 32 << 30,
+            max_entries: 2_000_000,
+            max_path_len: 4096,
+            max_path_bytes: 256 << 20,
+        }
     }
 }
 
@@ -130,6 +138,12 @@ pub enum UnpackError {
         /// The limit.
         limit: u64,
     },
+    /// The entry paths are too long in total.
+    #[error("entry paths add up to more than {limit} bytes: refusing what looks like a tar bomb")]
+    TooManyPathBytes {
+        /// The limit.
+        limit: u64,
+    },
     /// An entry path is too long.
     #[error("an entry path is {len} bytes long, more than the {limit} allowed")]
     PathTooLong {
@@ -179,8 +193,10 @@ impl UnpackError {
 pub struct UnpackStats {
     /// Tar headers read.
     pub entries: u64,
-    /// Regular-file bytes written.
+    /// Regular-file bytes written (overwritten and whited-out files included).
     pub bytes: u64,
+    /// Entry path bytes read.
+    pub path_bytes: u64,
     /// Device nodes left out.
     pub skipped_devices: u64,
 }
@@ -365,7 +381,7 @@ impl Unpacker {
     /// Applies one tar stream (reads it to its end-of-archive marker).
     pub fn apply<R: Read>(&mut self, reader: R) -> Result<(), UnpackError> {
         let mut archive = tar::Archive::new(reader);
-        let mut created: HashSet<Vec<Vec<u8>>> = HashSet::new();
+        let mut created: BTreeSet<Vec<Vec<u8>>> = BTreeSet::new();
         let mut pending = Pending::default();
         for entry in archive.entries().map_err(UnpackError::Read)?.raw(true) {
             let mut entry = entry.map_err(UnpackError::Read)?;
@@ -391,11 +407,15 @@ impl Unpacker {
         &mut self,
         mut entry: tar::Entry<'_, R>,
         ext: Pending,
-        created: &mut HashSet<Vec<Vec<u8>>>,
+        created: &mut BTreeSet<Vec<Vec<u8>>>,
     ) -> Result<(), UnpackError> {
         let header = entry.header().clone();
         let raw_path = ext.path.clone().unwrap_or_else(|| header.path_bytes().into_owned());
         let raw_path: Vec<u8> = strip_nuls(raw_path);
+        self.stats.path_bytes += raw_path.len() as u64;
+        if self.stats.path_bytes > self.limits.max_path_bytes {
+            return Err(UnpackError::TooManyPathBytes { limit: self.limits.max_path_bytes });
+        }
         let comps = clean_path(&raw_path, self.limits.max_path_len)?;
         let size = entry.size();
         if let Some(pax_size) = ext.size
@@ -587,30 +607,14 @@ impl Unpacker {
         parent: &[Vec<u8>],
         name: &[u8],
         full: &[Vec<u8>],
-        created: &HashSet<Vec<Vec<u8>>>,
+        created: &BTreeSet<Vec<Vec<u8>>>,
     ) -> Result<(), UnpackError> {
         // A whiteout hides what lower layers put there, never what this layer adds (OCI image spec,
         // layer.md "Whiteouts"). Without its parent there is nothing to hide.
         let Some(dir) = self.open_dir(parent, full, false)? else { return Ok(()) };
         if name == OPAQUE_MARKER.as_bytes() {
-            let dup = dir.try_clone().map_err(|e| self.local_io("listing", parent, e))?;
-            let mut listing = nix::dir::Dir::from_fd(dup).map_err(|e| self.local("listing", parent, e))?;
-            let mut names = Vec::new();
-            for ent in listing.iter() {
-                let ent = ent.map_err(|e| self.local("listing", parent, e))?;
-                let n = ent.file_name().to_bytes();
-                if n != b"." && n != b".." {
-                    names.push(n.to_vec());
-                }
-            }
-            for n in names {
-                let mut child = parent.to_vec();
-                child.push(n.clone());
-                if !created.contains(&child) {
-                    self.remove_existing(&dir, &n, &child)?;
-                }
-            }
-            return Ok(());
+            drop(dir);
+            return self.hide_lower(parent, full, created);
         }
         let target = &name[WHITEOUT_PREFIX.len()..];
         if target.is_empty() || target.starts_with(WHITEOUT_PREFIX.as_bytes()) {
@@ -619,9 +623,47 @@ impl Unpacker {
         }
         let mut hidden = parent.to_vec();
         hidden.push(target.to_vec());
-        if !created.contains(&hidden) {
+        if !created_at_or_under(created, &hidden) {
             self.remove_existing(&dir, target, &hidden)?;
             self.dir_times.retain(|k, _| !k.starts_with(&hidden));
+        }
+        Ok(())
+    }
+
+    /// Applies an opaque marker: removes everything beneath `dir` that this layer did not create, descending
+    /// into directories that hold something of this layer's. Iterative, one directory open at a time.
+    fn hide_lower(
+        &mut self,
+        dir: &[Vec<u8>],
+        full: &[Vec<u8>],
+        created: &BTreeSet<Vec<Vec<u8>>>,
+    ) -> Result<(), UnpackError> {
+        let mut todo = vec![dir.to_vec()];
+        while let Some(path) = todo.pop() {
+            let Some(fd) = self.open_dir(&path, full, false)? else { continue };
+            let dup = fd.try_clone().map_err(|e| self.local_io("listing", &path, e))?;
+            let mut listing = nix::dir::Dir::from_fd(dup).map_err(|e| self.local("listing", &path, e))?;
+            let mut names = Vec::new();
+            for ent in listing.iter() {
+                let ent = ent.map_err(|e| self.local("listing", &path, e))?;
+                let n = ent.file_name().to_bytes();
+                if n != b"." && n != b".." {
+                    names.push(n.to_vec());
+                }
+            }
+            for n in names {
+                let mut child = path.clone();
+                child.push(n.clone());
+                if !created_at_or_under(created, &child) {
+                    self.remove_existing(&fd, &n, &child)?;
+                    self.dir_times.retain(|k, _| !k.starts_with(&child));
+                } else if stat_at(&fd, &n)
+                    .map_err(|e| self.local("inspecting", &child, e))?
+                    .is_some_and(|st| is_dir(&st))
+                {
+                    todo.push(child);
+                }
+            }
         }
         Ok(())
     }
@@ -657,7 +699,7 @@ impl Unpacker {
         name: &[u8],
         full: &[Vec<u8>],
         target: &[u8],
-        created: &mut HashSet<Vec<Vec<u8>>>,
+        created: &mut BTreeSet<Vec<Vec<u8>>>,
     ) -> Result<(), UnpackError> {
         if target.starts_with(b"/") {
             return Ok(());
@@ -697,6 +739,11 @@ impl Unpacker {
         }
         Ok(self.stats)
     }
+}
+
+/// True when this layer created `path` or anything beneath it (what a whiteout must leave alone).
+fn created_at_or_under(created: &BTreeSet<Vec<Vec<u8>>>, path: &[Vec<u8>]) -> bool {
+    created.range(path.to_vec()..).next().is_some_and(|p| p.starts_with(path))
 }
 
 #[derive(Debug)]
@@ -917,6 +964,8 @@ pub(crate) mod tests {
             E::File("var/cache/a", b"a", 0o644),
             E::File("var/cache/sub/b", b"b", 0o644),
             E::File("tree/deep/x", b"x", 0o644),
+            E::File("opaque/sub/lower", b"l", 0o644),
+            E::File("opaque/lower", b"l", 0o644),
         ]);
         let upper = tar_of(&[
             E::File("etc/.wh.gone", b"", 0o644),
@@ -926,6 +975,8 @@ pub(crate) mod tests {
             E::File("same", b"s", 0o644),
             E::File(".wh.same", b"", 0o644),
             E::File("nothing/.wh.here", b"", 0o644),
+            E::File("opaque/sub/mine", b"m", 0o644),
+            E::File("opaque/.wh..wh..opq", b"", 0o644),
         ]);
         let (d, _) = unpack(&[lower, upper], UnpackLimits::default())?;
         assert!(d.path().join("etc/keep").exists());
@@ -939,6 +990,8 @@ pub(crate) mod tests {
         assert!(!d.path().join("tree").exists());
         assert!(d.path().join("same").exists(), "a whiteout does not hide its own layer's file");
         assert!(!d.path().join("nothing").exists(), "a whiteout creates no parent");
+        assert!(d.path().join("opaque/sub/mine").exists(), "an opaque marker keeps what this layer put beneath");
+        assert!(!d.path().join("opaque/sub/lower").exists() && !d.path().join("opaque/lower").exists());
         Ok(())
     }
 
@@ -964,6 +1017,9 @@ pub(crate) mod tests {
         let long = tar_of(&[E::File("aaaaaaaaaa/bbbbbbbbbb/c", b"", 0o644)]);
         let r = unpack(&[long], UnpackLimits { max_path_len: 16, ..UnpackLimits::default() });
         assert!(matches!(r, Err(UnpackError::PathTooLong { len: 23, limit: 16 })), "{r:?}");
+        let names = tar_of(&[E::File("aaaaaaaaaa", b"", 0o644), E::File("bbbbbbbbbb", b"", 0o644)]);
+        let r = unpack(&[names], UnpackLimits { max_path_bytes: 15, ..UnpackLimits::default() });
+        assert!(matches!(r, Err(UnpackError::TooManyPathBytes { limit: 15 })), "{r:?}");
     }
 
     #[test]
