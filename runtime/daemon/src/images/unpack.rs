@@ -1036,6 +1036,49 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn outer_archives_keep_only_files_and_links_inside() -> TestResult {
+        let t = tar_of(&[
+            E::File("a/layer.tar", b"layer", 0o755),
+            E::Sym("b/layer.tar", "../a/layer.tar"),
+            E::Sym("c", "/etc/passwd"),
+            E::Sym("d", "../../outside"),
+            E::Char("e"),
+        ]);
+        let dir = tempfile::tempdir()?;
+        let mut u = Unpacker::new(dir.path(), UnpackLimits::default(), StreamKind::Archive, false)?;
+        u.apply(&t[..])?;
+        u.finish()?;
+        let a = std::fs::metadata(dir.path().join("a/layer.tar"))?;
+        assert_eq!(a.permissions().mode() & 0o777, 0o600, "archive files are private");
+        assert_eq!(std::fs::symlink_metadata(dir.path().join("b/layer.tar"))?.ino(), a.ino());
+        for absent in ["c", "d", "e"] {
+            assert!(std::fs::symlink_metadata(dir.path().join(absent)).is_err(), "{absent}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_pax_size_that_disagrees_with_the_header_is_refused() {
+        let mut b = tar::Builder::new(Vec::new());
+        let record = b"12 size=100\n";
+        let mut x = tar::Header::new_ustar();
+        x.set_entry_type(EntryType::XHeader);
+        x.set_size(record.len() as u64);
+        x.set_path("PaxHeaders/f").unwrap_or_else(|e| panic!("{e}"));
+        x.set_cksum();
+        b.append(&x, &record[..]).unwrap_or_else(|e| panic!("{e}"));
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(EntryType::Regular);
+        h.set_size(4);
+        h.set_path("f").unwrap_or_else(|e| panic!("{e}"));
+        h.set_cksum();
+        b.append(&h, &b"abcd"[..]).unwrap_or_else(|e| panic!("{e}"));
+        let t = b.into_inner().unwrap_or_else(|e| panic!("{e}"));
+        let r = unpack(&[t], UnpackLimits::default());
+        assert!(matches!(r, Err(UnpackError::BadEntry { ref reason, .. }) if reason.contains("PAX size 100")), "{r:?}");
+    }
+
+    #[test]
     fn gnu_long_names_and_pax_paths_are_honoured() -> TestResult {
         let long = format!("{}/file", "d".repeat(150));
         let mut b = tar::Builder::new(Vec::new());
