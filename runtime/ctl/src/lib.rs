@@ -8,6 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use bulkhead_api::control::v1::image_service_client::ImageServiceClient;
 use bulkhead_api::control::v1::zone_service_client::ZoneServiceClient;
 use clap::{Parser, Subcommand};
 use tonic::transport::Channel;
@@ -33,6 +34,9 @@ pub enum Command {
     /// Zones: the VMs workloads run in.
     #[command(subcommand)]
     Zone(commands::zone::ZoneCommand),
+    /// Images: the read-only root filesystems workloads run from.
+    #[command(subcommand)]
+    Image(commands::image::ImageCommand),
 }
 
 /// Connects to bulkheadd over its unix socket.
@@ -50,5 +54,6 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<i32> {
     let channel = connect(&cli.socket).await?;
     match cli.command {
         Command::Zone(cmd) => commands::zone::run(cmd, ZoneServiceClient::new(channel), out).await,
+        Command::Image(cmd) => commands::image::run(cmd, ImageServiceClient::new(channel), out).await,
     }
 }

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod config;
 pub mod hypervisor;
+pub mod images;
 pub mod link;
 pub mod manager;
 pub mod store;

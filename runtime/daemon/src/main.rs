@@ -7,10 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use bulkhead_api::control::v1::image_service_server::ImageServiceServer;
 use bulkhead_api::control::v1::zone_service_server::ZoneServiceServer;
 use bulkheadd::api::bind_control_socket;
+use bulkheadd::api::images::ImageApi;
 use bulkheadd::api::zones::ZoneApi;
 use bulkheadd::config::{Config, DEFAULT_CONFIG_PATH};
+use bulkheadd::images::{ImageStore, ImageStoreConfig};
 use bulkheadd::manager::ZoneManager;
 use bulkheadd::store::RecordStore;
 use bulkheadd::xen::{LibxlHypervisor, release_events};
@@ -61,6 +64,12 @@ async fn serve(cfg: Config, hv: LibxlHypervisor) -> anyhow::Result<()> {
     let store = RecordStore::open(cfg.state_dir.join("zones"))
         .with_context(|| format!("opening the state directory {}", cfg.state_dir.display()))?;
     let manager = Arc::new(ZoneManager::open(hv, store, cfg.manager()).await.context("loading zones")?);
+    let images_dir = cfg.state_dir.join("images");
+    let images = Arc::new(
+        ImageStore::open(ImageStoreConfig::new(&images_dir))
+            .await
+            .with_context(|| format!("opening the image store {}", images_dir.display()))?,
+    );
     let incoming = bind_control_socket(&cfg.control_socket)
         .with_context(|| format!("binding the control socket {}", cfg.control_socket.display()))?;
 
@@ -81,6 +90,7 @@ async fn serve(cfg: Config, hv: LibxlHypervisor) -> anyhow::Result<()> {
     tracing::info!(socket = %cfg.control_socket.display(), "serving the control API");
     let served = tonic::transport::Server::builder()
         .add_service(ZoneServiceServer::new(ZoneApi::new(manager)))
+        .add_service(ImageServiceServer::new(ImageApi::new(images)))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     stop.cancel();

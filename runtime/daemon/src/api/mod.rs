@@ -1,6 +1,7 @@
 //! The gRPC edge: one file per service converts protobuf to the core's types and back, and maps core
 //! errors to gRPC status codes on purpose. Served on a unix socket that only root can reach.
 
+pub mod images;
 pub mod zones;
 
 use std::io;

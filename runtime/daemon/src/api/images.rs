@@ -1,0 +1,169 @@
+//! `bulkhead.control.v1.ImageService`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bulkhead_api::control::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use super::message_chain;
+use crate::images::erofs::ErofsError;
+use crate::images::{ImageError, ImageRecord, ImageStore};
+
+/// Tells whether a workload uses an image; [`ImageService::remove_image`] refuses while it does.
+pub type InUseCheck = Arc<dyn Fn(&ImageRecord) -> bool + Send + Sync>;
+
+/// The service, over a shared store.
+pub struct ImageApi {
+    store: Arc<ImageStore>,
+    in_use: InUseCheck,
+}
+
+impl std::fmt::Debug for ImageApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageApi").field("store", &self.store).finish_non_exhaustive()
+    }
+}
+
+impl ImageApi {
+    /// Serves `store`. Until the workload layer passes its check with [`ImageApi::with_in_use`], no image
+    /// counts as in use.
+    pub fn new(store: Arc<ImageStore>) -> Self {
+        ImageApi { store, in_use: Arc::new(|_| false) }
+    }
+
+    /// Serves `store`, refusing to remove images for which `in_use` is true.
+    pub fn with_in_use(store: Arc<ImageStore>, in_use: InUseCheck) -> Self {
+        ImageApi { store, in_use }
+    }
+}
+
+impl From<ImageError> for Status {
+    fn from(e: ImageError) -> Status {
+        let msg = message_chain(&e);
+        match &e {
+            ImageError::NotFound(_) => Status::not_found(msg),
+            ImageError::Ambiguous { .. }
+            | ImageError::Reference(_)
+            | ImageError::RelativePath(_)
+            | ImageError::Invalid { .. } => Status::invalid_argument(msg),
+            ImageError::OpenInput { source, .. } => match source.kind() {
+                std::io::ErrorKind::NotFound => Status::not_found(msg),
+                std::io::ErrorKind::PermissionDenied => Status::permission_denied(msg),
+                _ => Status::invalid_argument(msg),
+            },
+            ImageError::Unpack { source, .. } if source.is_bad_input() => Status::invalid_argument(msg),
+            ImageError::InUse { .. } | ImageError::Build { source: ErofsError::Missing { .. }, .. } => {
+                Status::failed_precondition(msg)
+            }
+            ImageError::Unpack { .. }
+            | ImageError::Build { .. }
+            | ImageError::Io { .. }
+            | ImageError::Store(_)
+            | ImageError::Task(_) => {
+                tracing::error!(error = %msg, "image operation failed");
+                Status::internal(msg)
+            }
+        }
+    }
+}
+
+/// The protobuf form of a record.
+pub fn image_to_pb(r: &ImageRecord) -> pb::Image {
+    let c = &r.config;
+    pb::Image {
+        id: r.id.clone(),
+        references: r.references.clone(),
+        size_bytes: r.size_bytes,
+        created_at: r.created_at,
+        config: Some(pb::ImageConfig {
+            entrypoint: c.entrypoint.clone(),
+            cmd: c.cmd.clone(),
+            env: c.env.iter().map(|(name, value)| pb::EnvVar { name: name.clone(), value: value.clone() }).collect(),
+            working_dir: c.working_dir.clone(),
+            user: c.user.clone(),
+            stop_signal: c.stop_signal.clone(),
+            exposed_ports: c.exposed_ports.clone(),
+            labels: c.labels.clone().into_iter().collect(),
+        }),
+    }
+}
+
+fn required(field: &str, value: String) -> Result<String, Status> {
+    if value.is_empty() { Err(Status::invalid_argument(format!("{field} is required"))) } else { Ok(value) }
+}
+
+#[tonic::async_trait]
+impl pb::image_service_server::ImageService for ImageApi {
+    async fn import_image(
+        &self,
+        req: Request<pb::ImportImageRequest>,
+    ) -> Result<Response<pb::ImportImageResponse>, Status> {
+        let req = req.into_inner();
+        let path = PathBuf::from(required("path", req.path)?);
+        let reference = (!req.reference.is_empty()).then_some(req.reference);
+        let rec = self.store.import(&path, reference.as_deref()).await?;
+        Ok(Response::new(pb::ImportImageResponse { image: Some(image_to_pb(&rec)) }))
+    }
+
+    async fn list_images(
+        &self,
+        _req: Request<pb::ListImagesRequest>,
+    ) -> Result<Response<pb::ListImagesResponse>, Status> {
+        let images = self.store.list().iter().map(image_to_pb).collect();
+        Ok(Response::new(pb::ListImagesResponse { images }))
+    }
+
+    async fn get_image(&self, req: Request<pb::GetImageRequest>) -> Result<Response<pb::GetImageResponse>, Status> {
+        let image = required("image", req.into_inner().image)?;
+        let rec = self.store.get(&image)?;
+        Ok(Response::new(pb::GetImageResponse { image: Some(image_to_pb(&rec)) }))
+    }
+
+    async fn remove_image(
+        &self,
+        req: Request<pb::RemoveImageRequest>,
+    ) -> Result<Response<pb::RemoveImageResponse>, Status> {
+        let image = required("image", req.into_inner().image)?;
+        let in_use = self.in_use.clone();
+        self.store.remove(&image, move |r| in_use(r)).await?;
+        Ok(Response::new(pb::RemoveImageResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::images::layout::LayoutError;
+    use crate::images::unpack::UnpackError;
+
+    #[test]
+    fn errors_map_to_codes_a_client_can_act_on() {
+        let code = |e: ImageError| Status::from(e).code();
+        assert_eq!(code(ImageError::NotFound("x".into())), tonic::Code::NotFound);
+        assert_eq!(code(ImageError::InUse { id: "sha256:x".into() }), tonic::Code::FailedPrecondition);
+        let invalid = ImageError::Invalid { path: "/p".into(), source: LayoutError::UnknownFormat };
+        assert_eq!(code(invalid), tonic::Code::InvalidArgument);
+        let escape = ImageError::Unpack {
+            path: "/p".into(),
+            what: "layer 1".into(),
+            source: UnpackError::PathEscape { path: "../x".into() },
+        };
+        assert_eq!(code(escape), tonic::Code::InvalidArgument);
+        let local = ImageError::Unpack {
+            path: "/p".into(),
+            what: "layer 1".into(),
+            source: UnpackError::Local {
+                op: "creating",
+                path: "a".into(),
+                root: "/r".into(),
+                source: std::io::Error::other("disk full"),
+            },
+        };
+        assert_eq!(code(local), tonic::Code::Internal);
+        let missing = ImageError::OpenInput { path: "/p".into(), source: std::io::ErrorKind::NotFound.into() };
+        let s = Status::from(missing);
+        assert_eq!(s.code(), tonic::Code::NotFound);
+        assert!(s.message().starts_with("opening /p: "), "{}", s.message());
+    }
+}

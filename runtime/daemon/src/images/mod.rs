@@ -1,0 +1,663 @@
+//! Image import: an OCI image layout (directory or tar) or a `docker save` archive on the node becomes a
+//! read-only erofs root image that zones mount as a PV block device.
+//!
+//! On disk, under `<state-dir>/images/`:
+//! - `<hex>.erofs`: one root image per image, named by the hex of its id;
+//! - `records/<hex>.json`: its [`ImageRecord`] (a [`RecordStore`]);
+//! - `tmp/`: work directories of imports in progress (unpacked archive, staging tree, image being built);
+//!   emptied when the store opens.
+//!
+//! Ids: an image from an OCI layout is named by its manifest digest; one from a `docker save` archive by
+//! the digest of its config file (Docker's image ID; the archive has no manifest, see [`docker`]).
+//!
+//! An import: open the input (a tar is first unpacked into `tmp/` with the same safe unpacker as layers,
+//! see [`unpack`]), read and verify its metadata ([`oci`], [`docker`]), then, unless the image is here
+//! already, apply each layer to a staging tree while hashing the blob (against the manifest's digest and
+//! size) and the uncompressed tar (against the config's diff id), run `mkfs.erofs` into `tmp/`, fsync,
+//! rename to `<hex>.erofs`, fsync the directory, and write the record. A crash leaves at worst a work
+//! directory (removed at the next start) or an image file without a record (removed at the next start).
+//!
+//! References are unique: tagging an image with a reference another image has moves it. All blocking
+//! work runs on `spawn_blocking`; [`ImageStore::get`] and [`ImageStore::list`] only read memory.
+
+pub mod docker;
+pub mod erofs;
+pub mod layout;
+pub mod oci;
+pub mod reference;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
+pub mod unpack;
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader, Read};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::{RecordStore, StoreError};
+use crate::zone::Nanos;
+use layout::{Compression, DigestReader, ImagePlan, InputDir, LayerPlan, LayoutError};
+use reference::ReferenceError;
+use unpack::{StreamKind, UnpackError, UnpackLimits, Unpacker};
+
+/// Shortest id prefix accepted for lookups.
+pub const MIN_ID_PREFIX: usize = 12;
+
+/// How a zone should run the image (from the image config).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageConfig {
+    /// ENTRYPOINT.
+    pub entrypoint: Vec<String>,
+    /// CMD.
+    pub cmd: Vec<String>,
+    /// ENV, in order, split at the first '='.
+    pub env: Vec<(String, String)>,
+    /// WORKDIR ("" = /).
+    pub working_dir: String,
+    /// USER ("" = root).
+    pub user: String,
+    /// STOPSIGNAL ("" = SIGTERM).
+    pub stop_signal: String,
+    /// EXPOSE, e.g. "80/tcp", sorted.
+    pub exposed_ports: Vec<String>,
+    /// LABEL.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What the image was imported from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImageFormat {
+    /// An OCI image layout.
+    Oci,
+    /// A `docker save` archive.
+    DockerArchive,
+}
+
+/// An imported image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    /// "sha256:<hex>": the manifest digest (OCI) or the config digest (docker archive).
+    pub id: String,
+    /// Normalised references (see [`reference::normalize`]), sorted.
+    pub references: Vec<String>,
+    /// Bytes of regular-file content in the root image (hard links counted once).
+    pub size_bytes: u64,
+    /// When it was imported (ns since the epoch).
+    pub created_at: Nanos,
+    /// How to run it.
+    pub config: ImageConfig,
+    /// Where it came from.
+    pub format: ImageFormat,
+}
+
+impl ImageRecord {
+    /// The hex part of the id (the file and record names).
+    pub fn hex(&self) -> &str {
+        self.id.strip_prefix("sha256:").unwrap_or(&self.id)
+    }
+}
+
+/// Settings of the store.
+#[derive(Debug, Clone)]
+pub struct ImageStoreConfig {
+    /// `<state-dir>/images`.
+    pub dir: PathBuf,
+    /// Bounds on one import.
+    pub limits: UnpackLimits,
+    /// The mkfs.erofs program.
+    pub mkfs_erofs: PathBuf,
+}
+
+impl ImageStoreConfig {
+    /// Defaults for the images directory `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        ImageStoreConfig { dir: dir.into(), limits: UnpackLimits::default(), mkfs_erofs: erofs::MKFS_EROFS.into() }
+    }
+}
+
+/// Failures of the image store; the API maps each to one gRPC code.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// No image matches.
+    #[error("no image {0:?} (see `bulkhead image list`)")]
+    NotFound(String),
+    /// An id prefix matches several images.
+    #[error("image id prefix {prefix:?} matches {count} images: give more digits")]
+    Ambiguous {
+        /// The prefix.
+        prefix: String,
+        /// How many match.
+        count: usize,
+    },
+    /// A malformed reference.
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    /// The import path is relative (the daemon has no useful working directory).
+    #[error("the image path {0:?} must be absolute")]
+    RelativePath(PathBuf),
+    /// The import path cannot be opened.
+    #[error("opening {path}")]
+    OpenInput {
+        /// The path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The image is malformed, inconsistent or fails verification.
+    #[error("importing {path}")]
+    Invalid {
+        /// The path.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: LayoutError,
+    },
+    /// A layer (or the outer archive) could not be applied.
+    #[error("importing {path}: {what}")]
+    Unpack {
+        /// The path.
+        path: PathBuf,
+        /// Which layer or archive.
+        what: String,
+        /// Cause.
+        #[source]
+        source: UnpackError,
+    },
+    /// A workload uses the image.
+    #[error("image {id} is in use by a workload: remove the workload first")]
+    InUse {
+        /// The image.
+        id: String,
+    },
+    /// mkfs.erofs failed or is missing.
+    #[error("building the root image of {id}")]
+    Build {
+        /// The image.
+        id: String,
+        /// Cause.
+        #[source]
+        source: erofs::ErofsError,
+    },
+    /// A local file operation failed.
+    #[error("{op} {path}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Records could not be read or written.
+    #[error("image records")]
+    Store(#[source] StoreError),
+    /// The blocking task died.
+    #[error("the image task failed: {0}")]
+    Task(String),
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ImageError + 'a {
+    move |source| ImageError::Io { op, path: path.to_owned(), source }
+}
+
+fn now() -> Nanos {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as Nanos).unwrap_or(0)
+}
+
+/// The images of this node.
+#[derive(Debug, Clone)]
+pub struct ImageStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    cfg: ImageStoreConfig,
+    tmp: PathBuf,
+    records: RecordStore<ImageRecord>,
+    /// By hex id. Held only to read or swap entries, never across I/O.
+    images: Mutex<BTreeMap<String, ImageRecord>>,
+    /// Serialises record writes and removals (held across their I/O, only on blocking threads), so the
+    /// records on disk change in the same order as the map.
+    commit: Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves the map consistent (entries are swapped whole).
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ImageError> + Send + 'static,
+) -> Result<T, ImageError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ImageError::Task(e.to_string()))?
+}
+
+impl ImageStore {
+    /// Opens (creating) the store in `cfg.dir`, loads the records, and removes leftovers of interrupted
+    /// imports: work directories, and image files without a record.
+    pub async fn open(cfg: ImageStoreConfig) -> Result<Self, ImageError> {
+        blocking(move || Inner::open(cfg).map(|inner| ImageStore { inner: Arc::new(inner) })).await
+    }
+
+    /// Imports the image at `path` (absolute: an OCI layout directory or tar, or a `docker save` tar),
+    /// tagging it with `reference` and the references the image names itself. Importing an image that is
+    /// here already only adds the references.
+    pub async fn import(&self, path: &Path, reference: Option<&str>) -> Result<ImageRecord, ImageError> {
+        if !path.is_absolute() {
+            return Err(ImageError::RelativePath(path.to_owned()));
+        }
+        let wanted = reference.map(str::to_owned);
+        let normalized = reference.map(reference::normalize).transpose()?;
+        let inner = self.inner.clone();
+        let path = path.to_owned();
+        blocking(move || inner.import(&path, wanted.as_deref(), normalized)).await
+    }
+
+    /// Every image, by id.
+    pub fn list(&self) -> Vec<ImageRecord> {
+        lock(&self.inner.images).values().cloned().collect()
+    }
+
+    /// Resolves `image`: an id ("sha256:<hex>" or the hex), a reference ("busybox" is
+    /// "docker.io/library/busybox:latest"), or an id prefix of at least [`MIN_ID_PREFIX`] hex digits.
+    pub fn get(&self, image: &str) -> Result<ImageRecord, ImageError> {
+        resolve(&lock(&self.inner.images), image).cloned()
+    }
+
+    /// The root image of `image`, to attach read-only to a zone.
+    pub fn erofs_path(&self, image: &ImageRecord) -> PathBuf {
+        self.inner.erofs_path(image.hex())
+    }
+
+    /// Removes `image` and its root image. Removing an image that is not here succeeds with `None`
+    /// (idempotent, as CRI's RemoveImage). Refuses with [`ImageError::InUse`] when `in_use` says a workload
+    /// uses it: the workload layer passes its check here. `in_use` runs under the store's commit lock, so
+    /// no import or removal interleaves; a zone that already has the file open keeps it (an unlinked
+    /// file lives on), so the workload layer only has to make its own check and its use atomic.
+    pub async fn remove(
+        &self,
+        image: &str,
+        in_use: impl Fn(&ImageRecord) -> bool + Send + 'static,
+    ) -> Result<Option<ImageRecord>, ImageError> {
+        let inner = self.inner.clone();
+        let image = image.to_owned();
+        blocking(move || inner.remove(&image, in_use)).await
+    }
+}
+
+fn resolve<'a>(images: &'a BTreeMap<String, ImageRecord>, image: &str) -> Result<&'a ImageRecord, ImageError> {
+    let hexpart = image.strip_prefix("sha256:").unwrap_or(image);
+    let is_hex = !hexpart.is_empty() && hexpart.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if is_hex && hexpart.len() == 64 {
+        return images.get(hexpart).ok_or_else(|| ImageError::NotFound(image.to_owned()));
+    }
+    if let Ok(r) = reference::normalize(image)
+        && let Some(rec) = images.values().find(|i| i.references.contains(&r))
+    {
+        return Ok(rec);
+    }
+    if is_hex && hexpart.len() >= MIN_ID_PREFIX {
+        let mut matches = images.range(hexpart.to_owned()..).take_while(|(k, _)| k.starts_with(hexpart));
+        return match (matches.next(), matches.next()) {
+            (Some((_, rec)), None) => Ok(rec),
+            (None, _) => Err(ImageError::NotFound(image.to_owned())),
+            (Some(_), Some(_)) => Err(ImageError::Ambiguous {
+                prefix: image.to_owned(),
+                count: images.keys().filter(|k| k.starts_with(hexpart)).count(),
+            }),
+        };
+    }
+    Err(ImageError::NotFound(image.to_owned()))
+}
+
+/// Bytes of regular-file content beneath `root`, each inode once. Never follows symlinks; the tree is the
+/// daemon's own staging directory.
+fn tree_size(root: &Path) -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0u64;
+    let mut todo = vec![root.to_owned()];
+    while let Some(dir) = todo.pop() {
+        for entry in fs::read_dir(&dir)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                todo.push(entry.path());
+            } else if kind.is_file() {
+                let m = entry.metadata()?;
+                if m.nlink() == 1 || seen.insert(m.ino()) {
+                    total += m.len();
+                }
+            }
+        }
+    }
+    Ok(total)
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Picks the decompressor for a layer from its magic number.
+fn sniff(r: &mut impl BufRead) -> io::Result<Compression> {
+    let head = r.fill_buf()?;
+    Ok(if head.starts_with(&[0x1f, 0x8b]) {
+        Compression::Gzip
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Compression::Zstd
+    } else {
+        Compression::None
+    })
+}
+
+fn decompress<'a, R: BufRead + 'a>(r: R, c: Compression) -> io::Result<Box<dyn Read + 'a>> {
+    Ok(match c {
+        Compression::None | Compression::Detect => Box::new(r),
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(r)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(r)?),
+    })
+}
+
+impl Inner {
+    fn open(cfg: ImageStoreConfig) -> Result<Inner, ImageError> {
+        let dir = cfg.dir.clone();
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(io_err("creating", &dir))?;
+        let tmp = dir.join("tmp");
+        match fs::remove_dir_all(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("removing leftovers in", &tmp)(e)),
+        }
+        fs::DirBuilder::new().mode(0o700).create(&tmp).map_err(io_err("creating", &tmp))?;
+        let records = RecordStore::<ImageRecord>::open(dir.join("records")).map_err(ImageError::Store)?;
+        let report = records.load_all().map_err(ImageError::Store)?;
+        for c in &report.corrupt {
+            tracing::warn!(key = %c.key, reason = ?c.reason, moved_to = %c.moved_to.display(), "set aside an unreadable image record");
+        }
+        let mut images = BTreeMap::new();
+        for (key, rec) in report.records {
+            let file = dir.join(format!("{key}.erofs"));
+            if rec.hex() != key || !file.is_file() {
+                tracing::warn!(image = %rec.id, "dropping an image record without its root image; import the image again");
+                records.remove(&key).map_err(ImageError::Store)?;
+                continue;
+            }
+            images.insert(key, rec);
+        }
+        for entry in fs::read_dir(&dir).map_err(io_err("listing", &dir))? {
+            let entry = entry.map_err(io_err("listing", &dir))?;
+            let name = entry.file_name();
+            let Some(hex) = name.to_str().and_then(|n| n.strip_suffix(".erofs")) else { continue };
+            if !images.contains_key(hex) {
+                tracing::info!(file = %entry.path().display(), "removing a root image left by an interrupted import");
+                fs::remove_file(entry.path()).map_err(io_err("removing", &entry.path()))?;
+            }
+        }
+        Ok(Inner { cfg, tmp, records, images: Mutex::new(images), commit: Mutex::new(()) })
+    }
+
+    fn erofs_path(&self, hex: &str) -> PathBuf {
+        self.cfg.dir.join(format!("{hex}.erofs"))
+    }
+
+    fn import(&self, path: &Path, wanted: Option<&str>, reference: Option<String>) -> Result<ImageRecord, ImageError> {
+        let meta = fs::metadata(path).map_err(|source| ImageError::OpenInput { path: path.to_owned(), source })?;
+        let work = tempfile::Builder::new()
+            .prefix("import-")
+            .tempdir_in(&self.tmp)
+            .map_err(io_err("creating a work directory in", &self.tmp))?;
+        let input_path = if meta.is_dir() {
+            path.to_owned()
+        } else if meta.is_file() {
+            let extracted = work.path().join("input");
+            self.extract_archive(path, &extracted)?;
+            extracted
+        } else {
+            return Err(ImageError::OpenInput {
+                path: path.to_owned(),
+                source: io::Error::new(io::ErrorKind::InvalidInput, "not a directory or a tar file"),
+            });
+        };
+        let input =
+            InputDir::open(&input_path).map_err(|source| ImageError::OpenInput { path: path.to_owned(), source })?;
+        let invalid = |source| ImageError::Invalid { path: path.to_owned(), source };
+        let (plan, format) = if oci::is_layout(&input) {
+            (oci::read(&input, wanted).map_err(invalid)?, ImageFormat::Oci)
+        } else if docker::is_archive(&input) {
+            (docker::read(&input, wanted).map_err(invalid)?, ImageFormat::DockerArchive)
+        } else {
+            return Err(invalid(LayoutError::UnknownFormat));
+        };
+        let mut references: Vec<String> = Vec::new();
+        for r in plan.references.iter() {
+            match reference::normalize(r) {
+                Ok(n) => references.push(n),
+                Err(e) => tracing::warn!(error = %e, "ignoring a reference the image names"),
+            }
+        }
+        references.extend(reference);
+
+        let hex = plan.id.hex().to_owned();
+        let present = lock(&self.images).contains_key(&hex) && self.erofs_path(&hex).is_file();
+        if present {
+            tracing::info!(image = %plan.id.digest(), "image already present; adding its references");
+            return self.commit(None, &hex, references);
+        }
+        let size_bytes = self.build(path, &input, &plan, work.path())?;
+        let rec = ImageRecord {
+            id: plan.id.digest(),
+            references: Vec::new(),
+            size_bytes,
+            created_at: now(),
+            config: plan.config.clone(),
+            format,
+        };
+        let rec = self.commit(Some(rec), &hex, references)?;
+        tracing::info!(image = %rec.id, references = ?rec.references, size_bytes, "imported an image");
+        Ok(rec)
+        // `work` (the unpacked archive and the staging tree) is removed here.
+    }
+
+    /// Unpacks the outer tar (optionally gzip-compressed) of an imported archive into `dest`.
+    fn extract_archive(&self, path: &Path, dest: &Path) -> Result<(), ImageError> {
+        let unpack_err = |source| ImageError::Unpack { path: path.to_owned(), what: "the archive".into(), source };
+        fs::DirBuilder::new().mode(0o700).create(dest).map_err(io_err("creating", dest))?;
+        let file = File::open(path).map_err(|source| ImageError::OpenInput { path: path.to_owned(), source })?;
+        let mut r = BufReader::new(file);
+        let c = sniff(&mut r).map_err(|e| unpack_err(UnpackError::Read(e)))?;
+        let stream = decompress(r, c).map_err(|e| unpack_err(UnpackError::Read(e)))?;
+        let mut u =
+            Unpacker::new(dest, self.cfg.limits, StreamKind::Archive, false).map_err(io_err("opening", dest))?;
+        u.apply(stream).map_err(unpack_err)?;
+        u.finish().map_err(unpack_err)?;
+        Ok(())
+    }
+
+    /// Applies the layers to a staging tree in `work`, builds the root image and moves it in place.
+    /// Returns the bytes of file content in the finished tree.
+    fn build(&self, path: &Path, input: &InputDir, plan: &ImagePlan, work: &Path) -> Result<u64, ImageError> {
+        let staging = work.join("rootfs");
+        fs::DirBuilder::new().mode(0o755).create(&staging).map_err(io_err("creating", &staging))?;
+        // The root inode's mode comes from here; the umask must not narrow it.
+        fs::set_permissions(&staging, fs::Permissions::from_mode(0o755))
+            .map_err(io_err("setting the mode of", &staging))?;
+        let preserve_owner = nix::unistd::geteuid().is_root();
+        if !preserve_owner {
+            tracing::warn!("not running as root: files in the image will be owned by the daemon's user");
+        }
+        let mut u = Unpacker::new(&staging, self.cfg.limits, StreamKind::Layer, preserve_owner)
+            .map_err(io_err("opening", &staging))?;
+        for (i, layer) in plan.layers.iter().enumerate() {
+            self.apply_layer(path, input, i + 1, layer, &mut u)?;
+        }
+        let stats = u.finish().map_err(|source| ImageError::Unpack {
+            path: path.to_owned(),
+            what: "the layers".into(),
+            source,
+        })?;
+        let size = tree_size(&staging).map_err(io_err("measuring", &staging))?;
+        if stats.skipped_devices > 0 {
+            tracing::info!(image = %plan.id.digest(), count = stats.skipped_devices, "left device nodes out of the image");
+        }
+        let built = work.join("image.erofs");
+        erofs::build(&self.cfg.mkfs_erofs, &staging, &built)
+            .map_err(|source| ImageError::Build { id: plan.id.digest(), source })?;
+        File::open(&built).and_then(|f| f.sync_all()).map_err(io_err("syncing", &built))?;
+        let dest = self.erofs_path(plan.id.hex());
+        fs::set_permissions(&built, fs::Permissions::from_mode(0o600))
+            .map_err(io_err("setting the mode of", &built))?;
+        fs::rename(&built, &dest).map_err(io_err("moving the root image to", &dest))?;
+        sync_dir(&self.cfg.dir).map_err(io_err("syncing", &self.cfg.dir))?;
+        Ok(size)
+    }
+
+    /// Applies one layer while verifying its blob (digest and size) and its uncompressed tar (diff id).
+    fn apply_layer(
+        &self,
+        path: &Path,
+        input: &InputDir,
+        n: usize,
+        layer: &LayerPlan,
+        u: &mut Unpacker,
+    ) -> Result<(), ImageError> {
+        let what = format!("layer {n} ({})", layer.path);
+        let invalid = |source| ImageError::Invalid { path: path.to_owned(), source };
+        let read_err = |source| invalid(LayoutError::Read { file: layer.path.clone(), source });
+        let file = input.open_file(&layer.path).map_err(invalid)?;
+        let expected_size = layer.blob.as_ref().map(|(_, s)| *s);
+        let mut blob = BufReader::new(DigestReader::new(file, expected_size.unwrap_or(u64::MAX)));
+        let compression = match layer.compression {
+            Compression::Detect => sniff(&mut blob).map_err(read_err)?,
+            c => c,
+        };
+        let limits = self.cfg.limits;
+        // The tar stream is file content plus headers and padding; bound it too, so trailing garbage after
+        // the end-of-archive marker cannot keep us decompressing forever.
+        let tar_limit =
+            limits.max_total_bytes.saturating_add(limits.max_entries.saturating_mul(1536)).saturating_add(1 << 20);
+        let applied = {
+            let stream = decompress(&mut blob, compression).map_err(read_err)?;
+            let mut tar = DigestReader::new(stream, tar_limit);
+            u.apply(&mut tar).map(|()| tar.finish())
+        };
+        // A bad blob is reported as such, even when it also broke the tar stream.
+        let (blob_digest, blob_size) = blob.into_inner().finish().map_err(read_err)?;
+        if let Some((digest, size)) = &layer.blob {
+            if blob_size != *size {
+                return Err(invalid(LayoutError::SizeMismatch { what, expected: *size, actual: blob_size }));
+            }
+            layout::verify(&what, digest, &blob_digest).map_err(invalid)?;
+        }
+        let (diff_id, _) = applied
+            .map_err(|source| ImageError::Unpack { path: path.to_owned(), what: what.clone(), source })?
+            .map_err(read_err)?;
+        layout::verify(&format!("{what} uncompressed"), &layer.diff_id, &diff_id).map_err(invalid)
+    }
+
+    /// Records `new` (or, when `None` or already present, the existing record of `hex`) with `references`
+    /// added, taking them from any other image that had them.
+    fn commit(&self, new: Option<ImageRecord>, hex: &str, references: Vec<String>) -> Result<ImageRecord, ImageError> {
+        let _commit = lock(&self.commit);
+        let (mut rec, mut others) = {
+            let images = lock(&self.images);
+            let rec = match (images.get(hex), new) {
+                (Some(r), _) => r.clone(),
+                (None, Some(n)) => n,
+                (None, None) => return Err(ImageError::NotFound(format!("sha256:{hex}"))),
+            };
+            let others: Vec<ImageRecord> = images
+                .values()
+                .filter(|o| o.hex() != hex && o.references.iter().any(|r| references.contains(r)))
+                .cloned()
+                .collect();
+            (rec, others)
+        };
+        for r in references {
+            if !rec.references.contains(&r) {
+                rec.references.push(r);
+            }
+        }
+        rec.references.sort();
+        for o in &mut others {
+            o.references.retain(|r| !rec.references.contains(r));
+            self.records.put(o.hex(), o).map_err(ImageError::Store)?;
+        }
+        self.records.put(hex, &rec).map_err(ImageError::Store)?;
+        let mut images = lock(&self.images);
+        for o in others {
+            images.insert(o.hex().to_owned(), o);
+        }
+        images.insert(hex.to_owned(), rec.clone());
+        Ok(rec)
+    }
+
+    fn remove(&self, image: &str, in_use: impl Fn(&ImageRecord) -> bool) -> Result<Option<ImageRecord>, ImageError> {
+        let _commit = lock(&self.commit);
+        let rec = match resolve(&lock(&self.images), image) {
+            Ok(r) => r.clone(),
+            Err(ImageError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if in_use(&rec) {
+            return Err(ImageError::InUse { id: rec.id });
+        }
+        // Record first: a crash after this leaves a file without a record, which open() removes.
+        self.records.remove(rec.hex()).map_err(ImageError::Store)?;
+        lock(&self.images).remove(rec.hex());
+        let file = self.erofs_path(rec.hex());
+        match fs::remove_file(&file) {
+            Ok(()) => sync_dir(&self.cfg.dir).map_err(io_err("syncing", &self.cfg.dir))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("removing", &file)(e)),
+        }
+        tracing::info!(image = %rec.id, "removed an image");
+        Ok(Some(rec))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(hex: &str, refs: &[&str]) -> ImageRecord {
+        ImageRecord {
+            id: format!("sha256:{hex}"),
+            references: refs.iter().map(|s| s.to_string()).collect(),
+            size_bytes: 1,
+            created_at: 0,
+            config: ImageConfig::default(),
+            format: ImageFormat::Oci,
+        }
+    }
+
+    #[test]
+    fn lookup_by_id_reference_and_unique_prefix() {
+        let a = format!("abcdef012345{}", "0".repeat(52));
+        let b = format!("abcdef012345{}", "1".repeat(52));
+        let c = format!("123456789abc{}", "2".repeat(52));
+        let mut m = BTreeMap::new();
+        m.insert(a.clone(), rec(&a, &["docker.io/library/busybox:latest"]));
+        m.insert(b.clone(), rec(&b, &[]));
+        m.insert(c.clone(), rec(&c, &["ghcr.io/x/y:1"]));
+        let id = |r: Result<&ImageRecord, ImageError>| r.map(|r| r.hex().to_owned()).map_err(|e| e.to_string());
+        assert_eq!(id(resolve(&m, &format!("sha256:{a}"))), Ok(a.clone()));
+        assert_eq!(id(resolve(&m, &b)), Ok(b.clone()));
+        assert_eq!(id(resolve(&m, "busybox")), Ok(a.clone()));
+        assert_eq!(id(resolve(&m, "ghcr.io/x/y:1")), Ok(c.clone()));
+        assert_eq!(id(resolve(&m, "123456789abc")), Ok(c.clone()));
+        assert_eq!(id(resolve(&m, "sha256:123456789abc2")), Ok(c.clone()));
+        assert!(matches!(resolve(&m, "abcdef012345"), Err(ImageError::Ambiguous { count: 2, .. })));
+        assert!(matches!(resolve(&m, "123456789ab"), Err(ImageError::NotFound(_))), "prefixes need 12 digits");
+        assert!(matches!(resolve(&m, "alpine"), Err(ImageError::NotFound(_))));
+        assert!(matches!(resolve(&m, &"f".repeat(64)), Err(ImageError::NotFound(_))));
+    }
+}

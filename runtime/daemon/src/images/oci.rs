@@ -1,0 +1,171 @@
+//! OCI image layouts (image-spec `image-layout.md`): `oci-layout`, `index.json`, `blobs/sha256/*`.
+//!
+//! Every document is read whole (bounded), checked against its descriptor's size and digest, and only then
+//! parsed. Layers are checked as they are applied (see [`super::ImageStore`]): their blob digest and size
+//! against the manifest, and their uncompressed digest against the config's diff ids.
+
+use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType, OciLayout};
+
+use super::layout::{
+    Compression, ImagePlan, InputDir, LayerPlan, LayoutError, MAX_JSON_BYTES, Sha256Hex, host_arch, parse_config,
+};
+
+/// The annotation naming a manifest in an index (image-spec `annotations.md`).
+const REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// containerd's annotation with the full image name.
+const CONTAINERD_NAME: &str = "io.containerd.image.name";
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+/// Nested indexes followed at most this deep.
+const MAX_INDEX_DEPTH: usize = 2;
+
+/// True when `dir` looks like an OCI layout.
+pub fn is_layout(dir: &InputDir) -> bool {
+    dir.has_file("oci-layout") && dir.has_file("index.json")
+}
+
+fn json<T>(what: &str, r: Result<T, oci_spec::OciSpecError>) -> Result<T, LayoutError> {
+    r.map_err(|e| LayoutError::Json { what: what.to_owned(), message: e.to_string() })
+}
+
+fn descriptor_digest(what: &str, d: &Descriptor) -> Result<Sha256Hex, LayoutError> {
+    Sha256Hex::parse(d.digest().as_ref(), what)
+}
+
+/// A manifest the index offers, with the names it is known by.
+struct Candidate {
+    descriptor: Descriptor,
+    names: Vec<String>,
+}
+
+fn is_manifest(t: &MediaType) -> bool {
+    matches!(t, MediaType::ImageManifest) || t.to_string() == DOCKER_MANIFEST
+}
+
+fn platform_matches(d: &Descriptor) -> bool {
+    d.platform().as_ref().is_none_or(|p| p.os().to_string() == "linux" && p.architecture().to_string() == host_arch())
+}
+
+fn collect(dir: &InputDir, index: &ImageIndex, depth: usize, out: &mut Vec<Candidate>) -> Result<(), LayoutError> {
+    for d in index.manifests() {
+        let names: Vec<String> = d
+            .annotations()
+            .as_ref()
+            .map(|a| [CONTAINERD_NAME, REF_NAME].iter().filter_map(|k| a.get(*k).cloned()).collect())
+            .unwrap_or_default();
+        match d.media_type() {
+            // Manifests for other platforms are not candidates.
+            t if is_manifest(t) && platform_matches(d) => out.push(Candidate { descriptor: d.clone(), names }),
+            t if is_manifest(t) => {}
+            t if matches!(t, MediaType::ImageIndex) || t.to_string() == DOCKER_LIST => {
+                if depth >= MAX_INDEX_DEPTH {
+                    return Err(LayoutError::Unusable(format!("image indexes nest more than {MAX_INDEX_DEPTH} deep")));
+                }
+                let digest = descriptor_digest("a nested index", d)?;
+                let bytes = dir.read_blob("a nested index", &digest, d.size())?;
+                let nested = json("a nested index", ImageIndex::from_reader(&bytes[..]))?;
+                let before = out.len();
+                collect(dir, &nested, depth + 1, out)?;
+                // The names of the outer descriptor apply to what the nested index offers.
+                for c in &mut out[before..] {
+                    c.names.extend(names.iter().cloned());
+                }
+            }
+            // Attestations, signatures and other artifacts are not images.
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// True when `name` (an annotation value) names `wanted` (a reference or just its tag).
+fn name_matches(name: &str, wanted: &str) -> bool {
+    if name == wanted {
+        return true;
+    }
+    let tag = |s: &str| s.rsplit_once(':').map(|(_, t)| t.to_owned()).filter(|t| !t.contains('/'));
+    match (super::reference::normalize(name), super::reference::normalize(wanted)) {
+        (Ok(a), Ok(b)) if a == b => true,
+        _ => tag(wanted).is_some_and(|t| t == name),
+    }
+}
+
+/// Reads the layout in `dir`. `wanted` (the reference the user asked for) picks among several images.
+pub fn read(dir: &InputDir, wanted: Option<&str>) -> Result<ImagePlan, LayoutError> {
+    let layout = json("oci-layout", OciLayout::from_reader(&dir.read_small("oci-layout", MAX_JSON_BYTES)?[..]))?;
+    if !layout.image_layout_version().starts_with("1.") {
+        return Err(LayoutError::Unusable(format!(
+            "oci-layout version {:?} is not supported (1.x is)",
+            layout.image_layout_version()
+        )));
+    }
+    let index = json("index.json", ImageIndex::from_reader(&dir.read_small("index.json", MAX_JSON_BYTES)?[..]))?;
+    let mut candidates = Vec::new();
+    collect(dir, &index, 0, &mut candidates)?;
+    if candidates.len() > 1
+        && let Some(w) = wanted
+    {
+        candidates.retain(|c| c.names.iter().any(|n| name_matches(n, w)));
+    }
+    let chosen = match candidates.len() {
+        1 => candidates.remove(0),
+        0 => {
+            return Err(LayoutError::Unusable(format!(
+                "index.json lists no image for linux/{}{}",
+                host_arch(),
+                wanted.map(|w| format!(" named {w:?}")).unwrap_or_default()
+            )));
+        }
+        n => {
+            let names: Vec<String> = candidates.iter().flat_map(|c| c.names.clone()).collect();
+            return Err(LayoutError::Unusable(format!(
+                "index.json lists {n} images for this platform (names: {names:?}): pass --reference to choose one"
+            )));
+        }
+    };
+
+    let id = descriptor_digest("the manifest", &chosen.descriptor)?;
+    let bytes = dir.read_blob("the manifest", &id, chosen.descriptor.size())?;
+    let manifest = json("the manifest", ImageManifest::from_reader(&bytes[..]))?;
+    let config_desc = manifest.config();
+    match config_desc.media_type() {
+        MediaType::ImageConfig => {}
+        MediaType::Other(t) if t == DOCKER_CONFIG => {}
+        other => {
+            return Err(LayoutError::MediaType { what: "the image config".into(), media_type: other.to_string() });
+        }
+    }
+    let config_digest = descriptor_digest("the image config", config_desc)?;
+    let config_bytes = dir.read_blob("the image config", &config_digest, config_desc.size())?;
+    let (config, diff_ids) = parse_config(&config_bytes, manifest.layers().len())?;
+
+    let layers = manifest
+        .layers()
+        .iter()
+        .zip(diff_ids)
+        .enumerate()
+        .map(|(i, (d, diff_id))| {
+            let what = format!("layer {}", i + 1);
+            let compression = match d.media_type() {
+                MediaType::ImageLayer | MediaType::ImageLayerNonDistributable => Compression::None,
+                MediaType::ImageLayerGzip | MediaType::ImageLayerNonDistributableGzip => Compression::Gzip,
+                MediaType::ImageLayerZstd | MediaType::ImageLayerNonDistributableZstd => Compression::Zstd,
+                MediaType::Other(t) if t == DOCKER_LAYER_GZIP => Compression::Gzip,
+                other => return Err(LayoutError::MediaType { what, media_type: other.to_string() }),
+            };
+            let digest = descriptor_digest(&what, d)?;
+            Ok(LayerPlan {
+                path: super::layout::blob_path(&digest),
+                compression,
+                blob: Some((digest, d.size())),
+                diff_id,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+
+    // A bare tag ("latest") in ref.name is not a reference; a full name is.
+    let references = chosen.names.into_iter().filter(|n| n.contains('/') || n.contains(':')).collect();
+    Ok(ImagePlan { id, config, layers, references })
+}
