@@ -151,6 +151,13 @@ async fn oci_directory_tar_and_docker_archive_become_bootable_root_images() -> T
     assert_eq!(store.get("busybox:test")?.id, rec.id);
     assert_eq!(store.get(&rec.id["sha256:".len()..][..12])?.id, rec.id);
 
+    // As a gzip-compressed tar (docker save | gzip): the same image again.
+    let gz = e._tmp.path().join("layout.tar.gz");
+    let mut enc = flate2::write::GzEncoder::new(std::fs::File::create(&gz)?, flate2::Compression::fast());
+    std::io::copy(&mut std::fs::File::open(&tar)?, &mut enc)?;
+    enc.finish()?.sync_all()?;
+    assert_eq!(store.import(&gz, None).await?.id, rec.id);
+
     // Lookups and leftovers.
     assert!(matches!(store.get("busybox"), Err(ImageError::NotFound(_))));
     let tmp_entries = std::fs::read_dir(e.state.join("tmp"))?.count();

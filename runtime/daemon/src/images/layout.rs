@@ -404,6 +404,24 @@ mod tests {
     }
 
     #[test]
+    fn configs_for_other_platforms_or_with_missing_diff_ids_are_refused() {
+        let cfg = |arch: &str, ids: usize| {
+            let ids: Vec<String> =
+                (0..ids).map(|i| format!("sha256:{}", format!("{i:x}").repeat(64)[..64].to_owned())).collect();
+            serde_json::to_vec(&serde_json::json!({
+                "architecture": arch, "os": "linux", "rootfs": { "type": "layers", "diff_ids": ids }
+            }))
+            .unwrap_or_default()
+        };
+        let e = parse_config(&cfg("s390x", 1), 1).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("the image is for linux/s390x") && e.contains("import an image for this platform"), "{e}");
+        let e = parse_config(&cfg(host_arch(), 1), 2).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("2 layers but its config lists 1 diff ids"), "{e}");
+        assert!(parse_config(&cfg(host_arch(), 2), 2).is_ok());
+        assert!(matches!(parse_config(b"{", 0), Err(LayoutError::Json { .. })));
+    }
+
+    #[test]
     fn blobs_are_checked_against_digest_and_size() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         std::fs::create_dir_all(dir.path().join("blobs/sha256"))?;

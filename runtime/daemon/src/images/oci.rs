@@ -169,3 +169,53 @@ pub fn read(dir: &InputDir, wanted: Option<&str>) -> Result<ImagePlan, LayoutErr
     let references = chosen.names.into_iter().filter(|n| n.contains('/') || n.contains(':')).collect();
     Ok(ImagePlan { id, config, layers, references })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::images::testing::write_busybox_layout;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    #[test]
+    fn several_images_in_an_index_need_a_reference_to_choose() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let f = write_busybox_layout(dir.path(), std::path::Path::new("/bin/busybox"), Compression::None)?;
+        let index: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("index.json"))?)?;
+        let mut second = index["manifests"][0].clone();
+        second["annotations"][REF_NAME] = "docker.io/library/busybox:other".into();
+        second["platform"] = serde_json::json!({ "os": "linux", "architecture": host_arch() });
+        let mut foreign = second.clone();
+        foreign["platform"]["architecture"] = "s390x".into();
+        let mut index = index.clone();
+        index["manifests"] = serde_json::json!([index["manifests"][0], second, foreign]);
+        std::fs::write(dir.path().join("index.json"), serde_json::to_vec(&index)?)?;
+        let input = InputDir::open(dir.path())?;
+
+        let e = read(&input, None).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("lists 2 images for this platform") && e.contains("--reference"), "{e}");
+        let plan = read(&input, Some("busybox:other"))?;
+        assert_eq!(plan.id.digest(), f.manifest_digest);
+        assert_eq!(plan.references, ["docker.io/library/busybox:other"]);
+        assert_eq!(read(&input, Some("test"))?.references, Vec::<String>::new(), "a bare tag picks, names nothing");
+        let e = read(&input, Some("busybox:absent")).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("no image for linux/"), "{e}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_manifest_that_does_not_match_its_digest_is_refused() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let f = write_busybox_layout(dir.path(), std::path::Path::new("/bin/busybox"), Compression::Gzip)?;
+        let path = dir.path().join("blobs/sha256").join(&f.manifest_digest["sha256:".len()..]);
+        let text = std::fs::read_to_string(&path)?.replace("\"schemaVersion\":2", "\"schemaVersion\":2 ");
+        std::fs::write(&path, text)?;
+        let r = read(&InputDir::open(dir.path())?, None);
+        assert!(matches!(r, Err(LayoutError::SizeMismatch { .. })), "{r:?}");
+        let text = std::fs::read_to_string(&path)?.replace("\"schemaVersion\":2 ", "\"schemaVersion\":3");
+        std::fs::write(&path, text)?;
+        let r = read(&InputDir::open(dir.path())?, None);
+        assert!(matches!(r, Err(LayoutError::DigestMismatch { .. })), "{r:?}");
+        Ok(())
+    }
+}
