@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use bulkhead_api::control::v1::image_service_client::ImageServiceClient;
-use bulkhead_api::control::v1::zone_service_client::ZoneServiceClient;
 use clap::{Parser, Subcommand};
 use tonic::transport::Channel;
 
@@ -53,7 +52,7 @@ pub async fn connect(socket: &Path) -> anyhow::Result<Channel> {
 pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<i32> {
     let channel = connect(&cli.socket).await?;
     match cli.command {
-        Command::Zone(cmd) => commands::zone::run(cmd, ZoneServiceClient::new(channel), out).await,
+        Command::Zone(cmd) => commands::zone::run(cmd, channel, out).await,
         Command::Image(cmd) => commands::image::run(cmd, ImageServiceClient::new(channel), out).await,
     }
 }

@@ -9,5 +9,6 @@ pub mod images;
 pub mod link;
 pub mod manager;
 pub mod store;
+pub mod workloads;
 pub mod xen;
 pub mod zone;

@@ -10,7 +10,11 @@ use bulkhead_testbed::outcome::Outcome;
 #[ignore = "boots the Xen test bed (needs root; run by ci/test testbed)"]
 fn daemon_runs_zones_survives_kill_9_stops_and_reports_crashes() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios/daemon-zones.sh");
-    let r = match Scenario::new(script).timeout(Duration::from_secs(600)).run() {
+    let r = match Scenario::new(script)
+        .add(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios/lib.sh"), "/root/scenario-lib.sh")
+        .timeout(Duration::from_secs(600))
+        .run()
+    {
         Ok(r) => r,
         Err(e) => panic!("the test bed could not run the scenario: {e}"),
     };

@@ -1,6 +1,7 @@
 //! One module per command group.
 
 pub mod image;
+pub mod workload;
 pub mod zone;
 
 /// A failed call's user-facing line: what was asked, and the daemon's message (which names the object and,

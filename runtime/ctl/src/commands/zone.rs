@@ -27,6 +27,16 @@ pub enum ZoneCommand {
     Get(GetArgs),
     /// List zones.
     List(ListArgs),
+    /// Create and start a zone running one workload from an image.
+    Launch(super::workload::LaunchArgs),
+    /// Print a zone's workload output.
+    Logs(super::workload::LogsArgs),
+    /// Run a command in a zone's workload.
+    Exec(super::workload::ExecArgs),
+    /// Send a signal to a zone's workload.
+    Kill(super::workload::KillArgs),
+    /// Wait for a zone's workload to exit, and exit with its code.
+    Wait(super::workload::WaitArgs),
 }
 
 /// Virtualization mode on the command line.
@@ -103,7 +113,18 @@ pub struct ListArgs {
     pub selector: Vec<(String, String)>,
 }
 
-fn parse_key_value(s: &str) -> Result<(String, String), String> {
+impl Virt {
+    /// The API's value.
+    pub fn to_pb(self) -> pb::VirtMode {
+        match self {
+            Virt::Auto => pb::VirtMode::Auto,
+            Virt::Pv => pb::VirtMode::Pv,
+            Virt::Pvh => pb::VirtMode::Pvh,
+        }
+    }
+}
+
+pub(crate) fn parse_key_value(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .filter(|(k, _)| !k.is_empty())
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -189,19 +210,20 @@ fn print_zones(out: &mut dyn Write, zones: Vec<ZoneView>, format: OutputFormat) 
 }
 
 /// Runs a zone command.
-pub async fn run(cmd: ZoneCommand, mut c: ZoneServiceClient<Channel>, out: &mut dyn Write) -> anyhow::Result<i32> {
+pub async fn run(cmd: ZoneCommand, channel: Channel, out: &mut dyn Write) -> anyhow::Result<i32> {
+    let mut c = ZoneServiceClient::new(channel.clone());
     match cmd {
+        ZoneCommand::Launch(a) => return super::workload::launch(a, channel, out).await,
+        ZoneCommand::Logs(a) => return super::workload::logs(a, channel, out).await,
+        ZoneCommand::Exec(a) => return super::workload::exec(a, channel, out).await,
+        ZoneCommand::Kill(a) => return super::workload::kill(a, channel).await,
+        ZoneCommand::Wait(a) => return super::workload::wait(a, channel).await,
         ZoneCommand::Create(a) => {
-            let virt = match a.virt {
-                Virt::Auto => pb::VirtMode::Auto,
-                Virt::Pv => pb::VirtMode::Pv,
-                Virt::Pvh => pb::VirtMode::Pvh,
-            };
             let spec = pb::ZoneSpec {
                 name: a.name.clone(),
                 memory_mib: a.memory,
                 vcpus: a.cpus,
-                virt_mode: virt.into(),
+                virt_mode: a.virt.to_pb().into(),
                 kernel_args: a.kernel_args,
                 labels: a.labels.into_iter().collect(),
                 ..Default::default()

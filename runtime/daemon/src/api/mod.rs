@@ -2,6 +2,7 @@
 //! errors to gRPC status codes on purpose. Served on a unix socket that only root can reach.
 
 pub mod images;
+pub mod workloads;
 pub mod zones;
 
 use std::io;

@@ -1,6 +1,7 @@
 //! `bulkhead.control.v1.ZoneService`.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,16 +21,31 @@ pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest stop timeout accepted.
 const MAX_STOP_TIMEOUT: Duration = Duration::from_secs(3600);
 
+/// Called with a zone's id after the zone was destroyed (the workload layer forgets its workloads).
+pub type DestroyHook = Arc<dyn Fn(String) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
 /// The service, over a shared manager.
-#[derive(Debug)]
 pub struct ZoneApi<H> {
     manager: Arc<ZoneManager<H>>,
+    on_destroyed: Option<DestroyHook>,
+}
+
+impl<H> std::fmt::Debug for ZoneApi<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZoneApi").finish_non_exhaustive()
+    }
 }
 
 impl<H> ZoneApi<H> {
     /// Serves `manager`.
     pub fn new(manager: Arc<ZoneManager<H>>) -> Self {
-        ZoneApi { manager }
+        ZoneApi { manager, on_destroyed: None }
+    }
+
+    /// Also runs `hook` after each zone destruction.
+    pub fn with_destroy_hook(mut self, hook: DestroyHook) -> Self {
+        self.on_destroyed = Some(hook);
+        self
     }
 }
 
@@ -166,7 +182,12 @@ impl<H: Hypervisor> pb::zone_service_server::ZoneService for ZoneApi<H> {
         &self,
         req: Request<pb::DestroyZoneRequest>,
     ) -> Result<Response<pb::DestroyZoneResponse>, Status> {
-        self.manager.destroy(&req.into_inner().zone).await?;
+        let zone = req.into_inner().zone;
+        let id = self.manager.get(&zone).await.ok().map(|z| z.id);
+        self.manager.destroy(&zone).await?;
+        if let (Some(id), Some(hook)) = (id, &self.on_destroyed) {
+            hook(id).await;
+        }
         Ok(Response::new(pb::DestroyZoneResponse {}))
     }
 

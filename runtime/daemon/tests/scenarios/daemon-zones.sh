@@ -4,55 +4,7 @@
 # Prints "scenario ok" at the end; figures as "figure: ..." lines.
 set -Eeuo pipefail
 
-mkdir -p /etc/bulkhead
-# Emulated Xen reports HVM + HAP but cannot boot PVH guests.
-printf '[zone]\nauto-virt-mode = "pv"\n' >/etc/bulkhead/bulkheadd.toml
-
-daemon_log=/tmp/bulkheadd.log
-# Any unexpected failure (set -e) says which command at which line, and leaves the daemon's log behind.
-trap 'echo "FAILED: line $LINENO: $BASH_COMMAND exited $?" >&2' ERR
-trap 'rc=$?; if [ $rc != 0 ]; then echo "--- bulkheadd log (exit $rc)" >&2; tail -50 "$daemon_log" >&2; xl list >&2; fi' EXIT
-start_daemon() {
-  bulkheadd >>"$daemon_log" 2>&1 &
-  echo $! >/tmp/bulkheadd.pid
-  for _ in $(seq 100); do
-    bulkhead zone list >/dev/null 2>&1 && return 0
-    sleep 0.2
-  done
-  echo "bulkheadd did not come up; its log:" >&2
-  cat "$daemon_log" >&2
-  exit 1
-}
-fail() {
-  echo "FAILED: $*" >&2
-  exit 1
-}
-# Observers (reading state, not changing it) are retried when one of their processes fails: a rare, not yet
-# explained crash of a plumbing process (sed, or xl) around zone start-up and the daemon's kill -9 in this
-# emulated dom0 must not decide the scenario. Every retry is reported; the daemon's own commands are never retried.
-observe() { # observe FUNCTION ARGS... -> FUNCTION's output, retried up to 3 times on failure
-  local out rc try
-  for try in 1 2 3; do
-    if out=$("$@"); then printf '%s\n' "$out"; return 0; else rc=$?; fi
-    echo "RETRY: observer '$*' failed with exit $rc (attempt $try)" >&2
-  done
-  return "$rc"
-}
-field_once() {
-  bulkhead zone get "$1" -o json | sed -n "s/^  \"$2\": \"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}$/\1/p"
-}
-field() { observe field_once "$@"; } # field ZONE KEY -> value from `bulkhead zone get -o json`
-ours_once() { xl list | awk '$1 ~ /^bulkhead-/ { print $1 }' | LC_ALL=C sort | paste -sd, -; }
-ours() { observe ours_once; } # our domains as xl lists them, comma-separated
-wait_state() { # wait_state ZONE STATE [TRIES]: polls every 0.2 s
-  local st=
-  for _ in $(seq "${3:-300}"); do
-    st=$(field "$1" state)
-    [ "$st" = "$2" ] && return 0
-    sleep 0.2
-  done
-  fail "zone $1 is $st, not $2"
-}
+. /root/scenario-lib.sh
 
 start_daemon
 t0=$(date +%s.%N)

@@ -1,0 +1,374 @@
+//! Running things in zones: `zone launch`, `zone logs`, `zone exec`.
+//!
+//! A zone launched from the CLI runs one workload named after the zone; `logs` and `exec` act on that
+//! workload unless `--workload` names another.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bulkhead_api::control::v1 as pb;
+use bulkhead_api::control::v1::workload_service_client::WorkloadServiceClient;
+use bulkhead_api::control::v1::zone_service_client::ZoneServiceClient;
+use clap::Args;
+use tokio::io::AsyncReadExt;
+use tonic::transport::Channel;
+
+use super::rpc_error;
+use super::zone::{Virt, parse_key_value};
+
+/// How long `zone launch` waits for a zone's init to connect.
+const READY_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// `zone launch`.
+#[derive(Debug, Args)]
+pub struct LaunchArgs {
+    /// Image reference or id (see `bulkhead image list`).
+    #[arg(long)]
+    pub image: String,
+    /// Zone name; default: generated.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Memory, MiB.
+    #[arg(long, default_value_t = 128)]
+    pub memory: u32,
+    /// vCPUs.
+    #[arg(long, default_value_t = 1)]
+    pub cpus: u32,
+    /// Virtualization mode.
+    #[arg(long, value_enum, default_value_t = Virt::Auto)]
+    pub virt: Virt,
+    /// Environment variable KEY=VALUE (repeatable).
+    #[arg(long = "env", short = 'e', value_parser = parse_key_value)]
+    pub env: Vec<(String, String)>,
+    /// Allocate a terminal for the workload.
+    #[arg(long, short = 't')]
+    pub tty: bool,
+    /// Wait for the workload to exit and exit with its code.
+    #[arg(long, conflicts_with = "attach")]
+    pub wait: bool,
+    /// Print the workload's output as it runs, then exit with its code.
+    #[arg(long)]
+    pub attach: bool,
+    /// Command and arguments (default: the image's entrypoint and cmd).
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+/// `zone logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Zone name or id.
+    pub zone: String,
+    /// Workload name (default: the zone's own).
+    #[arg(long)]
+    pub workload: Option<String>,
+    /// Keep printing new output until the workload exits.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Only the last N lines.
+    #[arg(long, default_value_t = 0)]
+    pub tail: u32,
+}
+
+/// `zone wait`.
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Zone name or id.
+    pub zone: String,
+    /// Workload name (default: the zone's own).
+    #[arg(long)]
+    pub workload: Option<String>,
+}
+
+/// `zone kill`.
+#[derive(Debug, Args)]
+pub struct KillArgs {
+    /// Zone name or id.
+    pub zone: String,
+    /// Workload name (default: the zone's own).
+    #[arg(long)]
+    pub workload: Option<String>,
+    /// Signal name (TERM, KILL, INT, HUP, ...) or number.
+    #[arg(long, short = 's', default_value = "TERM", value_parser = parse_signal)]
+    pub signal: i32,
+}
+
+/// A signal by name (`KILL`, `SIGKILL`) or number.
+pub fn parse_signal(s: &str) -> Result<i32, String> {
+    if let Ok(n) = s.parse::<i32>() {
+        return if (1..=64).contains(&n) { Ok(n) } else { Err(format!("signal {n} is not 1 to 64")) };
+    }
+    let name = s.strip_prefix("SIG").unwrap_or(s).to_ascii_uppercase();
+    let known = [
+        ("HUP", 1),
+        ("INT", 2),
+        ("QUIT", 3),
+        ("KILL", 9),
+        ("USR1", 10),
+        ("USR2", 12),
+        ("TERM", 15),
+        ("CONT", 18),
+        ("STOP", 19),
+        ("WINCH", 28),
+    ];
+    known.iter().find(|(n, _)| *n == name).map(|(_, v)| *v).ok_or_else(|| format!("unknown signal {s:?}"))
+}
+
+/// `zone exec`.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Zone name or id.
+    pub zone: String,
+    /// Workload name (default: the zone's own).
+    #[arg(long)]
+    pub workload: Option<String>,
+    /// Pass stdin to the process.
+    #[arg(long, short = 'i')]
+    pub interactive: bool,
+    /// Allocate a terminal.
+    #[arg(long, short = 't')]
+    pub tty: bool,
+    /// Environment variable KEY=VALUE (repeatable).
+    #[arg(long = "env", short = 'e', value_parser = parse_key_value)]
+    pub env: Vec<(String, String)>,
+    /// Command and arguments.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+fn env_pb(env: Vec<(String, String)>) -> Vec<pb::EnvVar> {
+    env.into_iter().map(|(name, value)| pb::EnvVar { name, value }).collect()
+}
+
+/// A generated zone name: `z-` and six hex digits from the clock.
+fn generated_name() -> String {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("z-{:06x}", (t / 1000) & 0xff_ffff)
+}
+
+/// Writes output to our stdout or stderr.
+fn emit(out: &mut dyn Write, fd: i32, data: &[u8]) -> std::io::Result<()> {
+    if fd == pb::OutputFd::Stderr as i32 {
+        let mut err = std::io::stderr().lock();
+        err.write_all(data)?;
+        err.flush()
+    } else {
+        out.write_all(data)?;
+        out.flush()
+    }
+}
+
+/// Waits until the zone is ready; fails with its reason if it fails first.
+async fn wait_ready(zones: &mut ZoneServiceClient<Channel>, zone: &str) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        let z = zones
+            .get_zone(pb::GetZoneRequest { zone: zone.to_owned() })
+            .await
+            .map_err(|s| rpc_error(&format!("getting zone {zone}"), s))?
+            .into_inner()
+            .zone
+            .unwrap_or_default();
+        match z.state() {
+            pb::ZoneState::Ready => return Ok(()),
+            pb::ZoneState::Failed => bail!("zone {zone} failed: {}", z.failure_reason),
+            pb::ZoneState::Stopped | pb::ZoneState::Stopping => bail!("zone {zone} stopped before it was ready"),
+            _ if start.elapsed() > READY_TIMEOUT => {
+                bail!("zone {zone} was not ready after {} s: see `bulkhead zone get {zone}`", READY_TIMEOUT.as_secs())
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Prints the workload's output (history, and live with `follow`).
+async fn stream_logs(
+    workloads: &mut WorkloadServiceClient<Channel>,
+    workload_id: &str,
+    follow: bool,
+    tail: u32,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let req = pb::LogsRequest { workload_id: workload_id.to_owned(), follow, tail_lines: tail, since: 0 };
+    let mut stream = workloads
+        .logs(req)
+        .await
+        .map_err(|s| rpc_error(&format!("reading the logs of {workload_id}"), s))?
+        .into_inner();
+    while let Some(entry) = stream.message().await.map_err(|s| rpc_error("reading logs", s))? {
+        emit(out, entry.fd, &entry.data)?;
+    }
+    Ok(())
+}
+
+/// The workload `name` (default: the zone's own) of `zone`.
+async fn find_workload(
+    zones: &mut ZoneServiceClient<Channel>,
+    workloads: &mut WorkloadServiceClient<Channel>,
+    zone: &str,
+    name: Option<&str>,
+) -> anyhow::Result<pb::WorkloadStatus> {
+    let z = zones
+        .get_zone(pb::GetZoneRequest { zone: zone.to_owned() })
+        .await
+        .map_err(|s| rpc_error(&format!("getting zone {zone}"), s))?
+        .into_inner()
+        .zone
+        .unwrap_or_default();
+    let zone_name = z.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+    let want = name.unwrap_or(&zone_name);
+    let list = workloads
+        .list_workloads(pb::ListWorkloadsRequest { zone: z.id.clone(), ..Default::default() })
+        .await
+        .map_err(|s| rpc_error(&format!("listing the workloads of zone {zone}"), s))?
+        .into_inner()
+        .workloads;
+    list.into_iter()
+        .find(|w| w.spec.as_ref().is_some_and(|s| s.name == want))
+        .with_context(|| format!("zone {zone} has no workload named {want}: see `bulkhead zone get {zone}`"))
+}
+
+/// `zone launch`: a zone with one workload. Returns the exit code to exit with.
+pub async fn launch(a: LaunchArgs, channel: Channel, out: &mut dyn Write) -> anyhow::Result<i32> {
+    let mut zones = ZoneServiceClient::new(channel.clone());
+    let mut workloads = WorkloadServiceClient::new(channel);
+    let name = a.name.unwrap_or_else(generated_name);
+    let spec = pb::ZoneSpec {
+        name: name.clone(),
+        memory_mib: a.memory,
+        vcpus: a.cpus,
+        virt_mode: a.virt.to_pb().into(),
+        ..Default::default()
+    };
+    zones
+        .create_zone(pb::CreateZoneRequest { spec: Some(spec) })
+        .await
+        .map_err(|s| rpc_error(&format!("creating zone {name}"), s))?;
+    zones
+        .start_zone(pb::StartZoneRequest { zone: name.clone() })
+        .await
+        .map_err(|s| rpc_error(&format!("starting zone {name}"), s))?;
+    wait_ready(&mut zones, &name).await?;
+    let spec = pb::WorkloadSpec {
+        name: name.clone(),
+        image: a.image.clone(),
+        command: a.command,
+        env: env_pb(a.env),
+        tty: a.tty,
+        ..Default::default()
+    };
+    let w = workloads
+        .create_workload(pb::CreateWorkloadRequest { zone: name.clone(), spec: Some(spec) })
+        .await
+        .map_err(|s| rpc_error(&format!("creating the workload of zone {name} from image {}", a.image), s))?
+        .into_inner()
+        .workload
+        .unwrap_or_default();
+    workloads
+        .start_workload(pb::StartWorkloadRequest { workload_id: w.id.clone() })
+        .await
+        .map_err(|s| rpc_error(&format!("starting the workload of zone {name}"), s))?;
+    if a.attach {
+        stream_logs(&mut workloads, &w.id, true, 0, out).await?;
+    }
+    if a.wait || a.attach {
+        let done = workloads
+            .wait_workload(pb::WaitWorkloadRequest { workload_id: w.id })
+            .await
+            .map_err(|s| rpc_error(&format!("waiting for the workload of zone {name}"), s))?
+            .into_inner()
+            .workload
+            .unwrap_or_default();
+        return Ok(done.exit.map_or(0, |e| e.code));
+    }
+    writeln!(out, "{name}")?;
+    Ok(0)
+}
+
+/// `zone logs`.
+pub async fn logs(a: LogsArgs, channel: Channel, out: &mut dyn Write) -> anyhow::Result<i32> {
+    let mut zones = ZoneServiceClient::new(channel.clone());
+    let mut workloads = WorkloadServiceClient::new(channel);
+    let w = find_workload(&mut zones, &mut workloads, &a.zone, a.workload.as_deref()).await?;
+    stream_logs(&mut workloads, &w.id, a.follow, a.tail, out).await?;
+    Ok(0)
+}
+
+/// `zone wait`: exits with the workload's exit code.
+pub async fn wait(a: WaitArgs, channel: Channel) -> anyhow::Result<i32> {
+    let mut zones = ZoneServiceClient::new(channel.clone());
+    let mut workloads = WorkloadServiceClient::new(channel);
+    let w = find_workload(&mut zones, &mut workloads, &a.zone, a.workload.as_deref()).await?;
+    let done = workloads
+        .wait_workload(pb::WaitWorkloadRequest { workload_id: w.id })
+        .await
+        .map_err(|s| rpc_error(&format!("waiting for the workload of zone {}", a.zone), s))?
+        .into_inner()
+        .workload
+        .unwrap_or_default();
+    Ok(done.exit.map_or(0, |e| e.code))
+}
+
+/// `zone kill`.
+pub async fn kill(a: KillArgs, channel: Channel) -> anyhow::Result<i32> {
+    let mut zones = ZoneServiceClient::new(channel.clone());
+    let mut workloads = WorkloadServiceClient::new(channel);
+    let w = find_workload(&mut zones, &mut workloads, &a.zone, a.workload.as_deref()).await?;
+    workloads
+        .signal_workload(pb::SignalWorkloadRequest { workload_id: w.id, signal: a.signal })
+        .await
+        .map_err(|s| rpc_error(&format!("signalling the workload of zone {}", a.zone), s))?;
+    Ok(0)
+}
+
+/// `zone exec`: returns the process's exit code.
+pub async fn exec(a: ExecArgs, channel: Channel, out: &mut dyn Write) -> anyhow::Result<i32> {
+    let mut zones = ZoneServiceClient::new(channel.clone());
+    let mut workloads = WorkloadServiceClient::new(channel);
+    let w = find_workload(&mut zones, &mut workloads, &a.zone, a.workload.as_deref()).await?;
+    let start = pb::ExecStart {
+        workload_id: w.id,
+        command: a.command,
+        env: env_pb(a.env),
+        tty: a.tty,
+        stdin: a.interactive,
+        size: a.tty.then_some(pb::TerminalSize { rows: 24, cols: 80 }),
+        ..Default::default()
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::ExecRequest>(16);
+    tx.send(pb::ExecRequest { kind: Some(pb::exec_request::Kind::Start(start)) }).await?;
+    if a.interactive {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut stdin = tokio::io::stdin();
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                match stdin.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let msg = pb::ExecRequest { kind: Some(pb::exec_request::Kind::Stdin(buf[..n].to_vec())) };
+                        if tx.send(msg).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = tx.send(pb::ExecRequest { kind: Some(pb::exec_request::Kind::CloseStdin(true)) }).await;
+        });
+    }
+    // Keep the request stream open until the exec ends (closing it early is not end of input).
+    let requests = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let mut responses = workloads.exec(requests).await.map_err(|s| rpc_error("starting the exec", s))?.into_inner();
+    while let Some(r) = responses.message().await.map_err(|s| rpc_error("exec", s))? {
+        match r.kind {
+            Some(pb::exec_response::Kind::Output(o)) => emit(out, o.fd, &o.data)?,
+            Some(pb::exec_response::Kind::Exited(e)) => {
+                drop(tx);
+                return Ok(e.code);
+            }
+            _ => {}
+        }
+    }
+    bail!("the exec stream ended without an exit status")
+}

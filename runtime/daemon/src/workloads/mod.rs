@@ -1,0 +1,715 @@
+//! Workloads: containers inside zones. A workload's root image is attached to its zone as a read-only PV
+//! disk (one per image per zone), the zone's init is asked over the host channel to create and start it,
+//! and what the zone reports (output, exit) is recorded: output in a CRI-format log file, the rest in a
+//! persisted record.
+//!
+//! Each workload has one route on its zone's link (see [`crate::link`]), drained by one pump task: answers to
+//! requests go to the waiting caller (one request at a time per workload), output to the log and live
+//! followers, the exit to the record and to waiters.
+
+pub mod logs;
+pub mod spec;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bulkhead_wire::{EnvVar, ErrorCode, ExitStatus, HostToZone, StreamId, User, WorkloadSpec, ZoneToHost};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, broadcast, mpsc, oneshot, watch};
+
+use crate::hypervisor::Hypervisor;
+use crate::images::{ImageError, ImageStore};
+use crate::link::{LinkClosed, ZoneLink};
+use crate::manager::{ManagerError, ZoneManager};
+use crate::store::{RecordStore, StoreError};
+use crate::zone::{Nanos, ZoneState};
+use logs::{LogEntry, LogWriter};
+pub use spec::{SpecError, WorkloadRequest};
+
+/// How long the zone has to answer a request.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Live output entries a follower may fall behind before it misses some.
+const FOLLOW_BACKLOG: usize = 1024;
+/// Guest device names for root images, in order of use (`xvda` is left free for a zone's own disk).
+const DEVICE_LETTERS: &str = "bcdefghijklmnopqrstuvwxyz";
+
+/// Where a workload is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WorkloadState {
+    /// Created in the zone, not started.
+    Created,
+    /// Its process runs.
+    Running,
+    /// It ended (see the exit).
+    Exited,
+}
+
+/// The persisted record of one workload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadRecord {
+    /// Daemon-assigned id.
+    pub id: String,
+    /// Its zone's id.
+    pub zone_id: String,
+    /// Its stream id on the zone's channel.
+    pub stream: u64,
+    /// Name, unique within the zone.
+    pub name: String,
+    /// The image as the caller named it.
+    pub image: String,
+    /// The image's id (digest).
+    pub image_id: String,
+    /// What the zone runs.
+    pub spec: WorkloadSpec,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// State.
+    pub state: WorkloadState,
+    /// Pid inside the zone while running.
+    pub pid: u32,
+    /// How it ended.
+    pub exit: Option<ExitStatus>,
+    /// It ended because its zone went away, not by itself.
+    pub zone_lost: bool,
+    /// Times, Unix ns.
+    pub created_at: Nanos,
+    /// When started.
+    pub started_at: Nanos,
+    /// When it ended.
+    pub finished_at: Nanos,
+}
+
+/// Workload failures; each maps to one gRPC code at the API edge.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkloadError {
+    /// No such workload.
+    #[error("no workload {0:?} (see the list of workloads)")]
+    NotFound(String),
+    /// The name is taken in that zone.
+    #[error("zone {zone} has a workload named {name:?} already: pick another name or remove it")]
+    AlreadyExists {
+        /// Zone name.
+        zone: String,
+        /// Workload name.
+        name: String,
+    },
+    /// The zone is unknown or not in a state to run workloads.
+    #[error(transparent)]
+    Zone(#[from] ManagerError),
+    /// The zone is not ready.
+    #[error("zone {zone} is {state:?}, not ready: start it and wait until it is ready")]
+    ZoneNotReady {
+        /// Zone name.
+        zone: String,
+        /// Its state.
+        state: ZoneState,
+    },
+    /// The image is unknown or broken.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// The request does not make a runnable workload.
+    #[error("invalid workload: {0}")]
+    Spec(#[from] SpecError),
+    /// The workload is in the wrong state.
+    #[error("workload {id} is {state:?}: {what}")]
+    WrongState {
+        /// Workload id.
+        id: String,
+        /// Its state.
+        state: WorkloadState,
+        /// What was refused.
+        what: &'static str,
+    },
+    /// All guest device names of the zone are used by images.
+    #[error("zone {0} has no free disk slot for another image: remove workloads of other images first")]
+    NoDiskSlot(String),
+    /// The hypervisor failed (attaching the image).
+    #[error("attaching the image to zone {zone}: {reason}")]
+    Attach {
+        /// Zone name.
+        zone: String,
+        /// Why.
+        reason: String,
+    },
+    /// The zone refused or failed the request.
+    #[error("the zone refused: {message} ({code:?})")]
+    Refused {
+        /// The zone's code.
+        code: ErrorCode,
+        /// The zone's message.
+        message: String,
+    },
+    /// The zone did not answer in time.
+    #[error("the zone did not answer within {} s", CALL_TIMEOUT.as_secs())]
+    Timeout,
+    /// The zone's channel closed.
+    #[error("the zone's host channel is closed (the zone stopped, or its init went away)")]
+    ChannelClosed,
+    /// The zone answered something unexpected.
+    #[error("the zone answered {0} to a request")]
+    UnexpectedAnswer(&'static str),
+    /// State could not be persisted.
+    #[error("workload state on disk")]
+    Store(#[source] StoreError),
+    /// The log file.
+    #[error("workload log {path}")]
+    Log {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+impl From<LinkClosed> for WorkloadError {
+    fn from(_: LinkClosed) -> Self {
+        WorkloadError::ChannelClosed
+    }
+}
+
+/// A running workload's live parts.
+#[derive(Debug)]
+struct Runtime {
+    /// One request at a time per workload: the answer slot is single.
+    calls: Mutex<()>,
+    answer: std::sync::Mutex<Option<oneshot::Sender<ZoneToHost>>>,
+    log: std::sync::Mutex<LogWriter>,
+    output: broadcast::Sender<LogEntry>,
+    exit: watch::Sender<Option<ExitStatus>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    records: BTreeMap<String, WorkloadRecord>,
+    runtimes: HashMap<String, Arc<Runtime>>,
+    /// (zone id, domid, image id) -> guest device.
+    disks: HashMap<(String, u32, String), String>,
+}
+
+/// What a follower of a workload's output gets: the history, then live entries until the exit.
+#[derive(Debug)]
+pub struct LogStream {
+    /// What the log holds already.
+    pub history: Vec<LogEntry>,
+    /// Live output, if following and the workload may still print.
+    pub live: Option<broadcast::Receiver<LogEntry>>,
+    /// Becomes `Some` at the exit.
+    pub exit: Option<watch::Receiver<Option<ExitStatus>>>,
+}
+
+/// A running exec.
+#[derive(Debug)]
+pub struct ExecSession {
+    /// Its stream id.
+    pub exec_id: StreamId,
+    /// Its pid inside the zone.
+    pub pid: u32,
+    /// The zone's link, for stdin, resize and signals.
+    pub link: ZoneLink,
+    /// Output and the exit.
+    pub messages: mpsc::Receiver<ZoneToHost>,
+}
+
+/// An exec request.
+#[derive(Debug, Clone, Default)]
+pub struct ExecRequest {
+    /// Program and arguments.
+    pub argv: Vec<String>,
+    /// Added environment.
+    pub env: Vec<EnvVar>,
+    /// Working directory, `None` = the workload's.
+    pub cwd: Option<String>,
+    /// Identity, `None` = the workload's.
+    pub user: Option<User>,
+    /// Allocate a terminal.
+    pub tty: bool,
+}
+
+fn now() -> Nanos {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as Nanos).unwrap_or(0)
+}
+
+/// The workload manager.
+#[derive(Debug)]
+pub struct WorkloadManager<H: Hypervisor> {
+    zones: Arc<ZoneManager<H>>,
+    images: Arc<ImageStore>,
+    store: RecordStore<WorkloadRecord>,
+    logs_dir: PathBuf,
+    state: Mutex<State>,
+    /// Stream ids: start from the clock in microseconds, so ids stay unique across daemon restarts (a zone
+    /// may still run execs started by the previous daemon).
+    next_stream: std::sync::atomic::AtomicU64,
+}
+
+impl<H: Hypervisor> WorkloadManager<H> {
+    /// Loads the persisted workloads. `state_dir` holds `workloads/` (records) and `logs/`.
+    pub fn open(
+        zones: Arc<ZoneManager<H>>,
+        images: Arc<ImageStore>,
+        state_dir: &std::path::Path,
+    ) -> Result<Arc<Self>, WorkloadError> {
+        let store = RecordStore::open(state_dir.join("workloads")).map_err(WorkloadError::Store)?;
+        let logs_dir = state_dir.join("logs");
+        std::fs::create_dir_all(&logs_dir).map_err(|source| WorkloadError::Log { path: logs_dir.clone(), source })?;
+        let loaded = store.load_all().map_err(WorkloadError::Store)?;
+        for c in &loaded.corrupt {
+            tracing::error!(key = %c.key, reason = ?c.reason, "workload record set aside");
+        }
+        let records = loaded.records.into_iter().collect();
+        let start = u64::try_from(now() / 1000).unwrap_or(1).max(1);
+        Ok(Arc::new(WorkloadManager {
+            zones,
+            images,
+            store,
+            logs_dir,
+            state: Mutex::new(State { records, ..State::default() }),
+            next_stream: std::sync::atomic::AtomicU64::new(start),
+        }))
+    }
+
+    fn stream_id(&self) -> StreamId {
+        StreamId(self.next_stream.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn log_path(&self, id: &str) -> PathBuf {
+        self.logs_dir.join(format!("{id}.log"))
+    }
+
+    fn persist(&self, r: &WorkloadRecord) -> Result<(), WorkloadError> {
+        self.store.put(&r.id, r).map_err(WorkloadError::Store)
+    }
+
+    /// The ready zone `zone` and its link.
+    async fn ready_zone(&self, zone: &str) -> Result<(crate::zone::ZoneRecord, u32, ZoneLink), WorkloadError> {
+        let z = self.zones.get(zone).await?;
+        let not_ready = || WorkloadError::ZoneNotReady { zone: z.spec.name.to_string(), state: z.state };
+        if z.state != ZoneState::Ready {
+            return Err(not_ready());
+        }
+        let domid = z.domid.ok_or_else(not_ready)?;
+        let link = self.zones.link(&z.id).ok_or(WorkloadError::ChannelClosed)?;
+        Ok((z, domid, link))
+    }
+
+    /// Creates a workload in `zone` from `image` (attaching the image to the zone if needed).
+    pub async fn create(
+        self: &Arc<Self>,
+        zone: &str,
+        name: &str,
+        image: &str,
+        req: WorkloadRequest,
+        labels: BTreeMap<String, String>,
+    ) -> Result<WorkloadRecord, WorkloadError> {
+        let (z, domid, link) = self.ready_zone(zone).await?;
+        let zone_name = z.spec.name.to_string();
+        let img = self.images.get(image)?;
+        let mut state = self.state.lock().await;
+        if state.records.values().any(|r| r.zone_id == z.id && r.name == name) {
+            return Err(WorkloadError::AlreadyExists { zone: zone_name, name: name.to_owned() });
+        }
+        let key = (z.id.clone(), domid, img.id.clone());
+        let device = match state.disks.get(&key) {
+            Some(d) => d.clone(),
+            None => {
+                let used: Vec<&String> =
+                    state.disks.iter().filter(|((zid, d, _), _)| *zid == z.id && *d == domid).map(|(_, v)| v).collect();
+                let device = DEVICE_LETTERS
+                    .chars()
+                    .map(|c| format!("xvd{c}"))
+                    .find(|d| !used.contains(&d))
+                    .ok_or_else(|| WorkloadError::NoDiskSlot(zone_name.clone()))?;
+                let path = self.images.erofs_path(&img);
+                self.zones
+                    .hypervisor()
+                    .attach_disk(domid, &path, &device)
+                    .await
+                    .map_err(|e| WorkloadError::Attach { zone: zone_name.clone(), reason: e.to_string() })?;
+                state.disks.insert(key, device.clone());
+                device
+            }
+        };
+        let wire_spec = spec::build(&req, &img.config, &device)?;
+        let stream = self.stream_id();
+        let rec = WorkloadRecord {
+            id: uuid::Uuid::new_v4().to_string(),
+            zone_id: z.id.clone(),
+            stream: stream.0,
+            name: name.to_owned(),
+            image: image.to_owned(),
+            image_id: img.id.clone(),
+            spec: wire_spec.clone(),
+            labels,
+            state: WorkloadState::Created,
+            pid: 0,
+            exit: None,
+            zone_lost: false,
+            created_at: now(),
+            started_at: 0,
+            finished_at: 0,
+        };
+        let log_path = self.log_path(&rec.id);
+        let log = LogWriter::open(&log_path).map_err(|source| WorkloadError::Log { path: log_path, source })?;
+        let rt = Arc::new(Runtime {
+            calls: Mutex::new(()),
+            answer: std::sync::Mutex::new(None),
+            log: std::sync::Mutex::new(log),
+            output: broadcast::channel(FOLLOW_BACKLOG).0,
+            exit: watch::channel(None).0,
+        });
+        let messages = link.subscribe(stream);
+        tokio::spawn(pump(Arc::downgrade(self), rec.id.clone(), rt.clone(), messages));
+        self.persist(&rec)?;
+        state.records.insert(rec.id.clone(), rec.clone());
+        state.runtimes.insert(rec.id.clone(), rt.clone());
+        drop(state);
+
+        match call(&rt, &link, HostToZone::CreateWorkload { id: stream, spec: wire_spec }).await {
+            Ok(ZoneToHost::WorkloadCreated { .. }) => {
+                tracing::info!(zone = %zone_name, workload = %rec.id, name, image, "workload created");
+                Ok(rec)
+            }
+            other => {
+                // Nothing was created in the zone: forget the record.
+                link.unsubscribe(stream);
+                let mut state = self.state.lock().await;
+                state.records.remove(&rec.id);
+                state.runtimes.remove(&rec.id);
+                let _ = self.store.remove(&rec.id);
+                let _ = std::fs::remove_file(self.log_path(&rec.id));
+                Err(unexpected(other))
+            }
+        }
+    }
+
+    async fn runtime_and_link(&self, id: &str) -> Result<(WorkloadRecord, Arc<Runtime>, ZoneLink), WorkloadError> {
+        let (rec, rt) = {
+            let state = self.state.lock().await;
+            let rec = find(&state.records, id).cloned().ok_or_else(|| WorkloadError::NotFound(id.to_owned()))?;
+            let rt = state.runtimes.get(&rec.id).cloned().ok_or(WorkloadError::ChannelClosed)?;
+            (rec, rt)
+        };
+        let link = self.zones.link(&rec.zone_id).ok_or(WorkloadError::ChannelClosed)?;
+        Ok((rec, rt, link))
+    }
+
+    /// Starts a created workload.
+    pub async fn start(&self, id: &str) -> Result<WorkloadRecord, WorkloadError> {
+        let (rec, rt, link) = self.runtime_and_link(id).await?;
+        if rec.state != WorkloadState::Created {
+            return Err(WorkloadError::WrongState {
+                id: rec.id,
+                state: rec.state,
+                what: "only a created workload starts",
+            });
+        }
+        match call(&rt, &link, HostToZone::StartWorkload { id: StreamId(rec.stream) }).await {
+            Ok(ZoneToHost::WorkloadStarted { pid, .. }) => {
+                let mut state = self.state.lock().await;
+                let r = state.records.get_mut(&rec.id).ok_or_else(|| WorkloadError::NotFound(rec.id.clone()))?;
+                // The exit may have been recorded already (a process that ends at once).
+                if r.state == WorkloadState::Created {
+                    let mut next = r.clone();
+                    next.state = WorkloadState::Running;
+                    next.pid = pid;
+                    next.started_at = now();
+                    self.persist(&next)?;
+                    *r = next;
+                } else if r.started_at == 0 {
+                    r.started_at = r.finished_at;
+                    r.pid = pid;
+                    let snapshot = r.clone();
+                    self.persist(&snapshot)?;
+                }
+                Ok(r.clone())
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sends `signal` to the workload's process.
+    pub async fn signal(&self, id: &str, signal: i32) -> Result<(), WorkloadError> {
+        let (rec, _rt, link) = self.runtime_and_link(id).await?;
+        if rec.state != WorkloadState::Running {
+            return Err(WorkloadError::WrongState {
+                id: rec.id,
+                state: rec.state,
+                what: "only a running workload gets signals",
+            });
+        }
+        // Signals are answered only on failure; a failure arrives on the workload's route and is logged there.
+        link.send(HostToZone::Signal { id: StreamId(rec.stream), signal }).await?;
+        Ok(())
+    }
+
+    /// Waits until the workload has exited; returns its record.
+    pub async fn wait(&self, id: &str) -> Result<WorkloadRecord, WorkloadError> {
+        let (rec, rt) = {
+            let state = self.state.lock().await;
+            let rec = find(&state.records, id).cloned().ok_or_else(|| WorkloadError::NotFound(id.to_owned()))?;
+            let rt = state.runtimes.get(&rec.id).cloned();
+            (rec, rt)
+        };
+        if rec.state == WorkloadState::Exited {
+            return Ok(rec);
+        }
+        let Some(rt) = rt else { return Err(WorkloadError::ChannelClosed) };
+        let mut exit = rt.exit.subscribe();
+        // The watch ends with the runtime (zone lost): the record says so then.
+        let _ = exit.wait_for(Option::is_some).await;
+        self.get(&rec.id).await
+    }
+
+    /// The id of zone `zone` (id or name).
+    pub async fn zone_id(&self, zone: &str) -> Result<String, WorkloadError> {
+        Ok(self.zones.get(zone).await?.id)
+    }
+
+    /// Whether any workload uses image `image_id` (images in use are not removed).
+    pub fn uses_image(&self, image_id: &str) -> bool {
+        self.state.try_lock().map_or(true, |s| s.records.values().any(|r| r.image_id == image_id))
+    }
+
+    /// A workload by id (or unique name).
+    pub async fn get(&self, id: &str) -> Result<WorkloadRecord, WorkloadError> {
+        let state = self.state.lock().await;
+        find(&state.records, id).cloned().ok_or_else(|| WorkloadError::NotFound(id.to_owned()))
+    }
+
+    /// Workloads, of one zone (id) or all, oldest first.
+    pub async fn list(&self, zone_id: Option<&str>) -> Vec<WorkloadRecord> {
+        let state = self.state.lock().await;
+        let mut v: Vec<_> =
+            state.records.values().filter(|r| zone_id.is_none_or(|z| r.zone_id == z)).cloned().collect();
+        v.sort_by_key(|r| r.created_at);
+        v
+    }
+
+    /// Removes an exited (or never started) workload; a running one is refused.
+    pub async fn remove(&self, id: &str) -> Result<(), WorkloadError> {
+        let rec = match self.get(id).await {
+            Ok(r) => r,
+            Err(WorkloadError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if rec.state == WorkloadState::Running {
+            return Err(WorkloadError::WrongState { id: rec.id, state: rec.state, what: "stop it before removing it" });
+        }
+        if let Ok((_, rt, link)) = self.runtime_and_link(&rec.id).await {
+            match call(&rt, &link, HostToZone::RemoveWorkload { id: StreamId(rec.stream) }).await {
+                Ok(ZoneToHost::WorkloadRemoved { .. }) | Err(WorkloadError::ChannelClosed) => {}
+                Err(WorkloadError::Refused { code: ErrorCode::NotFound, .. }) => {}
+                other => return Err(unexpected(other)),
+            }
+            link.unsubscribe(StreamId(rec.stream));
+        }
+        let mut state = self.state.lock().await;
+        self.store.remove(&rec.id).map_err(WorkloadError::Store)?;
+        state.records.remove(&rec.id);
+        state.runtimes.remove(&rec.id);
+        drop(state);
+        let _ = std::fs::remove_file(self.log_path(&rec.id));
+        tracing::info!(workload = %rec.id, "workload removed");
+        Ok(())
+    }
+
+    /// The workload's output: history from the log, and live output with `follow`.
+    pub async fn logs(
+        &self,
+        id: &str,
+        follow: bool,
+        tail_lines: usize,
+        since: i64,
+    ) -> Result<LogStream, WorkloadError> {
+        let (rec, rt) = {
+            let state = self.state.lock().await;
+            let rec = find(&state.records, id).cloned().ok_or_else(|| WorkloadError::NotFound(id.to_owned()))?;
+            (rec.clone(), state.runtimes.get(&rec.id).cloned())
+        };
+        let path = self.log_path(&rec.id);
+        let read =
+            |path: PathBuf| logs::read(&path, since, tail_lines).map_err(|source| WorkloadError::Log { path, source });
+        match rt.filter(|_| follow && rec.state != WorkloadState::Exited) {
+            Some(rt) => {
+                // Under the writer's lock: no entry is both in the history and live, none is lost between.
+                let guard = rt.log.lock().map_err(|_| WorkloadError::ChannelClosed)?;
+                let live = rt.output.subscribe();
+                let history = read(path)?;
+                drop(guard);
+                Ok(LogStream { history, live: Some(live), exit: Some(rt.exit.subscribe()) })
+            }
+            None => Ok(LogStream { history: read(path)?, live: None, exit: None }),
+        }
+    }
+
+    /// Starts an extra process in a running workload.
+    pub async fn exec(&self, id: &str, req: ExecRequest) -> Result<ExecSession, WorkloadError> {
+        let (rec, _rt, link) = self.runtime_and_link(id).await?;
+        if rec.state != WorkloadState::Running {
+            return Err(WorkloadError::WrongState {
+                id: rec.id,
+                state: rec.state,
+                what: "exec needs a running workload",
+            });
+        }
+        let exec_id = self.stream_id();
+        let mut messages = link.subscribe(exec_id);
+        link.send(HostToZone::Exec {
+            exec_id,
+            workload_id: StreamId(rec.stream),
+            argv: req.argv,
+            env: req.env,
+            cwd: req.cwd,
+            tty: req.tty,
+            user: req.user,
+        })
+        .await?;
+        let first = tokio::time::timeout(CALL_TIMEOUT, messages.recv()).await.map_err(|_| WorkloadError::Timeout)?;
+        match first {
+            Some(ZoneToHost::ExecStarted { pid, .. }) => Ok(ExecSession { exec_id, pid, link, messages }),
+            other => {
+                link.unsubscribe(exec_id);
+                Err(unexpected(other.ok_or(WorkloadError::ChannelClosed)))
+            }
+        }
+    }
+
+    /// Forgets every workload of a destroyed zone: records, logs and disk slots.
+    pub async fn forget_zone(&self, zone_id: &str) {
+        let mut state = self.state.lock().await;
+        let ids: Vec<String> = state.records.values().filter(|r| r.zone_id == zone_id).map(|r| r.id.clone()).collect();
+        for id in ids {
+            if let Err(e) = self.store.remove(&id) {
+                tracing::warn!(workload = %id, error = %e, "removing the record of a destroyed zone's workload failed");
+                continue;
+            }
+            state.records.remove(&id);
+            state.runtimes.remove(&id);
+            let _ = std::fs::remove_file(self.log_path(&id));
+        }
+        state.disks.retain(|(z, _, _), _| z != zone_id);
+    }
+
+    /// Records an exit reported by the zone (or the loss of the zone).
+    async fn record_exit(&self, id: &str, exit: Option<ExitStatus>) {
+        let mut state = self.state.lock().await;
+        let Some(r) = state.records.get_mut(id) else { return };
+        if r.state == WorkloadState::Exited {
+            return;
+        }
+        let mut next = r.clone();
+        next.state = WorkloadState::Exited;
+        next.finished_at = now();
+        next.pid = 0;
+        match exit {
+            Some(status) => next.exit = Some(status),
+            None => {
+                next.zone_lost = true;
+                next.exit = Some(ExitStatus::Signaled { signal: 9, core_dumped: false });
+            }
+        }
+        if let Err(e) = self.persist(&next) {
+            tracing::error!(workload = %id, error = %e, "recording a workload's exit failed");
+        }
+        tracing::info!(workload = %id, exit = ?next.exit, zone_lost = next.zone_lost, "workload exited");
+        *r = next;
+    }
+}
+
+/// Sends `msg` and waits for the zone's answer on the workload's route.
+async fn call(rt: &Runtime, link: &ZoneLink, msg: HostToZone) -> Result<ZoneToHost, WorkloadError> {
+    let _one_at_a_time = rt.calls.lock().await;
+    let (tx, rx) = oneshot::channel();
+    if let Ok(mut slot) = rt.answer.lock() {
+        *slot = Some(tx);
+    }
+    link.send(msg).await?;
+    match tokio::time::timeout(CALL_TIMEOUT, rx).await {
+        Err(_) => Err(WorkloadError::Timeout),
+        Ok(Err(_)) => Err(WorkloadError::ChannelClosed),
+        Ok(Ok(ZoneToHost::Error { code, message, .. })) => Err(WorkloadError::Refused { code, message }),
+        Ok(Ok(answer)) => Ok(answer),
+    }
+}
+
+/// The error for an answer that is not the expected one.
+fn unexpected(answer: Result<ZoneToHost, WorkloadError>) -> WorkloadError {
+    match answer {
+        Err(e) => e,
+        Ok(ZoneToHost::Error { code, message, .. }) => WorkloadError::Refused { code, message },
+        Ok(m) => WorkloadError::UnexpectedAnswer(match m {
+            ZoneToHost::WorkloadCreated { .. } => "WorkloadCreated",
+            ZoneToHost::WorkloadStarted { .. } => "WorkloadStarted",
+            ZoneToHost::WorkloadRemoved { .. } => "WorkloadRemoved",
+            ZoneToHost::ExecStarted { .. } => "ExecStarted",
+            ZoneToHost::Exited { .. } => "Exited",
+            _ => "another message",
+        }),
+    }
+}
+
+/// Drains a workload's route: answers to the caller, output to the log, the exit to the record.
+async fn pump<H: Hypervisor>(
+    manager: Weak<WorkloadManager<H>>,
+    id: String,
+    rt: Arc<Runtime>,
+    mut messages: mpsc::Receiver<ZoneToHost>,
+) {
+    let mut exited = false;
+    while let Some(msg) = messages.recv().await {
+        match msg {
+            ZoneToHost::Output { fd, data, .. } => {
+                let Ok(mut log) = rt.log.lock() else { continue };
+                match log.append(SystemTime::now(), fd, &data) {
+                    Ok(entries) => {
+                        for e in entries {
+                            let _ = rt.output.send(e);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(workload = %id, path = %log.path().display(), error = %e, "writing the log failed")
+                    }
+                }
+            }
+            ZoneToHost::Exited { status, .. } => {
+                if let Some(m) = manager.upgrade() {
+                    m.record_exit(&id, Some(status)).await;
+                }
+                exited = true;
+                let _ = rt.exit.send(Some(status));
+            }
+            answer => {
+                let waiting = rt.answer.lock().ok().and_then(|mut slot| slot.take());
+                match waiting {
+                    Some(tx) => {
+                        let _ = tx.send(answer);
+                    }
+                    None => tracing::warn!(workload = %id, ?answer, "zone message nobody waited for"),
+                }
+            }
+        }
+    }
+    // The route closed: the zone's channel is gone. A workload that had not exited went down with its zone.
+    if !exited && let Some(m) = manager.upgrade() {
+        let running = m.get(&id).await.is_ok_and(|r| r.state != WorkloadState::Exited);
+        if running {
+            m.record_exit(&id, None).await;
+        }
+        if let Some(status) = m.get(&id).await.ok().and_then(|r| r.exit) {
+            let _ = rt.exit.send(Some(status));
+        }
+    }
+}
+
+fn find<'a>(records: &'a BTreeMap<String, WorkloadRecord>, key: &str) -> Option<&'a WorkloadRecord> {
+    records.get(key).or_else(|| {
+        let mut by_name = records.values().filter(|r| r.name == key);
+        match (by_name.next(), by_name.next()) {
+            (Some(r), None) => Some(r),
+            _ => None,
+        }
+    })
+}

@@ -1,0 +1,78 @@
+#!/bin/bash
+# Workloads from an imported image in real zones, through bulkheadd and the CLI: output and exit codes reach
+# the CLI, exec with and without a terminal, logs -f, SIGKILL, five zones at once, and nothing left behind.
+# The test adds a busybox OCI layout (tar) as /root/busybox-oci.tar. Prints "scenario ok" at the end.
+set -Eeuo pipefail
+
+. /root/scenario-lib.sh
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
+
+start_daemon
+bulkhead image import /root/busybox-oci.tar --reference busybox:test >/dev/null || fail "image import"
+bulkhead image list
+
+# Output and exit code reach the CLI.
+t0=$(now)
+out=$(bulkhead zone launch --image busybox:test --name hello --memory 48 --attach -- /bin/sh -c 'echo hello from a zone')
+echo "figure: zone launch to workload exit (--attach): $(since "$t0") s"
+[ "$out" = "hello from a zone" ] || fail "launch --attach printed [$out]"
+rc=0
+bulkhead zone launch --image busybox:test --name seven --memory 48 --wait -- /bin/sh -c 'exit 7' || rc=$?
+[ "$rc" = 7 ] || fail "exit 7 gave $rc"
+# The image's own entrypoint and cmd when no command is given ("/bin/sh -c 'echo ok'" as user 1000).
+out=$(bulkhead zone launch --image busybox:test --name default --memory 48 --attach)
+[ "$out" = ok ] || fail "the image's default command printed [$out]"
+
+# A long-running workload: exec without and with a terminal, with stdin, then SIGKILL gives 137.
+bulkhead zone launch --image busybox:test --name sleeper --memory 48 -- /bin/busybox sleep 600 >/dev/null
+out=$(bulkhead zone exec sleeper -- /bin/busybox hostname)
+[ "$out" = sleeper ] || fail "exec hostname printed [$out]"
+out=$(bulkhead zone exec -t sleeper -- /bin/busybox tty | tr -d '\r')
+case "$out" in /dev/pts/*) ;; *) fail "exec -t: tty printed [$out]" ;; esac
+out=$(bulkhead zone exec sleeper -- /bin/busybox tty | tr -d '\r' || true)
+[ "$out" = "not a tty" ] || fail "exec without -t: tty printed [$out]"
+out=$(echo piped through | bulkhead zone exec -i sleeper -- /bin/busybox cat)
+[ "$out" = "piped through" ] || fail "exec -i: cat printed [$out]"
+rc=0
+bulkhead zone exec sleeper -- /bin/sh -c 'exit 3' || rc=$?
+[ "$rc" = 3 ] || fail "exec exit 3 gave $rc"
+out=$(bulkhead zone exec sleeper -- /bin/busybox cat /proc/1/cmdline | tr '\0' ' ')
+[ "$out" = "/bin/busybox sleep 600 " ] || fail "the exec does not see the workload as pid 1: [$out]"
+bulkhead zone kill sleeper --signal KILL
+rc=0
+bulkhead zone wait sleeper || rc=$?
+[ "$rc" = 137 ] || fail "SIGKILL gave $rc"
+
+# logs -f follows output as it is printed, and ends with the workload.
+bulkhead zone launch --image busybox:test --name ticker --memory 48 -- \
+  /bin/sh -c 'i=0; while [ $i -lt 5 ]; do echo tick $i; i=$((i+1)); /bin/busybox sleep 1; done' >/dev/null
+bulkhead zone logs -f ticker >/tmp/ticks
+[ "$(cat /tmp/ticks | paste -sd, -)" = "tick 0,tick 1,tick 2,tick 3,tick 4" ] || fail "logs -f gave [$(cat /tmp/ticks)]"
+[ "$(bulkhead zone logs ticker --tail 2 | paste -sd, -)" = "tick 3,tick 4" ] || fail "logs --tail 2"
+
+for z in hello seven default sleeper ticker; do bulkhead zone destroy "$z"; done
+
+# Five zones at once.
+t0=$(now)
+pids=()
+for n in 1 2 3 4 5; do
+  bulkhead zone launch --image busybox:test --name "c$n" --memory 48 --attach -- /bin/sh -c "echo zone c$n" >"/tmp/c$n.out" &
+  pids+=($!)
+done
+for p in "${pids[@]}"; do wait "$p" || fail "a concurrent launch failed"; done
+echo "figure: five concurrent launches to all exited: $(since "$t0") s"
+for n in 1 2 3 4 5; do
+  [ "$(cat "/tmp/c$n.out")" = "zone c$n" ] || fail "zone c$n printed [$(cat "/tmp/c$n.out")]"
+done
+[ "$(ours)" = "bulkhead-c1,bulkhead-c2,bulkhead-c3,bulkhead-c4,bulkhead-c5" ] || fail "xl lists [$(ours)]"
+for n in 1 2 3 4 5; do bulkhead zone destroy "c$n"; done
+
+# Nothing left behind: no domain, loop device, zone or workload record, or log.
+sleep 1
+[ -z "$(ours)" ] || fail "domains left: $(ours)"
+[ -z "$(losetup -a)" ] || fail "loop devices left: $(losetup -a)"
+[ -z "$(ls -A /var/lib/bulkhead/zones)" ] || fail "zone records left: $(ls /var/lib/bulkhead/zones)"
+[ -z "$(ls -A /var/lib/bulkhead/workloads)" ] || fail "workload records left: $(ls /var/lib/bulkhead/workloads)"
+[ -z "$(ls -A /var/lib/bulkhead/logs)" ] || fail "logs left: $(ls /var/lib/bulkhead/logs)"
+echo "scenario ok"
