@@ -1,0 +1,220 @@
+//! The workload manager against a scripted zone init on the fake hypervisor's in-memory channel: routing of
+//! answers, output into the CRI log and to followers, exit codes, exec, removal and a zone that goes away.
+//! The image store is real (a busybox layout imported to erofs), so this needs root like the image tests.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bulkhead_wire::{ExitStatus, HostToZone, OutputFd, PROTOCOL_VERSION, ZoneCodec, ZoneToHost};
+use bulkheadd::hypervisor::fake::FakeHypervisor;
+use bulkheadd::images::layout::Compression;
+use bulkheadd::images::testing::write_busybox_layout;
+use bulkheadd::images::{ImageStore, ImageStoreConfig};
+use bulkheadd::manager::{DEFAULT_HELLO_TIMEOUT, ManagerConfig, ZoneManager};
+use bulkheadd::store::RecordStore;
+use bulkheadd::workloads::{ExecRequest, WorkloadManager, WorkloadRequest, WorkloadState};
+use bulkheadd::zone::{HostVirtCaps, VirtMode, ZoneName, ZoneSpec, ZoneState};
+use futures_util::{SinkExt, StreamExt};
+use tokio_util::codec::Framed;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn privileged() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var_os("BULKHEAD_SKIP_ROOT_TESTS").is_some() {
+        eprintln!("skipping: needs root (BULKHEAD_SKIP_ROOT_TESTS is set)");
+        return false;
+    }
+    panic!("this test needs root (the image import chowns): run it as root, or set BULKHEAD_SKIP_ROOT_TESTS=1");
+}
+
+/// A zone init that says hello and runs every workload as: print "out:<argv[0]>\n" on stdout and
+/// "err\n" on stderr, then exit with the code in the last argument (or stay running if it is "run").
+async fn scripted_zone(io: tokio::io::DuplexStream) {
+    let mut zone = Framed::new(io, ZoneCodec::new());
+    let hello = ZoneToHost::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        init_version: "test".into(),
+        kernel_release: "test".into(),
+        boot_time_ms: 1,
+    };
+    if zone.send(hello).await.is_err() {
+        return;
+    }
+    let mut specs = BTreeMap::new();
+    while let Some(Ok(msg)) = zone.next().await {
+        let replies = match msg {
+            HostToZone::CreateWorkload { id, spec } => {
+                specs.insert(id, spec);
+                vec![ZoneToHost::WorkloadCreated { id }]
+            }
+            HostToZone::StartWorkload { id } => {
+                let Some(spec) = specs.get(&id) else { continue };
+                let mut r = vec![
+                    ZoneToHost::WorkloadStarted { id, pid: 1 },
+                    ZoneToHost::Output {
+                        stream_id: id,
+                        fd: OutputFd::Stdout,
+                        data: format!("out:{}\n", spec.argv[0]).into(),
+                    },
+                    ZoneToHost::Output { stream_id: id, fd: OutputFd::Stderr, data: "err\n".into() },
+                ];
+                match spec.argv.last().map(String::as_str) {
+                    Some("run") => {}
+                    last => {
+                        let code = last.and_then(|c| c.parse().ok()).unwrap_or(0);
+                        r.push(ZoneToHost::Exited { stream_id: id, status: ExitStatus::Code(code) });
+                    }
+                }
+                r
+            }
+            HostToZone::Signal { id, signal } => {
+                vec![ZoneToHost::Exited { stream_id: id, status: ExitStatus::Signaled { signal, core_dumped: false } }]
+            }
+            HostToZone::Exec { exec_id, argv, .. } => vec![
+                ZoneToHost::ExecStarted { exec_id, pid: 2 },
+                ZoneToHost::Output { stream_id: exec_id, fd: OutputFd::Stdout, data: argv.join(" ").into() },
+                ZoneToHost::Exited { stream_id: exec_id, status: ExitStatus::Code(3) },
+            ],
+            HostToZone::RemoveWorkload { id } => vec![ZoneToHost::WorkloadRemoved { id }],
+            _ => vec![],
+        };
+        for r in replies {
+            if zone.send(r).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+struct Node {
+    zones: Arc<ZoneManager<FakeHypervisor>>,
+    workloads: Arc<WorkloadManager<FakeHypervisor>>,
+    _dir: tempfile::TempDir,
+}
+
+async fn node_with_ready_zone(zone: &str) -> Result<Node, Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let cfg = ManagerConfig {
+        default_kernel: "/k".into(),
+        default_initrd: "/i".into(),
+        auto_virt_mode: None,
+        hello_timeout: DEFAULT_HELLO_TIMEOUT,
+    };
+    let hv = FakeHypervisor::new(HostVirtCaps { hvm: false, hap: false });
+    let zones = Arc::new(ZoneManager::open(hv, RecordStore::open(dir.path().join("zones"))?, cfg).await?);
+    let images = Arc::new(ImageStore::open(ImageStoreConfig::new(dir.path().join("images"))).await?);
+    let layout = dir.path().join("layout");
+    std::fs::create_dir_all(&layout)?;
+    write_busybox_layout(&layout, std::path::Path::new("/bin/busybox"), Compression::Gzip)?;
+    images.import(&layout, Some("busybox:test")).await?;
+    let workloads = WorkloadManager::open(zones.clone(), images, dir.path())?;
+
+    let spec = ZoneSpec {
+        name: ZoneName::try_from(zone.to_owned())?,
+        memory_mib: 48,
+        vcpus: 1,
+        virt_mode: VirtMode::Auto,
+        kernel: None,
+        initrd: None,
+        kernel_args: vec![],
+        hostname: None,
+        labels: BTreeMap::new(),
+        annotations: BTreeMap::new(),
+    };
+    zones.create(spec).await?;
+    let domid = zones.start(zone).await?.domid.ok_or("no domid")?;
+    let io = zones.hypervisor().take_zone_end(domid).ok_or("no channel")?;
+    tokio::spawn(scripted_zone(io));
+    for _ in 0..500 {
+        if zones.get(zone).await?.state == ZoneState::Ready {
+            return Ok(Node { zones, workloads, _dir: dir });
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Err("the zone never became ready".into())
+}
+
+fn command(argv: &[&str]) -> WorkloadRequest {
+    WorkloadRequest { command: argv.iter().map(|s| s.to_string()).collect(), ..WorkloadRequest::default() }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn output_and_exit_codes_reach_the_log_and_waiters() -> TestResult {
+    if !privileged() {
+        return Ok(());
+    }
+    let node = node_with_ready_zone("web").await?;
+    let w = node.workloads.create("web", "main", "busybox:test", command(&["/bin/echo", "7"]), BTreeMap::new()).await?;
+    assert_eq!(w.state, WorkloadState::Created);
+    assert_eq!(w.spec.root_device, "xvdb");
+    let domid = node.zones.get("web").await?.domid.ok_or("no domid")?;
+    let disks = node.zones.hypervisor().domain(domid).ok_or("no domain")?.disks;
+    assert_eq!(disks.keys().collect::<Vec<_>>(), ["xvdb"], "the image is attached once");
+    // The image's config fills what the request leaves out.
+    assert_eq!((w.spec.user.uid, w.spec.cwd.as_str()), (1000, "/tmp"));
+
+    node.workloads.start(&w.id).await?;
+    let done = node.workloads.wait(&w.id).await?;
+    assert_eq!(done.state, WorkloadState::Exited);
+    assert_eq!(done.exit, Some(ExitStatus::Code(7)));
+    let logs = node.workloads.logs(&w.id, false, 0, 0).await?;
+    let text: Vec<(OutputFd, String)> =
+        logs.history.iter().map(|e| (e.fd, String::from_utf8_lossy(&e.data).into_owned())).collect();
+    assert!(text.contains(&(OutputFd::Stdout, "out:/bin/echo\n".to_owned())), "{text:?}");
+    assert!(text.contains(&(OutputFd::Stderr, "err\n".to_owned())), "{text:?}");
+
+    // A second workload of the same image shares the disk; names are unique per zone.
+    let again = node.workloads.create("web", "main", "busybox:test", command(&["x"]), BTreeMap::new()).await;
+    assert!(again.is_err(), "duplicate name accepted");
+    let w2 = node.workloads.create("web", "side", "busybox:test", command(&["x", "run"]), BTreeMap::new()).await?;
+    assert_eq!(w2.spec.root_device, "xvdb");
+    node.workloads.start(&w2.id).await?;
+    assert_eq!(node.workloads.get(&w2.id).await?.state, WorkloadState::Running);
+
+    // Exec: output and exit come back on the session.
+    let mut exec =
+        node.workloads.exec(&w2.id, ExecRequest { argv: vec!["ls".into(), "/".into()], ..Default::default() }).await?;
+    assert_eq!(exec.pid, 2);
+    let mut seen = Vec::new();
+    while let Some(m) = exec.messages.recv().await {
+        let done = matches!(m, ZoneToHost::Exited { .. });
+        seen.push(m);
+        if done {
+            break;
+        }
+    }
+    assert!(matches!(seen.last(), Some(ZoneToHost::Exited { status: ExitStatus::Code(3), .. })), "{seen:?}");
+
+    // Removing a running workload is refused; signalled, it exits 128 + 9 and can go.
+    assert!(node.workloads.remove(&w2.id).await.is_err());
+    node.workloads.signal(&w2.id, 9).await?;
+    assert_eq!(node.workloads.wait(&w2.id).await?.exit.map(|e| e.exit_code()), Some(137));
+    node.workloads.remove(&w2.id).await?;
+    assert!(node.workloads.get(&w2.id).await.is_err());
+
+    // Destroying the zone forgets the rest.
+    let zone_id = node.zones.get("web").await?.id;
+    node.zones.destroy("web").await?;
+    node.workloads.forget_zone(&zone_id).await;
+    assert!(node.workloads.list(None).await.is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_workload_on_a_zone_that_goes_away_is_reported_lost() -> TestResult {
+    if !privileged() {
+        return Ok(());
+    }
+    let node = node_with_ready_zone("gone").await?;
+    let w = node.workloads.create("gone", "main", "busybox:test", command(&["x", "run"]), BTreeMap::new()).await?;
+    node.workloads.start(&w.id).await?;
+    node.zones.stop("gone", Duration::from_secs(1)).await?;
+    let done = tokio::time::timeout(Duration::from_secs(10), node.workloads.wait(&w.id)).await??;
+    assert!(done.zone_lost, "{done:?}");
+    assert_eq!(done.state, WorkloadState::Exited);
+    Ok(())
+}
