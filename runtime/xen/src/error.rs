@@ -124,6 +124,26 @@ pub enum Error {
     /// `libxl_domain_destroy` failed.
     #[error("libxl_domain_destroy of domain {domid} failed: {code}")]
     DomainDestroy { domid: u32, code: LibxlError },
+    // ----- disk hot-plug -----
+    /// A [`DiskSpec`](crate::DiskSpec) (or a guest device name) is invalid;
+    /// nothing was handed to libxl.
+    #[error("invalid disk {vdev}: {reason}")]
+    InvalidDisk { vdev: String, reason: String },
+    /// `libxl_device_disk_add` failed (`ERROR_DEVICE_EXISTS`: the guest
+    /// already has a disk with this name). Whatever libxl had set up was
+    /// removed again.
+    #[error("libxl_device_disk_add of {vdev} to domain {domid} failed: {code}")]
+    DiskAdd { domid: u32, vdev: String, code: LibxlError },
+    /// `libxl_device_disk_remove` (or reading the disk back from xenstore
+    /// before it) failed.
+    #[error("libxl_device_disk_remove of {vdev} from domain {domid} failed: {code}")]
+    DiskRemove { domid: u32, vdev: String, code: LibxlError },
+    /// The domain has no disk with this name.
+    #[error("domain {domid} has no disk {vdev}")]
+    DiskNotFound { domid: u32, vdev: String },
+    /// `libxl_device_disk_list` failed.
+    #[error("libxl_device_disk_list for domain {domid} failed")]
+    DiskList { domid: u32 },
     /// A guest-only operation was asked for dom0 or a reserved domid; it was
     /// refused before reaching libxl.
     #[error("refusing to {op} domain {domid}: not a guest domain")]
