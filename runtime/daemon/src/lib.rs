@@ -6,6 +6,7 @@ pub mod api;
 pub mod config;
 pub mod hypervisor;
 pub mod link;
+pub mod loopdev;
 pub mod manager;
 pub mod store;
 pub mod xen;

@@ -44,7 +44,7 @@ const XVD_MAJOR: u32 = 202;
 /// Why `vdev` is not an acceptable guest device name (`None`: it is).
 /// Accepted: `xvd` followed by 1 to [`MAX_VDEV_LETTERS`] lowercase letters,
 /// i.e. whole disks only (no partitions, no `hd`/`sd` names).
-pub(crate) fn vdev_problem(vdev: &str) -> Option<String> {
+pub fn vdev_problem(vdev: &str) -> Option<String> {
     let suffix = vdev.strip_prefix("xvd").unwrap_or_default();
     if suffix.is_empty() || suffix.len() > MAX_VDEV_LETTERS || !suffix.bytes().all(|b| b.is_ascii_lowercase()) {
         return Some(format!("{vdev:?} is not of the form xvd[a-z]{{1,{MAX_VDEV_LETTERS}}}"));

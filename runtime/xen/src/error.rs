@@ -21,6 +21,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct LibxlError(pub i32);
 
 impl LibxlError {
+    /// `ERROR_DEVICE_EXISTS`: a device with this id is already attached.
+    pub const DEVICE_EXISTS: LibxlError = LibxlError(-17);
+    /// `ERROR_DOMAIN_NOTFOUND`.
+    pub const DOMAIN_NOTFOUND: LibxlError = LibxlError(-21);
+
     /// Map a libxl return code to `Ok(())` (`rc == 0`) or an error.
     pub fn check(rc: i32) -> Result<(), LibxlError> {
         if rc == 0 { Ok(()) } else { Err(LibxlError(rc)) }
@@ -297,6 +302,8 @@ mod tests {
         assert_eq!(e.name(), Some("fail"));
         assert_eq!(e.to_string(), "libxl error -3 (ERROR_FAIL)");
         assert_eq!(LibxlError(sys::ERROR_DOMAIN_NOTFOUND).to_string(), "libxl error -21 (ERROR_DOMAIN_NOTFOUND)");
+        assert_eq!(LibxlError::DEVICE_EXISTS, LibxlError(sys::ERROR_DEVICE_EXISTS));
+        assert_eq!(LibxlError::DOMAIN_NOTFOUND, LibxlError(sys::ERROR_DOMAIN_NOTFOUND));
     }
 
     #[test]
