@@ -7,6 +7,7 @@ pub mod config;
 pub mod hypervisor;
 pub mod images;
 pub mod link;
+pub mod loopdev;
 pub mod manager;
 pub mod store;
 pub mod workloads;

@@ -1,16 +1,18 @@
 //! The production [`Hypervisor`]: libxl through bulkhead-xen's worker thread (the one owner of the libxl
 //! context), and a xenstore watch on `@releaseDomain` to learn when a domain shuts down, instead of polling.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bulkhead_xen::domain::{DomainKind as XenKind, DomainSpec};
-use bulkhead_xen::{AsyncVchan, DomainInfo, LibxlWorker, ShutdownReason, Uuid, Vchan, Xenstore};
+use bulkhead_xen::{AsyncVchan, DiskSpec, DomainInfo, Libxl, LibxlWorker, ShutdownReason, Uuid, Vchan, Xenstore};
 
 use crate::api::message_chain;
 use crate::hypervisor::{
     ChannelStream, DomainKind, DomainObservation, DomainRequest, DomainRunState, Hypervisor, HypervisorError,
     ShutdownKind, WaitOutcome, ZONE_CHANNEL_PATH,
 };
+use crate::loopdev;
 use crate::zone::HostVirtCaps;
 
 /// xenstored fires this watch whenever a domain shuts down or is destroyed.
@@ -33,6 +35,56 @@ impl LibxlHypervisor {
         let worker = LibxlWorker::spawn().map_err(|e| HypervisorError::HostCaps(message_chain(&e)))?;
         Ok(LibxlHypervisor { worker })
     }
+}
+
+/// How long dom0's blkback may take to open a hot-plugged disk's block device after libxl's add returned (it
+/// opens it from a xenstore watch, typically within milliseconds).
+const BLKBACK_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a detach waits for the kernel to release the loop device (autoclear) before warning.
+const LOOP_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Attaches `image` to `domid` as read-only `vdev` through an autoclear loop device; returns the loop device.
+/// Runs on the libxl worker. On failure nothing is left: no disk, and the loop device is released.
+///
+/// Ordering: the loop device is held open (the only opener) until dom0's blkback has opened it too. libxl's
+/// add returns when the hotplug script has run, but blkback opens the device asynchronously after that;
+/// closing first would let autoclear detach the device under blkback.
+fn attach_on_worker(ctx: &mut Libxl, domid: u32, image: &Path, vdev: &str) -> Result<PathBuf, String> {
+    let lo = loopdev::attach_read_only(image)
+        .map_err(|e| format!("{}; check the image file and that dom0 has free loop devices", message_chain(&e)))?;
+    let dev = lo.path().to_owned();
+    if let Err(e) = ctx.disk_add(domid, &DiskSpec::read_only(dev.clone(), vdev)) {
+        // libxl removed whatever it had set up; closing our descriptor releases the loop device.
+        drop(lo);
+        let hint = match &e {
+            bulkhead_xen::Error::DiskAdd { code, .. } if *code == bulkhead_xen::LibxlError::DEVICE_EXISTS => {
+                format!("; the domain already has a disk {vdev}: detach it first or pick another name")
+            }
+            _ => format!(
+                "; check that domain {domid} exists and that xen-blkback is loaded (the libxl log and \
+                 /var/log/xen/xen-hotplug.log say more)"
+            ),
+        };
+        return Err(format!("{}{hint}", message_chain(&e)));
+    }
+    let start = std::time::Instant::now();
+    while !bulkhead_xen::disk::blkback_has_opened(domid, vdev) {
+        if start.elapsed() > BLKBACK_OPEN_TIMEOUT {
+            let removed = ctx.disk_remove(domid, vdev).map(|_| "it was removed again").unwrap_or("removing it failed");
+            drop(lo);
+            return Err(format!(
+                "dom0's blkback did not open {} within {BLKBACK_OPEN_TIMEOUT:?} ({removed}); check that the \
+                 xen-blkback module is loaded and the kernel log",
+                dev.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    tracing::debug!(domid, vdev, dev = %dev.display(), waited = ?start.elapsed(), "blkback holds the loop device");
+    // blkback holds the device now: from here on it lives exactly as long as the disk.
+    drop(lo);
+    Ok(dev)
 }
 
 fn run_state(info: &DomainInfo) -> DomainRunState {
@@ -197,21 +249,50 @@ impl Hypervisor for LibxlHypervisor {
     }
 
     async fn attach_disk(&self, domid: u32, image: &std::path::Path, vdev: &str) -> Result<(), HypervisorError> {
-        Err(HypervisorError::Disk {
-            op: "attaching",
-            domid,
-            vdev: vdev.to_owned(),
-            reason: format!("disk hot-plug of {} is not implemented yet", image.display()),
-        })
+        let fail = |reason: String| HypervisorError::Disk { op: "attaching", domid, vdev: vdev.to_owned(), reason };
+        if let Some(reason) = bulkhead_xen::disk::vdev_problem(vdev) {
+            return Err(fail(format!("{reason} (xvda is the first disk, xvdb the second, ...)")));
+        }
+        loopdev::check_image(image).map_err(|e| fail(message_chain(&e)))?;
+        let (image, vdev_owned) = (image.to_owned(), vdev.to_owned());
+        // The whole attachment runs as one job on the libxl worker: it is not abandoned half-way when this
+        // future is dropped, and the loop device's descriptor lives exactly as long as the job needs it.
+        let dev = self
+            .worker
+            .call(move |ctx| attach_on_worker(ctx, domid, &image, &vdev_owned))
+            .await
+            .map_err(|e| fail(message_chain(&e)))?
+            .map_err(fail)?;
+        tracing::info!(domid, vdev, dev = %dev.display(), "disk image attached");
+        Ok(())
     }
 
     async fn detach_disk(&self, domid: u32, vdev: &str) -> Result<(), HypervisorError> {
-        Err(HypervisorError::Disk {
-            op: "detaching",
-            domid,
-            vdev: vdev.to_owned(),
-            reason: "disk hot-plug is not implemented yet".into(),
-        })
+        let fail = |reason: String| HypervisorError::Disk { op: "detaching", domid, vdev: vdev.to_owned(), reason };
+        let removed = self.worker.disk_remove(domid, vdev.to_owned()).await.map_err(|e| {
+            let hint = match e {
+                bulkhead_xen::Error::DiskNotFound { .. } => " (nothing to detach)",
+                _ => " (see the libxl log; `xl block-list` shows the domain's disks)",
+            };
+            fail(format!("{}{hint}", message_chain(&e)))
+        })?;
+        // blkback has closed the device; with autoclear the kernel now detaches a loop device by itself.
+        if let Some(dev) = removed.backend_path.filter(|p| loopdev::backing_file(p).is_some()) {
+            let deadline = tokio::time::Instant::now() + LOOP_RELEASE_TIMEOUT;
+            while loopdev::backing_file(&dev).is_some() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if let Some(file) = loopdev::backing_file(&dev) {
+                tracing::warn!(
+                    domid,
+                    vdev,
+                    dev = %dev.display(),
+                    file = %file.display(),
+                    "loop device still bound after the disk was removed: something else holds it open"
+                );
+            }
+        }
+        Ok(())
     }
 
     async fn serve_channel(&self, domid: u32) -> Result<ChannelStream, HypervisorError> {
@@ -335,6 +416,183 @@ mod tests {
             assert!(m.hypervisor().list().await?.iter().all(|d| d.domid != domid), "crashed domain not cleaned up");
             m.destroy("live-crash").await?;
             Ok(())
+        }
+    }
+
+    mod live_disks {
+        //! Disk image hot-plug against a real Xen (the test bed's dom0 runs these).
+        use std::path::{Path, PathBuf};
+        use std::time::Instant;
+
+        use super::*;
+
+        type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+        const NAME: &str = "bh-test-disk-image";
+
+        /// Every loop device bound to `image`, from sysfs.
+        fn loops_backed_by(image: &Path) -> Vec<PathBuf> {
+            let mut out = Vec::new();
+            for e in std::fs::read_dir("/sys/block").into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with("loop") {
+                    let dev = PathBuf::from(format!("/dev/{name}"));
+                    if loopdev::backing_file(&dev).as_deref() == Some(image) {
+                        out.push(dev);
+                    }
+                }
+            }
+            out
+        }
+
+        fn read(xs: &Xenstore, path: &str) -> Result<Option<String>, Box<dyn std::error::Error>> {
+            Ok(xs.try_read(path)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+        }
+
+        /// Polls every 50 ms until `pred` holds; how long it took, or None after `timeout`.
+        async fn wait_until(timeout: Duration, mut pred: impl FnMut() -> bool) -> Option<Duration> {
+            let t = Instant::now();
+            while t.elapsed() < timeout {
+                if pred() {
+                    return Some(t.elapsed());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            None
+        }
+
+        /// A small erofs image with one file.
+        fn erofs_image(dir: &Path) -> Result<PathBuf, Box<dyn std::error::Error>> {
+            let root = dir.join("root");
+            std::fs::create_dir_all(&root)?;
+            std::fs::write(root.join("hello"), "hello from an erofs image\n")?;
+            let img = dir.join("image.erofs");
+            let out = std::process::Command::new("mkfs.erofs").arg(&img).arg(&root).output()?;
+            if !out.status.success() {
+                return Err(format!("mkfs.erofs: {}", String::from_utf8_lossy(&out.stderr)).into());
+            }
+            Ok(img)
+        }
+
+        /// The block hotplug script locks through /dev/stdin, which the test bed's bare devtmpfs lacks (see
+        /// bulkhead-xen's domain live tests).
+        fn ensure_dev_fd_links() -> TestResult {
+            for (link, target) in [
+                ("/dev/fd", "/proc/self/fd"),
+                ("/dev/stdin", "/proc/self/fd/0"),
+                ("/dev/stdout", "/proc/self/fd/1"),
+                ("/dev/stderr", "/proc/self/fd/2"),
+            ] {
+                if std::fs::symlink_metadata(link).is_err() {
+                    std::os::unix::fs::symlink(target, link)?;
+                }
+            }
+            Ok(())
+        }
+
+        async fn body(hv: &LibxlHypervisor, xs: &Xenstore, img: &Path) -> TestResult {
+            let req = DomainRequest {
+                name: NAME.into(),
+                uuid: "5d1b7a0e-6a3c-4f7e-9b2a-0c4d5e6f7a8b".into(),
+                kind: DomainKind::Pv,
+                memory_mib: 64,
+                vcpus: 1,
+                kernel: "/usr/lib/bulkhead/zone/kernel".into(),
+                initrd: None,
+                // No userspace needed: the kernel waits for a root device while blkfront serves hot-plugs.
+                cmdline: "console=hvc0 rootdelay=600".into(),
+            };
+            let domid = hv.create_paused(&req).await?;
+            hv.unpause(domid).await?;
+            let console = format!("/var/log/xen/console/guest-{NAME}.log");
+            let up = wait_until(Duration::from_secs(60), || {
+                std::fs::read_to_string(&console).unwrap_or_default().contains("before mounting root")
+            })
+            .await;
+            eprintln!("live-disk: domain {domid} kernel up after {up:?}");
+
+            // Attach: a read-only loop device over the image, served by blkback, connected to blkfront.
+            let t = Instant::now();
+            hv.attach_disk(domid, img, "xvdb").await?;
+            eprintln!("live-disk: attach_disk(xvdb) in {:?}", t.elapsed());
+            let be = bulkhead_xen::disk::backend_xenstore_path(domid, "xvdb").ok_or("no devid")?;
+            let params = read(xs, &format!("{be}/params"))?.ok_or("no params")?;
+            let mode = read(xs, &format!("{be}/mode"))?;
+            let loops = loops_backed_by(img);
+            eprintln!("live-disk: backend {be}: params {params} mode {mode:?}; loop devices on the image: {loops:?}");
+            assert_eq!(loops, vec![PathBuf::from(&params)], "exactly the backend's loop device is bound to the image");
+            assert_eq!(mode.as_deref(), Some("r"));
+            let lo_name = params.trim_start_matches("/dev/").to_owned();
+            let sys_ro = std::fs::read_to_string(format!("/sys/block/{lo_name}/ro"))?;
+            let sys_autoclear = std::fs::read_to_string(format!("/sys/block/{lo_name}/loop/autoclear"))?;
+            assert_eq!((sys_ro.trim(), sys_autoclear.trim()), ("1", "1"), "read-only, autoclear");
+            let connected = wait_until(Duration::from_secs(60), || {
+                read(xs, &format!("{be}/state")).ok().flatten().as_deref() == Some("4")
+            })
+            .await;
+            eprintln!("live-disk: backend state 4 (connected) after {connected:?}");
+            assert!(connected.is_some(), "blkfront never connected");
+            // The daemon has let go of the device: only blkback holds it, yet it stays bound.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert_eq!(loops_backed_by(img), vec![PathBuf::from(&params)], "still bound while blkback holds it");
+
+            // A second attach under the same name fails and leaves no extra loop device.
+            let e = hv.attach_disk(domid, img, "xvdb").await.err().ok_or("second attach of xvdb succeeded")?;
+            eprintln!("live-disk: second attach refused: {e}");
+            assert!(matches!(e, HypervisorError::Disk { op: "attaching", .. }));
+            assert!(e.to_string().contains("detach it first"), "{e}");
+            assert!(
+                wait_until(Duration::from_secs(5), || loops_backed_by(img).len() == 1).await.is_some(),
+                "the failed attach leaked a loop device: {:?}",
+                loops_backed_by(img)
+            );
+            // Bad arguments are refused before anything is set up.
+            assert!(hv.attach_disk(domid, img, "sdb").await.is_err());
+            assert!(hv.attach_disk(domid, Path::new("/nonexistent.erofs"), "xvdc").await.is_err());
+
+            // Detach: the backend goes, and autoclear releases the loop device.
+            let t = Instant::now();
+            hv.detach_disk(domid, "xvdb").await?;
+            let freed = wait_until(Duration::from_secs(5), || loops_backed_by(img).is_empty()).await;
+            eprintln!("live-disk: detach_disk(xvdb) in {:?}, loop device released {freed:?} later", t.elapsed());
+            assert!(freed.is_some(), "loop device left after detach: {:?}", loops_backed_by(img));
+            assert_eq!(xs.try_read(&be)?, None, "backend removed");
+            let e = hv.detach_disk(domid, "xvdb").await.err().ok_or("second detach succeeded")?;
+            eprintln!("live-disk: second detach: {e}");
+
+            // Destroying a domain with a disk attached releases its loop device too.
+            hv.attach_disk(domid, img, "xvdc").await?;
+            assert_eq!(loops_backed_by(img).len(), 1);
+            let t = Instant::now();
+            hv.destroy(domid).await?;
+            let freed = wait_until(Duration::from_secs(10), || loops_backed_by(img).is_empty()).await;
+            eprintln!(
+                "live-disk: destroy with xvdc attached in {:?}, loop device released {freed:?} later",
+                t.elapsed()
+            );
+            assert!(freed.is_some(), "loop device left after destroy: {:?}", loops_backed_by(img));
+            Ok(())
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        #[ignore = "needs xen"]
+        async fn an_image_file_is_attached_read_only_and_released_on_detach_and_destroy() -> TestResult {
+            ensure_dev_fd_links()?;
+            let dir = tempfile::tempdir()?;
+            let img = erofs_image(dir.path())?;
+            let hv = LibxlHypervisor::open()?;
+            let xs = Xenstore::open()?;
+            let r = body(&hv, &xs, &img).await;
+            if r.is_err() {
+                let hotplug = std::fs::read_to_string("/var/log/xen/xen-hotplug.log").unwrap_or_default();
+                eprintln!("--- xen-hotplug.log ---\n{hotplug}");
+            }
+            for d in hv.list().await.unwrap_or_default() {
+                if d.name == NAME {
+                    let _ = hv.destroy(d.domid).await;
+                }
+            }
+            r
         }
     }
 

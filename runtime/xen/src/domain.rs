@@ -218,21 +218,27 @@ fn invalid(field: SpecField, reason: impl Into<String>) -> Error {
     Error::InvalidDomainSpec { field, reason: reason.into() }
 }
 
-fn validate_path(field: SpecField, p: &Path) -> Result<()> {
+/// Why `p` cannot be handed to libxl as a kernel, ramdisk or disk path
+/// (`None`: it can).
+pub(crate) fn path_problem(p: &Path) -> Option<String> {
     let bytes = p.as_os_str().as_bytes();
     if bytes.is_empty() {
-        return Err(invalid(field, "must not be empty"));
+        return Some("must not be empty".into());
     }
     if !p.is_absolute() {
-        return Err(invalid(field, "must be an absolute path"));
+        return Some("must be an absolute path".into());
     }
     if bytes.contains(&0) {
-        return Err(invalid(field, "must not contain NUL bytes"));
+        return Some("must not contain NUL bytes".into());
     }
     if bytes.len() > MAX_PATH_LEN {
-        return Err(invalid(field, format!("longer than {MAX_PATH_LEN} bytes")));
+        return Some(format!("longer than {MAX_PATH_LEN} bytes"));
     }
-    Ok(())
+    None
+}
+
+fn validate_path(field: SpecField, p: &Path) -> Result<()> {
+    path_problem(p).map_or(Ok(()), |reason| Err(invalid(field, reason)))
 }
 
 impl DomainSpec {
@@ -315,12 +321,8 @@ impl DomainSpec {
         }
         for (i, d) in self.disks.iter().enumerate() {
             validate_path(SpecField::DiskBackendPath(i), &d.backend_path)?;
-            let suffix = d.vdev.strip_prefix("xvd").unwrap_or_default();
-            if suffix.is_empty() || suffix.len() > 3 || !suffix.bytes().all(|b| b.is_ascii_lowercase()) {
-                return Err(invalid(
-                    SpecField::DiskVdev(i),
-                    format!("{:?} is not of the form xvd[a-z]{{1,3}}", d.vdev),
-                ));
+            if let Some(reason) = crate::disk::vdev_problem(&d.vdev) {
+                return Err(invalid(SpecField::DiskVdev(i), reason));
             }
             if self.disks[..i].iter().any(|o| o.vdev == d.vdev) {
                 return Err(invalid(SpecField::DiskVdev(i), format!("{:?} is used by an earlier disk", d.vdev)));
@@ -332,7 +334,7 @@ impl DomainSpec {
 
 /// `strdup` into libc's heap (what `*_dispose` frees), aborting like any
 /// Rust allocation failure if libc is out of memory.
-fn c_strdup(s: &CStr) -> *mut c_char {
+pub(crate) fn c_strdup(s: &CStr) -> *mut c_char {
     // SAFETY: s is a valid NUL-terminated string; strdup returns a malloc'd
     // copy or NULL.
     let p = unsafe { libc::strdup(s.as_ptr()) };
@@ -438,17 +440,7 @@ pub(crate) fn build_config(spec: &DomainSpec) -> Result<Idl<sys::libxl_domain_co
             let n = disks.len();
             let arr = c_calloc::<sys::libxl_device_disk>(n);
             for (i, (path, vdev, read_only)) in disks.iter().enumerate() {
-                let d = arr.add(i);
-                sys::libxl_device_disk_init(d);
-                let d = &mut *d;
-                d.backend_domid = 0;
-                d.pdev_path = c_strdup(path);
-                d.vdev = c_strdup(vdev);
-                d.backend = sys::LIBXL_DISK_BACKEND_PHY;
-                d.format = sys::LIBXL_DISK_FORMAT_RAW;
-                d.readwrite = i32::from(!read_only);
-                d.removable = 0;
-                d.is_cdrom = 0;
+                crate::disk::init_phy_disk(arr.add(i), path, vdev, *read_only);
             }
             c.disks = arr;
             // n <= disks of a validated spec; vdev names bound it far below
@@ -461,7 +453,7 @@ pub(crate) fn build_config(spec: &DomainSpec) -> Result<Idl<sys::libxl_domain_co
 
 /// Refuse dom0 and the reserved domids for operations that only make sense
 /// on guests (libxl would happily start tearing down dom0's devices).
-fn check_guest(domid: u32, op: &'static str) -> Result<()> {
+pub(crate) fn check_guest(domid: u32, op: &'static str) -> Result<()> {
     if domid == 0 || domid > DOMID_MAX {
         return Err(Error::NotAGuestDomain { domid, op });
     }
@@ -825,4 +817,4 @@ mod tests {
 }
 
 #[cfg(test)]
-mod live_tests;
+pub(crate) mod live_tests;

@@ -21,6 +21,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct LibxlError(pub i32);
 
 impl LibxlError {
+    /// `ERROR_DEVICE_EXISTS`: a device with this id is already attached.
+    pub const DEVICE_EXISTS: LibxlError = LibxlError(-17);
+    /// `ERROR_DOMAIN_NOTFOUND`.
+    pub const DOMAIN_NOTFOUND: LibxlError = LibxlError(-21);
+
     /// Map a libxl return code to `Ok(())` (`rc == 0`) or an error.
     pub fn check(rc: i32) -> Result<(), LibxlError> {
         if rc == 0 { Ok(()) } else { Err(LibxlError(rc)) }
@@ -124,6 +129,26 @@ pub enum Error {
     /// `libxl_domain_destroy` failed.
     #[error("libxl_domain_destroy of domain {domid} failed: {code}")]
     DomainDestroy { domid: u32, code: LibxlError },
+    // ----- disk hot-plug -----
+    /// A [`DiskSpec`](crate::DiskSpec) (or a guest device name) is invalid;
+    /// nothing was handed to libxl.
+    #[error("invalid disk {vdev}: {reason}")]
+    InvalidDisk { vdev: String, reason: String },
+    /// `libxl_device_disk_add` failed (`ERROR_DEVICE_EXISTS`: the guest
+    /// already has a disk with this name). Whatever libxl had set up was
+    /// removed again.
+    #[error("libxl_device_disk_add of {vdev} to domain {domid} failed: {code}")]
+    DiskAdd { domid: u32, vdev: String, code: LibxlError },
+    /// `libxl_device_disk_remove` (or reading the disk back from xenstore
+    /// before it) failed.
+    #[error("libxl_device_disk_remove of {vdev} from domain {domid} failed: {code}")]
+    DiskRemove { domid: u32, vdev: String, code: LibxlError },
+    /// The domain has no disk with this name.
+    #[error("domain {domid} has no disk {vdev}")]
+    DiskNotFound { domid: u32, vdev: String },
+    /// `libxl_device_disk_list` failed.
+    #[error("libxl_device_disk_list for domain {domid} failed")]
+    DiskList { domid: u32 },
     /// A guest-only operation was asked for dom0 or a reserved domid; it was
     /// refused before reaching libxl.
     #[error("refusing to {op} domain {domid}: not a guest domain")]
@@ -277,6 +302,8 @@ mod tests {
         assert_eq!(e.name(), Some("fail"));
         assert_eq!(e.to_string(), "libxl error -3 (ERROR_FAIL)");
         assert_eq!(LibxlError(sys::ERROR_DOMAIN_NOTFOUND).to_string(), "libxl error -21 (ERROR_DOMAIN_NOTFOUND)");
+        assert_eq!(LibxlError::DEVICE_EXISTS, LibxlError(sys::ERROR_DEVICE_EXISTS));
+        assert_eq!(LibxlError::DOMAIN_NOTFOUND, LibxlError(sys::ERROR_DOMAIN_NOTFOUND));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //!   ([`Idl`]) and the thread that owns the context ([`LibxlWorker`]).
 //! * [`domain`]: [`DomainSpec`] and domain create / unpause / shutdown /
 //!   destroy.
+//! * [`disk`]: hot-plugging PV disks into running domains.
 //! * [`info`]: version, physinfo and domain list read through libxl.
 //! * [`xenstore`]: xenstore handle, transactions and watches.
 //! * [`evtchn`]: event channels.
@@ -21,6 +22,8 @@
 mod asyncfd;
 mod cstr;
 #[cfg(feature = "toolstack")]
+pub mod disk;
+#[cfg(feature = "toolstack")]
 pub mod domain;
 pub mod error;
 pub mod evtchn;
@@ -33,6 +36,8 @@ pub mod logger;
 pub mod vchan;
 pub mod xenstore;
 
+#[cfg(feature = "toolstack")]
+pub use disk::AttachedDisk;
 #[cfg(feature = "toolstack")]
 pub use domain::{DiskSpec, DomainKind, DomainSpec, ShutdownAction, SpecField};
 pub use error::{Error, LibxlError, Result};

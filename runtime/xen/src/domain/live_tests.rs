@@ -18,13 +18,14 @@ macro_rules! report {
         let _ = writeln!(std::io::stderr(), $($arg)*);
     }};
 }
+pub(crate) use report;
 
-const ZONE_KERNEL: &str = "/usr/lib/bulkhead/zone/kernel";
+pub(crate) const ZONE_KERNEL: &str = "/usr/lib/bulkhead/zone/kernel";
 const ZONE_INITRD: &str = "/usr/lib/bulkhead/zone/initrd";
 
 /// Forward libxl's log (and this crate's) to stderr, past the capture, at
 /// `info` and above (`RUST_LOG` overrides).
-fn init_logging() {
+pub(crate) fn init_logging() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -34,7 +35,11 @@ fn init_logging() {
 }
 
 /// Run `body`, then destroy any domain still called `name`.
-fn with_cleanup(xl: &mut Libxl, name: &str, body: impl FnOnce(&mut Libxl) -> anyhow::Result<()>) -> anyhow::Result<()> {
+pub(crate) fn with_cleanup(
+    xl: &mut Libxl,
+    name: &str,
+    body: impl FnOnce(&mut Libxl) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     init_logging();
     let r = catch_unwind(AssertUnwindSafe(|| body(xl)));
     if r.as_ref().map_or(true, |r| r.is_err()) {
@@ -52,11 +57,11 @@ fn with_cleanup(xl: &mut Libxl, name: &str, body: impl FnOnce(&mut Libxl) -> any
     }
 }
 
-fn console_log(name: &str) -> String {
+pub(crate) fn console_log(name: &str) -> String {
     std::fs::read_to_string(format!("/var/log/xen/console/guest-{name}.log")).unwrap_or_default()
 }
 
-fn print_console(name: &str) {
+pub(crate) fn print_console(name: &str) {
     let log = console_log(name);
     let lines: Vec<&str> = log.lines().collect();
     report!("--- last console lines of {name} ({} total) ---", lines.len());
@@ -91,14 +96,14 @@ fn wait_for(
     }
 }
 
-fn create_timed(xl: &mut Libxl, spec: &DomainSpec) -> anyhow::Result<u32> {
+pub(crate) fn create_timed(xl: &mut Libxl, spec: &DomainSpec) -> anyhow::Result<u32> {
     let t = Instant::now();
     let domid = xl.domain_create(spec)?;
     report!("{}: domain_create -> domid {domid} in {:?}", spec.name, t.elapsed());
     Ok(domid)
 }
 
-fn destroy_and_check_gone(xl: &mut Libxl, domid: u32) -> anyhow::Result<()> {
+pub(crate) fn destroy_and_check_gone(xl: &mut Libxl, domid: u32) -> anyhow::Result<()> {
     let t = Instant::now();
     xl.domain_destroy(domid)?;
     report!("domain_destroy({domid}) in {:?}", t.elapsed());
@@ -346,13 +351,13 @@ fn worker_lifecycle() -> anyhow::Result<()> {
 }
 
 /// A loop device over a sparse file in dom0, detached and removed on drop.
-struct LoopDevice {
-    dev: String,
+pub(crate) struct LoopDevice {
+    pub(crate) dev: String,
     file: std::path::PathBuf,
 }
 
 impl LoopDevice {
-    fn new(tag: &str, size_mib: u64) -> anyhow::Result<Self> {
+    pub(crate) fn new(tag: &str, size_mib: u64) -> anyhow::Result<Self> {
         let file = std::env::temp_dir().join(format!("bulkhead-{tag}.img"));
         std::fs::File::create(&file)?.set_len(size_mib << 20)?;
         let out = std::process::Command::new("losetup").arg("-f").arg("--show").arg(&file).output()?;
@@ -375,7 +380,7 @@ impl Drop for LoopDevice {
 /// /dev/stdin does not exist and `/etc/xen/scripts/block add` spins until
 /// libxl kills it at its hotplug timeout. Node images with udev/systemd have
 /// these links; create them here if missing.
-fn ensure_dev_fd_links() -> anyhow::Result<()> {
+pub(crate) fn ensure_dev_fd_links() -> anyhow::Result<()> {
     for (link, target) in [
         ("/dev/fd", "/proc/self/fd"),
         ("/dev/stdin", "/proc/self/fd/0"),
