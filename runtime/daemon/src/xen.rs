@@ -428,6 +428,14 @@ mod tests {
 
         type TestResult = Result<(), Box<dyn std::error::Error>>;
 
+        /// Print past the harness's capture: the dom0 runner shows the timings of passing tests too.
+        macro_rules! report {
+            ($($arg:tt)*) => {{
+                use std::io::Write as _;
+                let _ = writeln!(std::io::stderr(), $($arg)*);
+            }};
+        }
+
         const NAME: &str = "bh-test-disk-image";
 
         /// Every loop device bound to `image`, from sysfs.
@@ -509,17 +517,17 @@ mod tests {
                 std::fs::read_to_string(&console).unwrap_or_default().contains("before mounting root")
             })
             .await;
-            eprintln!("live-disk: domain {domid} kernel up after {up:?}");
+            report!("live-disk: domain {domid} kernel up after {up:?}");
 
             // Attach: a read-only loop device over the image, served by blkback, connected to blkfront.
             let t = Instant::now();
             hv.attach_disk(domid, img, "xvdb").await?;
-            eprintln!("live-disk: attach_disk(xvdb) in {:?}", t.elapsed());
+            report!("live-disk: attach_disk(xvdb) in {:?}", t.elapsed());
             let be = bulkhead_xen::disk::backend_xenstore_path(domid, "xvdb").ok_or("no devid")?;
             let params = read(xs, &format!("{be}/params"))?.ok_or("no params")?;
             let mode = read(xs, &format!("{be}/mode"))?;
             let loops = loops_backed_by(img);
-            eprintln!("live-disk: backend {be}: params {params} mode {mode:?}; loop devices on the image: {loops:?}");
+            report!("live-disk: backend {be}: params {params} mode {mode:?}; loop devices on the image: {loops:?}");
             assert_eq!(loops, vec![PathBuf::from(&params)], "exactly the backend's loop device is bound to the image");
             assert_eq!(mode.as_deref(), Some("r"));
             let lo_name = params.trim_start_matches("/dev/").to_owned();
@@ -530,7 +538,7 @@ mod tests {
                 read(xs, &format!("{be}/state")).ok().flatten().as_deref() == Some("4")
             })
             .await;
-            eprintln!("live-disk: backend state 4 (connected) after {connected:?}");
+            report!("live-disk: backend state 4 (connected) after {connected:?}");
             assert!(connected.is_some(), "blkfront never connected");
             // The daemon has let go of the device: only blkback holds it, yet it stays bound.
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -538,7 +546,7 @@ mod tests {
 
             // A second attach under the same name fails and leaves no extra loop device.
             let e = hv.attach_disk(domid, img, "xvdb").await.err().ok_or("second attach of xvdb succeeded")?;
-            eprintln!("live-disk: second attach refused: {e}");
+            report!("live-disk: second attach refused: {e}");
             assert!(matches!(e, HypervisorError::Disk { op: "attaching", .. }));
             assert!(e.to_string().contains("detach it first"), "{e}");
             assert!(
@@ -554,11 +562,11 @@ mod tests {
             let t = Instant::now();
             hv.detach_disk(domid, "xvdb").await?;
             let freed = wait_until(Duration::from_secs(5), || loops_backed_by(img).is_empty()).await;
-            eprintln!("live-disk: detach_disk(xvdb) in {:?}, loop device released {freed:?} later", t.elapsed());
+            report!("live-disk: detach_disk(xvdb) in {:?}, loop device released {freed:?} later", t.elapsed());
             assert!(freed.is_some(), "loop device left after detach: {:?}", loops_backed_by(img));
             assert_eq!(xs.try_read(&be)?, None, "backend removed");
             let e = hv.detach_disk(domid, "xvdb").await.err().ok_or("second detach succeeded")?;
-            eprintln!("live-disk: second detach: {e}");
+            report!("live-disk: second detach: {e}");
 
             // Destroying a domain with a disk attached releases its loop device too.
             hv.attach_disk(domid, img, "xvdc").await?;
@@ -566,10 +574,7 @@ mod tests {
             let t = Instant::now();
             hv.destroy(domid).await?;
             let freed = wait_until(Duration::from_secs(10), || loops_backed_by(img).is_empty()).await;
-            eprintln!(
-                "live-disk: destroy with xvdc attached in {:?}, loop device released {freed:?} later",
-                t.elapsed()
-            );
+            report!("live-disk: destroy with xvdc attached in {:?}, loop device released {freed:?} later", t.elapsed());
             assert!(freed.is_some(), "loop device left after destroy: {:?}", loops_backed_by(img));
             Ok(())
         }
@@ -585,7 +590,7 @@ mod tests {
             let r = body(&hv, &xs, &img).await;
             if r.is_err() {
                 let hotplug = std::fs::read_to_string("/var/log/xen/xen-hotplug.log").unwrap_or_default();
-                eprintln!("--- xen-hotplug.log ---\n{hotplug}");
+                report!("--- xen-hotplug.log ---\n{hotplug}");
             }
             for d in hv.list().await.unwrap_or_default() {
                 if d.name == NAME {
