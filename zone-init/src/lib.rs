@@ -27,6 +27,7 @@ pub mod init;
 pub mod mounts;
 pub mod power;
 pub mod reap;
+pub mod root;
 pub mod signals;
 pub mod uptime;
 pub mod workload;

@@ -53,6 +53,10 @@ fn main() {
         say!("refusing to run as pid {pid}: bulkhead-zone is the zone's PID 1 (/init in its initramfs)");
         std::process::exit(2);
     }
+    if bulkhead_zone::root::on_initramfs() {
+        let e = bulkhead_zone::root::switch_to_tmpfs();
+        fatal("root", &anyhow::Error::new(e).context("moving the zone from its initramfs to a tmpfs"));
+    }
     std::panic::set_hook(Box::new(|info| {
         say!("FATAL panic: {info}");
         power_off();

@@ -116,6 +116,20 @@ fn run(sock: BorrowedFd<'_>, kind: HelperKind) -> Result<(), Report> {
     let flags = match request.target {
         Target::Workload { .. } => NEW_WORKLOAD_FLAGS,
         Target::Join { pid } => {
+            // The kernel lets a process start a child in a cgroup only if both its own cgroup and the target
+            // are inside its cgroup namespace's root; once the workload's cgroup namespace is joined the
+            // helper's cgroup (the zone's) is not (clone3 fails with ENOENT). So the helper moves into the
+            // workload's cgroup first, while the path still resolves in the zone's mount namespace.
+            if let Some(dir) = &request.cgroup {
+                let procs = dir.join("cgroup.procs");
+                std::fs::write(&procs, b"0").map_err(|e| {
+                    Report::failed(
+                        SetupStage::OpenCgroup,
+                        e.raw_os_error().map(nix::errno::Errno::from_raw),
+                        procs.display().to_string(),
+                    )
+                })?;
+            }
             join_namespaces(pid)?;
             CloneFlags::CLONE_PARENT
         }
