@@ -36,7 +36,8 @@ pub fn switch_to_tmpfs() -> std::io::Error {
 fn prepare() -> std::io::Result<()> {
     let staging = Path::new(STAGING);
     std::fs::create_dir_all(staging)?;
-    mount(Some("tmpfs"), staging, Some("tmpfs"), MsFlags::MS_NOSUID, Some("mode=0755")).map_err(std::io::Error::from)?;
+    mount(Some("tmpfs"), staging, Some("tmpfs"), MsFlags::MS_NOSUID, Some("mode=0755"))
+        .map_err(std::io::Error::from)?;
     for d in DIRS {
         std::fs::create_dir_all(staging.join(d))?;
     }
