@@ -3,7 +3,9 @@
 #
 # NOT RUN BY CI YET: in the test bed this crashes bulkheadd (a corrupted heap: segfaults in h2's stream
 # table, "polled after complete", garbage gRPC frames) a few seconds after the five domains start, before
-# their inits connect; sequential launches in workloads.sh pass. Reproduce with the same inputs as
+# their inits connect; sequential launches in workloads.sh pass. The cause is the bed, not bulkheadd:
+# ci/scenarios/concurrent-pv-boots.sh corrupts other dom0 processes (xl, the CLI) with plain concurrent
+# `xl create`s while bulkheadd idles. Reproduce with the same inputs as
 # testbed_workloads.rs (scenario-lib.sh and busybox-oci.tar added to the bed):
 #   ci/testbed run --add runtime/daemon/tests/scenarios/lib.sh:/root/scenario-lib.sh \
 #     --add busybox-oci.tar:/root/busybox-oci.tar runtime/daemon/tests/scenarios/concurrent-zones.sh
