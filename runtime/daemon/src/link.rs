@@ -138,7 +138,7 @@ fn stream_of(msg: &ZoneToHost) -> Option<StreamId> {
 }
 
 /// A short name for a message, for logs and errors (never the zone's payload).
-fn kind_of(msg: &ZoneToHost) -> &'static str {
+pub(crate) fn kind_of(msg: &ZoneToHost) -> &'static str {
     match msg {
         ZoneToHost::Hello { .. } => "Hello",
         ZoneToHost::WorkloadCreated { .. } => "WorkloadCreated",

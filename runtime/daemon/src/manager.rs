@@ -9,7 +9,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{Mutex, broadcast, mpsc};
 
@@ -19,7 +18,9 @@ use crate::hypervisor::{
 };
 use crate::link::{LinkEvent, LinkParams, ZoneLink};
 use crate::store::{RecordStore, StoreError};
-use crate::zone::{InvalidTransition, Nanos, SpecError, VirtMode, ZoneRecord, ZoneSpec, ZoneState, resolve_virt_mode};
+use crate::zone::{
+    InvalidTransition, Nanos, SpecError, VirtMode, ZoneRecord, ZoneSpec, ZoneState, now, resolve_virt_mode,
+};
 
 /// Prefix of the Xen domain names of zones: how the reconciler tells its domains from anyone else's.
 pub const DOMAIN_NAME_PREFIX: &str = "bulkhead-";
@@ -107,10 +108,6 @@ pub struct ReconcileReport {
     pub stopped: Vec<String>,
     /// Domains of ours with no zone record, destroyed.
     pub orphans_destroyed: Vec<u32>,
-}
-
-fn now() -> Nanos {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as Nanos).unwrap_or(0)
 }
 
 /// The zone manager.

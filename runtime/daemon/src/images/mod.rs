@@ -35,12 +35,11 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use crate::store::{RecordStore, StoreError};
-use crate::zone::Nanos;
+use crate::zone::{Nanos, now};
 use layout::{Compression, DigestReader, ImagePlan, InputDir, LayerPlan, LayoutError};
 use reference::ReferenceError;
 use unpack::{StreamKind, UnpackError, UnpackLimits, Unpacker};
@@ -206,10 +205,6 @@ pub enum ImageError {
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ImageError + 'a {
     move |source| ImageError::Io { op, path: path.to_owned(), source }
-}
-
-fn now() -> Nanos {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as Nanos).unwrap_or(0)
 }
 
 /// The images of this node.

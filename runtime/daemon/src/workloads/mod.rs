@@ -13,7 +13,7 @@ pub mod spec;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use bulkhead_wire::{EnvVar, ErrorCode, ExitStatus, HostToZone, StreamId, User, WorkloadSpec, ZoneToHost};
 use serde::{Deserialize, Serialize};
@@ -24,7 +24,7 @@ use crate::images::{ImageError, ImageStore};
 use crate::link::{LinkClosed, ZoneLink};
 use crate::manager::{ManagerError, ZoneManager};
 use crate::store::{RecordStore, StoreError};
-use crate::zone::{Nanos, ZoneState};
+use crate::zone::{Nanos, ZoneState, now};
 use logs::{LogEntry, LogWriter};
 pub use spec::{SpecError, WorkloadRequest};
 
@@ -226,10 +226,6 @@ pub struct ExecRequest {
     pub user: Option<User>,
     /// Allocate a terminal.
     pub tty: bool,
-}
-
-fn now() -> Nanos {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as Nanos).unwrap_or(0)
 }
 
 /// The workload manager.
@@ -640,14 +636,7 @@ fn unexpected(answer: Result<ZoneToHost, WorkloadError>) -> WorkloadError {
     match answer {
         Err(e) => e,
         Ok(ZoneToHost::Error { code, message, .. }) => WorkloadError::Refused { code, message },
-        Ok(m) => WorkloadError::UnexpectedAnswer(match m {
-            ZoneToHost::WorkloadCreated { .. } => "WorkloadCreated",
-            ZoneToHost::WorkloadStarted { .. } => "WorkloadStarted",
-            ZoneToHost::WorkloadRemoved { .. } => "WorkloadRemoved",
-            ZoneToHost::ExecStarted { .. } => "ExecStarted",
-            ZoneToHost::Exited { .. } => "Exited",
-            _ => "another message",
-        }),
+        Ok(m) => WorkloadError::UnexpectedAnswer(crate::link::kind_of(&m)),
     }
 }
 
