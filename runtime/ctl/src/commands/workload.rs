@@ -55,14 +55,22 @@ pub struct LaunchArgs {
     pub command: Vec<String>,
 }
 
-/// `zone logs`.
+/// A zone's workload on the command line.
 #[derive(Debug, Args)]
-pub struct LogsArgs {
+pub struct WorkloadRef {
     /// Zone name or id.
     pub zone: String,
     /// Workload name (default: the zone's own).
     #[arg(long)]
     pub workload: Option<String>,
+}
+
+/// `zone logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The workload.
+    #[command(flatten)]
+    pub target: WorkloadRef,
     /// Keep printing new output until the workload exits.
     #[arg(long, short = 'f')]
     pub follow: bool,
@@ -74,21 +82,17 @@ pub struct LogsArgs {
 /// `zone wait`.
 #[derive(Debug, Args)]
 pub struct WaitArgs {
-    /// Zone name or id.
-    pub zone: String,
-    /// Workload name (default: the zone's own).
-    #[arg(long)]
-    pub workload: Option<String>,
+    /// The workload.
+    #[command(flatten)]
+    pub target: WorkloadRef,
 }
 
 /// `zone kill`.
 #[derive(Debug, Args)]
 pub struct KillArgs {
-    /// Zone name or id.
-    pub zone: String,
-    /// Workload name (default: the zone's own).
-    #[arg(long)]
-    pub workload: Option<String>,
+    /// The workload.
+    #[command(flatten)]
+    pub target: WorkloadRef,
     /// Signal name (TERM, KILL, INT, HUP, ...) or number.
     #[arg(long, short = 's', default_value = "TERM", value_parser = parse_signal)]
     pub signal: i32,
@@ -118,11 +122,9 @@ pub fn parse_signal(s: &str) -> Result<i32, String> {
 /// `zone exec`.
 #[derive(Debug, Args)]
 pub struct ExecArgs {
-    /// Zone name or id.
-    pub zone: String,
-    /// Workload name (default: the zone's own).
-    #[arg(long)]
-    pub workload: Option<String>,
+    /// The workload.
+    #[command(flatten)]
+    pub target: WorkloadRef,
     /// Pass stdin to the process.
     #[arg(long, short = 'i')]
     pub interactive: bool,
@@ -202,14 +204,13 @@ async fn stream_logs(
     Ok(())
 }
 
-/// The workload `name` (default: the zone's own) of `zone`.
+/// The workload `target` names, and a workload client for what comes next.
 async fn find_workload(
-    zones: &mut ZoneServiceClient<Channel>,
-    workloads: &mut WorkloadServiceClient<Channel>,
-    zone: &str,
-    name: Option<&str>,
-) -> anyhow::Result<pb::WorkloadStatus> {
-    let z = zones
+    channel: Channel,
+    target: &WorkloadRef,
+) -> anyhow::Result<(WorkloadServiceClient<Channel>, pb::WorkloadStatus)> {
+    let zone = &target.zone;
+    let z = ZoneServiceClient::new(channel.clone())
         .get_zone(pb::GetZoneRequest { zone: zone.to_owned() })
         .await
         .map_err(|s| rpc_error(&format!("getting zone {zone}"), s))?
@@ -217,16 +218,19 @@ async fn find_workload(
         .zone
         .unwrap_or_default();
     let zone_name = z.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
-    let want = name.unwrap_or(&zone_name);
+    let want = target.workload.as_deref().unwrap_or(&zone_name);
+    let mut workloads = WorkloadServiceClient::new(channel);
     let list = workloads
         .list_workloads(pb::ListWorkloadsRequest { zone: z.id.clone(), ..Default::default() })
         .await
         .map_err(|s| rpc_error(&format!("listing the workloads of zone {zone}"), s))?
         .into_inner()
         .workloads;
-    list.into_iter()
+    let found = list
+        .into_iter()
         .find(|w| w.spec.as_ref().is_some_and(|s| s.name == want))
-        .with_context(|| format!("zone {zone} has no workload named {want}: see `bulkhead zone get {zone}`"))
+        .with_context(|| format!("zone {zone} has no workload named {want}: see `bulkhead zone get {zone}`"))?;
+    Ok((workloads, found))
 }
 
 /// `zone launch`: a zone with one workload. Returns the exit code to exit with.
@@ -288,22 +292,18 @@ pub async fn launch(a: LaunchArgs, channel: Channel, out: &mut dyn Write) -> any
 
 /// `zone logs`.
 pub async fn logs(a: LogsArgs, channel: Channel, out: &mut dyn Write) -> anyhow::Result<i32> {
-    let mut zones = ZoneServiceClient::new(channel.clone());
-    let mut workloads = WorkloadServiceClient::new(channel);
-    let w = find_workload(&mut zones, &mut workloads, &a.zone, a.workload.as_deref()).await?;
+    let (mut workloads, w) = find_workload(channel, &a.target).await?;
     stream_logs(&mut workloads, &w.id, a.follow, a.tail, out).await?;
     Ok(0)
 }
 
 /// `zone wait`: exits with the workload's exit code.
 pub async fn wait(a: WaitArgs, channel: Channel) -> anyhow::Result<i32> {
-    let mut zones = ZoneServiceClient::new(channel.clone());
-    let mut workloads = WorkloadServiceClient::new(channel);
-    let w = find_workload(&mut zones, &mut workloads, &a.zone, a.workload.as_deref()).await?;
+    let (mut workloads, w) = find_workload(channel, &a.target).await?;
     let done = workloads
         .wait_workload(pb::WaitWorkloadRequest { workload_id: w.id })
         .await
-        .map_err(|s| rpc_error(&format!("waiting for the workload of zone {}", a.zone), s))?
+        .map_err(|s| rpc_error(&format!("waiting for the workload of zone {}", a.target.zone), s))?
         .into_inner()
         .workload
         .unwrap_or_default();
@@ -312,21 +312,17 @@ pub async fn wait(a: WaitArgs, channel: Channel) -> anyhow::Result<i32> {
 
 /// `zone kill`.
 pub async fn kill(a: KillArgs, channel: Channel) -> anyhow::Result<i32> {
-    let mut zones = ZoneServiceClient::new(channel.clone());
-    let mut workloads = WorkloadServiceClient::new(channel);
-    let w = find_workload(&mut zones, &mut workloads, &a.zone, a.workload.as_deref()).await?;
+    let (mut workloads, w) = find_workload(channel, &a.target).await?;
     workloads
         .signal_workload(pb::SignalWorkloadRequest { workload_id: w.id, signal: a.signal })
         .await
-        .map_err(|s| rpc_error(&format!("signalling the workload of zone {}", a.zone), s))?;
+        .map_err(|s| rpc_error(&format!("signalling the workload of zone {}", a.target.zone), s))?;
     Ok(0)
 }
 
 /// `zone exec`: returns the process's exit code.
 pub async fn exec(a: ExecArgs, channel: Channel, out: &mut dyn Write) -> anyhow::Result<i32> {
-    let mut zones = ZoneServiceClient::new(channel.clone());
-    let mut workloads = WorkloadServiceClient::new(channel);
-    let w = find_workload(&mut zones, &mut workloads, &a.zone, a.workload.as_deref()).await?;
+    let (mut workloads, w) = find_workload(channel, &a.target).await?;
     let start = pb::ExecStart {
         workload_id: w.id,
         command: a.command,
