@@ -5,26 +5,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bulkhead_api::control::v1::image_service_server::ImageServiceServer;
-use bulkhead_ctl::{Cli, run};
 use bulkheadd::api::bind_control_socket;
 use bulkheadd::api::images::ImageApi;
 use bulkheadd::images::layout::Compression;
 use bulkheadd::images::testing::write_busybox_layout;
 use bulkheadd::images::{ImageStore, ImageStoreConfig};
-use clap::Parser;
+
+mod common;
+use common::bulkhead;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 fn privileged() -> bool {
-    // /proc/self is owned by the effective uid.
-    if std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false) {
-        return true;
-    }
-    if std::env::var_os("BULKHEAD_SKIP_ROOT_TESTS").is_some() {
-        eprintln!("skipping: needs root (BULKHEAD_SKIP_ROOT_TESTS is set)");
-        return false;
-    }
-    panic!("this test needs root (chown while unpacking): run it as root, or set BULKHEAD_SKIP_ROOT_TESTS=1 to skip");
+    bulkheadd::images::testing::root_or_skip("chown while unpacking")
 }
 
 async fn serve(dir: &Path) -> Result<PathBuf, Box<dyn std::error::Error>> {
@@ -37,19 +30,6 @@ async fn serve(dir: &Path) -> Result<PathBuf, Box<dyn std::error::Error>> {
             .serve_with_incoming(incoming),
     );
     Ok(socket)
-}
-
-/// Runs `bulkhead ARGS` and returns (exit code or error text, stdout).
-async fn bulkhead(socket: &Path, args: &[&str]) -> (Result<i32, String>, String) {
-    let mut argv = vec!["bulkhead", "--socket", socket.to_str().unwrap_or_default()];
-    argv.extend_from_slice(args);
-    let cli = match Cli::try_parse_from(argv) {
-        Ok(c) => c,
-        Err(e) => return (Err(e.to_string()), String::new()),
-    };
-    let mut out = Vec::new();
-    let r = run(cli, &mut out).await.map_err(|e| format!("{e:#}"));
-    (r, String::from_utf8_lossy(&out).into_owned())
 }
 
 /// `target` relative to the current directory, so the CLI has to make it absolute.

@@ -4,24 +4,20 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bulkhead_api::control::v1::zone_service_server::ZoneServiceServer;
-use bulkhead_ctl::{Cli, run};
 use bulkheadd::api::bind_control_socket;
 use bulkheadd::api::zones::ZoneApi;
 use bulkheadd::hypervisor::fake::FakeHypervisor;
 use bulkheadd::manager::{ManagerConfig, ZoneManager};
 use bulkheadd::store::RecordStore;
 use bulkheadd::zone::HostVirtCaps;
-use clap::Parser;
+
+mod common;
+use common::bulkhead;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 async fn serve(dir: &Path) -> Result<std::path::PathBuf, Box<dyn std::error::Error>> {
-    let cfg = ManagerConfig {
-        default_kernel: "/k".into(),
-        default_initrd: "/i".into(),
-        auto_virt_mode: None,
-        hello_timeout: bulkheadd::manager::DEFAULT_HELLO_TIMEOUT,
-    };
+    let cfg = ManagerConfig::new("/k", "/i");
     let hv = FakeHypervisor::new(HostVirtCaps { hvm: false, hap: false });
     let manager = Arc::new(ZoneManager::open(hv, RecordStore::open(dir.join("zones"))?, cfg).await?);
     let socket = dir.join("control.sock");
@@ -32,19 +28,6 @@ async fn serve(dir: &Path) -> Result<std::path::PathBuf, Box<dyn std::error::Err
             .serve_with_incoming(incoming),
     );
     Ok(socket)
-}
-
-/// Runs `bulkhead ARGS` and returns (exit code or error text, stdout).
-async fn bulkhead(socket: &Path, args: &[&str]) -> (Result<i32, String>, String) {
-    let mut argv = vec!["bulkhead", "--socket", socket.to_str().unwrap_or_default()];
-    argv.extend_from_slice(args);
-    let cli = match Cli::try_parse_from(argv) {
-        Ok(c) => c,
-        Err(e) => return (Err(e.to_string()), String::new()),
-    };
-    let mut out = Vec::new();
-    let r = run(cli, &mut out).await.map_err(|e| format!("{e:#}"));
-    (r, String::from_utf8_lossy(&out).into_owned())
 }
 
 #[tokio::test]

@@ -125,14 +125,12 @@ impl Config {
     /// The zone manager's part.
     pub fn manager(&self) -> ManagerConfig {
         ManagerConfig {
-            default_kernel: self.zone.kernel.clone(),
-            default_initrd: self.zone.initrd.clone(),
-            hello_timeout: crate::manager::DEFAULT_HELLO_TIMEOUT,
             auto_virt_mode: match self.zone.auto_virt_mode {
                 AutoVirtMode::Detect => None,
                 AutoVirtMode::Pv => Some(VirtMode::Pv),
                 AutoVirtMode::Pvh => Some(VirtMode::Pvh),
             },
+            ..ManagerConfig::new(self.zone.kernel.clone(), self.zone.initrd.clone())
         }
     }
 }

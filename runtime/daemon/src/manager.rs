@@ -38,6 +38,19 @@ pub struct ManagerConfig {
     pub hello_timeout: Duration,
 }
 
+impl ManagerConfig {
+    /// Zones boot `kernel` and `initrd` unless they name their own; `auto` is detected from the host and
+    /// inits get [`DEFAULT_HELLO_TIMEOUT`] to connect.
+    pub fn new(kernel: impl Into<PathBuf>, initrd: impl Into<PathBuf>) -> Self {
+        ManagerConfig {
+            default_kernel: kernel.into(),
+            default_initrd: initrd.into(),
+            auto_virt_mode: None,
+            hello_timeout: DEFAULT_HELLO_TIMEOUT,
+        }
+    }
+}
+
 /// The default [`ManagerConfig::hello_timeout`]: a zone's init connects about 3 s after boot under software
 /// emulation; several zones booting at once on a loaded host take longer.
 pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(120);
@@ -563,10 +576,8 @@ mod tests {
 
     fn cfg() -> ManagerConfig {
         ManagerConfig {
-            default_kernel: "/usr/lib/bulkhead/zone/kernel".into(),
-            default_initrd: "/usr/lib/bulkhead/zone/initrd".into(),
-            auto_virt_mode: None,
             hello_timeout: Duration::from_secs(5),
+            ..ManagerConfig::new("/usr/lib/bulkhead/zone/kernel", "/usr/lib/bulkhead/zone/initrd")
         }
     }
 

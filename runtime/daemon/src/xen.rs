@@ -363,11 +363,9 @@ mod tests {
             dir: &std::path::Path,
         ) -> Result<std::sync::Arc<ZoneManager<LibxlHypervisor>>, Box<dyn std::error::Error>> {
             let cfg = ManagerConfig {
-                default_kernel: "/usr/lib/bulkhead/zone/kernel".into(),
-                default_initrd: "/usr/lib/bulkhead/zone/initrd".into(),
-                hello_timeout: crate::manager::DEFAULT_HELLO_TIMEOUT,
                 // Emulated Xen reports HVM + HAP but cannot boot PVH guests.
                 auto_virt_mode: Some(VirtMode::Pv),
+                ..ManagerConfig::new("/usr/lib/bulkhead/zone/kernel", "/usr/lib/bulkhead/zone/initrd")
             };
             let store = RecordStore::open(dir.join("zones"))?;
             Ok(std::sync::Arc::new(ZoneManager::open(LibxlHypervisor::open()?, store, cfg).await?))

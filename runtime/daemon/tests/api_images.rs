@@ -19,14 +19,7 @@ use tonic::Code;
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 fn privileged() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var_os("BULKHEAD_SKIP_ROOT_TESTS").is_some() {
-        eprintln!("skipping: needs root (BULKHEAD_SKIP_ROOT_TESTS is set)");
-        return false;
-    }
-    panic!("this test needs root (chown while unpacking): run it as root, or set BULKHEAD_SKIP_ROOT_TESTS=1 to skip");
+    bulkheadd::images::testing::root_or_skip("chown while unpacking")
 }
 
 async fn serve(

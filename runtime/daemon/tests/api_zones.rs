@@ -32,12 +32,7 @@ struct Daemon {
 
 async fn start_daemon(state: &Path) -> Result<Daemon, Box<dyn std::error::Error>> {
     let hv = FakeHypervisor::new(HostVirtCaps { hvm: true, hap: true });
-    let cfg = ManagerConfig {
-        default_kernel: "/usr/lib/bulkhead/zone/kernel".into(),
-        default_initrd: "/usr/lib/bulkhead/zone/initrd".into(),
-        auto_virt_mode: None,
-        hello_timeout: bulkheadd::manager::DEFAULT_HELLO_TIMEOUT,
-    };
+    let cfg = ManagerConfig::new("/usr/lib/bulkhead/zone/kernel", "/usr/lib/bulkhead/zone/initrd");
     let manager = Arc::new(ZoneManager::open(hv, RecordStore::open(state.join("zones"))?, cfg).await?);
     let socket = state.join("run/control.sock");
     let incoming = bind_control_socket(&socket)?;

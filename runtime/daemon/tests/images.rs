@@ -20,14 +20,7 @@ const BUSYBOX: &str = "/bin/busybox";
 
 /// False (after saying why) only when the run deliberately skips root tests; panics when root is missing.
 fn privileged() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var_os("BULKHEAD_SKIP_ROOT_TESTS").is_some() {
-        eprintln!("skipping: needs root (BULKHEAD_SKIP_ROOT_TESTS is set)");
-        return false;
-    }
-    panic!("this test needs root (chown, loop mounts): run it as root, or set BULKHEAD_SKIP_ROOT_TESTS=1 to skip");
+    bulkheadd::images::testing::root_or_skip("chown, loop mounts")
 }
 
 fn check_static_busybox() -> TestResult {

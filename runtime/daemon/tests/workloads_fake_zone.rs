@@ -11,7 +11,7 @@ use bulkheadd::hypervisor::fake::FakeHypervisor;
 use bulkheadd::images::layout::Compression;
 use bulkheadd::images::testing::write_busybox_layout;
 use bulkheadd::images::{ImageStore, ImageStoreConfig};
-use bulkheadd::manager::{DEFAULT_HELLO_TIMEOUT, ManagerConfig, ZoneManager};
+use bulkheadd::manager::{ManagerConfig, ZoneManager};
 use bulkheadd::store::RecordStore;
 use bulkheadd::workloads::{ExecRequest, WorkloadManager, WorkloadRequest, WorkloadState};
 use bulkheadd::zone::{HostVirtCaps, VirtMode, ZoneName, ZoneSpec, ZoneState};
@@ -21,14 +21,7 @@ use tokio_util::codec::Framed;
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 fn privileged() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var_os("BULKHEAD_SKIP_ROOT_TESTS").is_some() {
-        eprintln!("skipping: needs root (BULKHEAD_SKIP_ROOT_TESTS is set)");
-        return false;
-    }
-    panic!("this test needs root (the image import chowns): run it as root, or set BULKHEAD_SKIP_ROOT_TESTS=1");
+    bulkheadd::images::testing::root_or_skip("the image import chowns")
 }
 
 /// A zone init that says hello and runs every workload as: print "out:<argv[0]>\n" on stdout and
@@ -98,12 +91,7 @@ struct Node {
 
 async fn node_with_ready_zone(zone: &str) -> Result<Node, Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
-    let cfg = ManagerConfig {
-        default_kernel: "/k".into(),
-        default_initrd: "/i".into(),
-        auto_virt_mode: None,
-        hello_timeout: DEFAULT_HELLO_TIMEOUT,
-    };
+    let cfg = ManagerConfig::new("/k", "/i");
     let hv = FakeHypervisor::new(HostVirtCaps { hvm: false, hap: false });
     let zones = Arc::new(ZoneManager::open(hv, RecordStore::open(dir.path().join("zones"))?, cfg).await?);
     let images = Arc::new(ImageStore::open(ImageStoreConfig::new(dir.path().join("images"))).await?);

@@ -9,6 +9,20 @@ use sha2::{Digest as _, Sha256};
 
 use super::layout::Compression;
 
+/// Whether a test that needs root may run: true as root; false (with a note) when
+/// `BULKHEAD_SKIP_ROOT_TESTS` is set; otherwise it panics, naming `why` root is needed, so that a
+/// non-root run cannot pass by skipping silently.
+pub fn root_or_skip(why: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var_os("BULKHEAD_SKIP_ROOT_TESTS").is_some() {
+        eprintln!("skipping: needs root (BULKHEAD_SKIP_ROOT_TESTS is set)");
+        return false;
+    }
+    panic!("this test needs root ({why}): run it as root, or set BULKHEAD_SKIP_ROOT_TESTS=1 to skip");
+}
+
 /// Every fixture entry's mtime.
 pub const MTIME: u64 = 1_700_000_000;
 
