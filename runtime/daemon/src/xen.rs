@@ -480,22 +480,6 @@ mod tests {
             Ok(img)
         }
 
-        /// The block hotplug script locks through /dev/stdin, which the test bed's bare devtmpfs lacks (see
-        /// bulkhead-xen's domain live tests).
-        fn ensure_dev_fd_links() -> TestResult {
-            for (link, target) in [
-                ("/dev/fd", "/proc/self/fd"),
-                ("/dev/stdin", "/proc/self/fd/0"),
-                ("/dev/stdout", "/proc/self/fd/1"),
-                ("/dev/stderr", "/proc/self/fd/2"),
-            ] {
-                if std::fs::symlink_metadata(link).is_err() {
-                    std::os::unix::fs::symlink(target, link)?;
-                }
-            }
-            Ok(())
-        }
-
         async fn body(hv: &LibxlHypervisor, xs: &Xenstore, img: &Path) -> TestResult {
             let req = DomainRequest {
                 name: NAME.into(),
@@ -580,7 +564,6 @@ mod tests {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         #[ignore = "needs xen"]
         async fn an_image_file_is_attached_read_only_and_released_on_detach_and_destroy() -> TestResult {
-            ensure_dev_fd_links()?;
             let dir = tempfile::tempdir()?;
             let img = erofs_image(dir.path())?;
             let hv = LibxlHypervisor::open()?;

@@ -6,8 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::domain::live_tests::{
-    LoopDevice, ZONE_KERNEL, console_log, create_timed, destroy_and_check_gone, ensure_dev_fd_links, report,
-    with_cleanup,
+    LoopDevice, ZONE_KERNEL, console_log, create_timed, destroy_and_check_gone, report, with_cleanup,
 };
 use crate::domain::{DomainKind, DomainSpec};
 use crate::xenstore::Xenstore;
@@ -32,7 +31,6 @@ fn wait_until(timeout: Duration, mut pred: impl FnMut() -> anyhow::Result<bool>)
 #[ignore = "needs xen"]
 fn disk_is_hot_plugged_into_a_running_domain_and_removed() -> anyhow::Result<()> {
     let name = "bh-test-hotplug";
-    ensure_dev_fd_links()?;
     let lo = LoopDevice::new(name, 16)?;
     let mut xl = Libxl::new()?;
     let xs = Xenstore::open()?;

@@ -374,32 +374,10 @@ impl Drop for LoopDevice {
     }
 }
 
-/// Xen's hotplug scripts take their lock with
-/// `stat -L /dev/stdin <lockfile> 0<&200` (locking.sh) and retry forever
-/// when that fails. The test bed's dom0 mounts a bare devtmpfs (no udev), so
-/// /dev/stdin does not exist and `/etc/xen/scripts/block add` spins until
-/// libxl kills it at its hotplug timeout. Node images with udev/systemd have
-/// these links; create them here if missing.
-pub(crate) fn ensure_dev_fd_links() -> anyhow::Result<()> {
-    for (link, target) in [
-        ("/dev/fd", "/proc/self/fd"),
-        ("/dev/stdin", "/proc/self/fd/0"),
-        ("/dev/stdout", "/proc/self/fd/1"),
-        ("/dev/stderr", "/proc/self/fd/2"),
-    ] {
-        if std::fs::symlink_metadata(link).is_err() {
-            std::os::unix::fs::symlink(target, link)?;
-            report!("created missing {link} -> {target} (needed by Xen's hotplug locking)");
-        }
-    }
-    Ok(())
-}
-
 #[test]
 #[ignore = "needs xen"]
 fn pv_disk_is_attached_and_connected() -> anyhow::Result<()> {
     let name = "bh-test-pv-disk";
-    ensure_dev_fd_links()?;
     let lo = LoopDevice::new(name, 16)?;
     let mut xl = Libxl::new()?;
     let xs = crate::Xenstore::open()?;
