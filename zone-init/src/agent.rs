@@ -124,11 +124,16 @@ impl Process {
 }
 
 /// Reads what is available from `fd` (non-blocking) into output messages. Returns false at end of file.
-fn read_available(fd: &OwnedFd, stream_id: StreamId, which: OutputFd, out: &mut Vec<ZoneToHost>) -> bool {
-    let mut buf = vec![0u8; MAX_DATA_CHUNK];
+fn read_available(
+    fd: &OwnedFd,
+    stream_id: StreamId,
+    which: OutputFd,
+    buf: &mut [u8],
+    out: &mut Vec<ZoneToHost>,
+) -> bool {
     // Bounded per call so one process cannot monopolise the loop; the rest is read on the next wakeup.
     for _ in 0..16 {
-        match nix::unistd::read(fd, &mut buf) {
+        match nix::unistd::read(fd, buf) {
             Ok(0) => return false,
             Ok(n) => out.push(ZoneToHost::Output { stream_id, fd: which, data: Bytes::copy_from_slice(&buf[..n]) }),
             Err(Errno::EAGAIN) => return true,
@@ -147,6 +152,8 @@ pub struct Agent {
     welcomed: bool,
     workloads: BTreeMap<StreamId, Workload>,
     processes: BTreeMap<StreamId, Process>,
+    /// Output is read through this one buffer (one wire chunk), not a fresh one per read.
+    read_buf: Vec<u8>,
 }
 
 impl Default for Agent {
@@ -158,7 +165,13 @@ impl Default for Agent {
 impl Agent {
     /// A fresh agent, before the host's welcome.
     pub fn new(layout: Layout) -> Self {
-        Agent { layout, welcomed: false, workloads: BTreeMap::new(), processes: BTreeMap::new() }
+        Agent {
+            layout,
+            welcomed: false,
+            workloads: BTreeMap::new(),
+            processes: BTreeMap::new(),
+            read_buf: vec![0u8; MAX_DATA_CHUNK],
+        }
     }
 
     /// Whether the host has answered our hello.
@@ -375,7 +388,7 @@ impl Agent {
             let which = [(OutputFd::Stdout, &mut p.stdout), (OutputFd::Stderr, &mut p.stderr)];
             for (fd_kind, slot) in which {
                 if let Some(fd) = slot.as_ref()
-                    && !read_available(fd, id, fd_kind, out)
+                    && !read_available(fd, id, fd_kind, &mut self.read_buf, out)
                 {
                     *slot = None;
                 }

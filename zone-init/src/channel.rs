@@ -52,6 +52,8 @@ pub struct Channel {
     vchan: Vchan,
     rx: BytesMut,
     tx: BytesMut,
+    /// What each ring read lands in, reused across pumps.
+    read_buf: Vec<u8>,
 }
 
 impl Channel {
@@ -59,7 +61,7 @@ impl Channel {
     pub fn connect(path: &str) -> Result<Self, ChannelError> {
         let vchan = Vchan::client(HOST_DOMID, path)
             .map_err(|source| ChannelError::Connect { path: path.to_owned(), source })?;
-        Ok(Channel { vchan, rx: BytesMut::new(), tx: BytesMut::new() })
+        Ok(Channel { vchan, rx: BytesMut::new(), tx: BytesMut::new(), read_buf: vec![0u8; READ_CHUNK] })
     }
 
     /// Readable when the vchan has an event; then call [`pump`](Channel::pump).
@@ -82,7 +84,6 @@ impl Channel {
     pub fn pump(&mut self) -> Result<Vec<HostToZone>, ChannelError> {
         self.vchan.drain_events().map_err(ChannelError::Io)?;
         let mut received = Vec::new();
-        let mut buf = vec![0u8; READ_CHUNK];
         for _ in 0..PUMP_PASSES {
             let mut moved = false;
             while !self.tx.is_empty() {
@@ -97,10 +98,10 @@ impl Channel {
                 }
             }
             loop {
-                match self.vchan.read(&mut buf) {
+                match self.vchan.read(&mut self.read_buf) {
                     Ok(0) => break,
                     Ok(n) => {
-                        self.rx.extend_from_slice(&buf[..n]);
+                        self.rx.extend_from_slice(&self.read_buf[..n]);
                         moved = true;
                     }
                     Err(bulkhead_xen::Error::VchanPeerClosed) => return Err(ChannelError::Closed),

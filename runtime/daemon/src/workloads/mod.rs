@@ -589,12 +589,13 @@ impl<H: Hypervisor> WorkloadManager<H> {
         state.disks.retain(|(z, _, _), _| z != zone_id);
     }
 
-    /// Records an exit reported by the zone (or the loss of the zone).
-    async fn record_exit(&self, id: &str, exit: Option<ExitStatus>) {
+    /// Records an exit reported by the zone (`None`: the loss of the zone), unless one is recorded already.
+    /// Returns the workload's recorded exit, if it still exists.
+    async fn record_exit(&self, id: &str, exit: Option<ExitStatus>) -> Option<ExitStatus> {
         let mut state = self.state.lock().await;
-        let Some(r) = state.records.get_mut(id) else { return };
+        let r = state.records.get_mut(id)?;
         if r.state == WorkloadState::Exited {
-            return;
+            return r.exit;
         }
         let mut next = r.clone();
         next.state = WorkloadState::Exited;
@@ -612,6 +613,7 @@ impl<H: Hypervisor> WorkloadManager<H> {
         }
         tracing::info!(workload = %id, exit = ?next.exit, zone_lost = next.zone_lost, "workload exited");
         *r = next;
+        r.exit
     }
 }
 
@@ -682,14 +684,11 @@ async fn pump<H: Hypervisor>(
         }
     }
     // The route closed: the zone's channel is gone. A workload that had not exited went down with its zone.
-    if !exited && let Some(m) = manager.upgrade() {
-        let running = m.get(&id).await.is_ok_and(|r| r.state != WorkloadState::Exited);
-        if running {
-            m.record_exit(&id, None).await;
-        }
-        if let Some(status) = m.get(&id).await.ok().and_then(|r| r.exit) {
-            let _ = rt.exit.send(Some(status));
-        }
+    if !exited
+        && let Some(m) = manager.upgrade()
+        && let Some(status) = m.record_exit(&id, None).await
+    {
+        let _ = rt.exit.send(Some(status));
     }
 }
 
