@@ -11,7 +11,7 @@ use crate::limits::MAX_FRAME_PAYLOAD;
 pub const MAGIC: [u8; 4] = *b"BHZW";
 
 /// The protocol version this crate speaks; frames of any other version are rejected.
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 
 /// Length of the fixed frame header in bytes.
 pub const HEADER_LEN: usize = 16;
@@ -233,7 +233,10 @@ mod tests {
 
     use super::*;
     use crate::limits::{MAX_ARGS, MAX_DATA_CHUNK, MAX_ENV};
-    use crate::{EnvVar, ExitStatus, HostToZone, OutputFd, ResourceLimits, StreamId, User, WorkloadSpec, ZoneToHost};
+    use crate::{
+        EnvVar, ExitStatus, HostToZone, OutputFd, ResourceLimits, StreamId, User, WorkloadPhase, WorkloadSpec,
+        ZoneToHost,
+    };
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -446,7 +449,7 @@ mod tests {
     fn golden_ping() -> TestResult {
         let f = encode(&HostToZone::Ping { nonce: 1 })?;
         let want = [
-            0x42, 0x48, 0x5a, 0x57, 0x02, 0x01, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0xbf, 0xfe, 0x9e, 0xdb, 0x0b, 0x01,
+            0x42, 0x48, 0x5a, 0x57, 0x03, 0x01, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0x81, 0x95, 0x5c, 0x34, 0x0b, 0x01,
         ];
         assert_eq!(f, want);
         Ok(())
@@ -456,7 +459,7 @@ mod tests {
     fn golden_pong() -> TestResult {
         let f = encode(&ZoneToHost::Pong { nonce: 0x102 })?;
         let want = [
-            0x42, 0x48, 0x5a, 0x57, 0x02, 0x02, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x13, 0x11, 0x63, 0x39, 0x09, 0x82,
+            0x42, 0x48, 0x5a, 0x57, 0x03, 0x02, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0xd3, 0xce, 0xed, 0xf8, 0x09, 0x82,
             0x02,
         ];
         assert_eq!(f, want);
@@ -471,6 +474,21 @@ mod tests {
         };
         // variant 6, id 5, Signaled = 1, zigzag(9) = 18, true
         assert_eq!(encode(&m)?[HEADER_LEN..], [0x06, 0x05, 0x01, 0x12, 0x01]);
+        Ok(())
+    }
+
+    #[test]
+    fn golden_query_workload_and_its_answer() -> TestResult {
+        // HostToZone variant 12, id 7.
+        assert_eq!(encode(&HostToZone::QueryWorkload { id: StreamId(7) })?[HEADER_LEN..], [0x0c, 0x07]);
+        let m = ZoneToHost::WorkloadStatus {
+            id: StreamId(7),
+            phase: WorkloadPhase::Exited { status: ExitStatus::Code(3) },
+        };
+        // ZoneToHost variant 11, id 7, Exited = 2, Code = 0, 3
+        assert_eq!(encode(&m)?[HEADER_LEN..], [0x0b, 0x07, 0x02, 0x00, 0x03]);
+        let running = ZoneToHost::WorkloadStatus { id: StreamId(7), phase: WorkloadPhase::Running { pid: 300 } };
+        assert_eq!(encode(&running)?[HEADER_LEN..], [0x0b, 0x07, 0x01, 0xac, 0x02]);
         Ok(())
     }
 
@@ -505,7 +523,7 @@ mod tests {
 
     #[test]
     fn bad_version() {
-        for v in [0, 1, 3, 0xff] {
+        for v in [0, 1, 2, 4, 0xff] {
             let f = raw_frame(v, Direction::HostToZone as u8, 0, &[0x0b, 0x01]);
             assert!(
                 matches!(decode_slice::<HostToZone>(&f), Err(WireError::UnsupportedVersion { found }) if found == v)

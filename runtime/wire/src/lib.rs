@@ -69,6 +69,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+/// The xenstore node, inside the channel's directory, where bulkheadd names the server it just set up (a value
+/// unique to that daemon run). It is written last, once the vchan is ready: a zone whose value changes knows a
+/// restarted daemon serves it and reconnects. (The vchan's own ring reference and event channel are no such
+/// sign: a new daemon often gets the same numbers back.)
+pub const CHANNEL_SERVER_ID_NODE: &str = "server-id";
+
 #[cfg(feature = "codec")]
 mod codec;
 mod error;
@@ -89,5 +95,5 @@ pub use limits::{MAX_DATA_CHUNK, MAX_FRAME_PAYLOAD};
 pub use messages::{HostToZone, ZoneToHost};
 pub use types::{
     CpuLimit, EnvVar, ErrorCode, ExitStatus, InitStage, OutputFd, ResourceLimits, ResourceUsage, StreamId, User,
-    WorkloadSpec,
+    WorkloadPhase, WorkloadSpec,
 };

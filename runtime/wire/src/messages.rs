@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ValidationError;
 use crate::frame::{Direction, Message};
 use crate::types::{
-    EnvVar, ErrorCode, ExitStatus, InitStage, OutputFd, ResourceUsage, StreamId, User, WorkloadSpec,
+    EnvVar, ErrorCode, ExitStatus, InitStage, OutputFd, ResourceUsage, StreamId, User, WorkloadPhase, WorkloadSpec,
     validate_exec_overrides, validate_process,
 };
 use crate::{PROTOCOL_VERSION, limits, validate};
@@ -110,6 +110,12 @@ pub enum HostToZone {
         /// Echoed back.
         nonce: u64,
     },
+    /// Where a workload is now. Answer: `WorkloadStatus`. A host that reconnects (after a daemon restart)
+    /// asks this for each workload it knows, since what the zone sent while nobody listened is gone.
+    QueryWorkload {
+        /// The workload.
+        id: StreamId,
+    },
 }
 
 /// Messages from the zone's init to bulkheadd. The zone is untrusted: everything here is validated on decode.
@@ -194,6 +200,13 @@ pub enum ZoneToHost {
         /// The usage.
         usage: ResourceUsage,
     },
+    /// Answer to `HostToZone::QueryWorkload`.
+    WorkloadStatus {
+        /// The workload.
+        id: StreamId,
+        /// Its phase.
+        phase: WorkloadPhase,
+    },
 }
 
 impl crate::frame::sealed::Sealed for HostToZone {}
@@ -224,7 +237,8 @@ impl Message for HostToZone {
             | HostToZone::Resize { .. }
             | HostToZone::GetStats { .. }
             | HostToZone::Shutdown { .. }
-            | HostToZone::Ping { .. } => Ok(()),
+            | HostToZone::Ping { .. }
+            | HostToZone::QueryWorkload { .. } => Ok(()),
         }
     }
 }
@@ -242,7 +256,8 @@ impl Message for ZoneToHost {
                 validate::string("hello.kernel_release", kernel_release, limits::MAX_SHORT_STRING_LEN)
             }
             ZoneToHost::Output { data, .. } => validate::chunk("output.data", data),
-            ZoneToHost::Exited { status, .. } => status.validate(),
+            ZoneToHost::Exited { status, .. }
+            | ZoneToHost::WorkloadStatus { phase: WorkloadPhase::Exited { status }, .. } => status.validate(),
             ZoneToHost::Error { message, .. } => validate::string("error.message", message, limits::MAX_MESSAGE_LEN),
             ZoneToHost::InitFailed { reason, .. } => {
                 validate::string("init_failed.reason", reason, limits::MAX_MESSAGE_LEN)
@@ -252,7 +267,8 @@ impl Message for ZoneToHost {
             | ZoneToHost::WorkloadRemoved { .. }
             | ZoneToHost::ExecStarted { .. }
             | ZoneToHost::Pong { .. }
-            | ZoneToHost::Stats { .. } => Ok(()),
+            | ZoneToHost::Stats { .. }
+            | ZoneToHost::WorkloadStatus { .. } => Ok(()),
         }
     }
 }

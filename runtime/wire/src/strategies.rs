@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use crate::limits;
 use crate::{
     CpuLimit, EnvVar, ErrorCode, ExitStatus, HostToZone, InitStage, OutputFd, PROTOCOL_VERSION, ResourceLimits,
-    ResourceUsage, StreamId, User, WorkloadSpec, ZoneToHost,
+    ResourceUsage, StreamId, User, WorkloadPhase, WorkloadSpec, ZoneToHost,
 };
 
 /// Printable text without NUL, including non-ASCII.
@@ -130,6 +130,7 @@ impl Arbitrary for HostToZone {
             option::of(id()).prop_map(|id| HostToZone::GetStats { id }),
             any::<u32>().prop_map(|grace_ms| HostToZone::Shutdown { grace_ms }),
             any::<u64>().prop_map(|nonce| HostToZone::Ping { nonce }),
+            id().prop_map(|id| HostToZone::QueryWorkload { id }),
         ]
         .boxed()
     }
@@ -179,6 +180,15 @@ impl Arbitrary for ZoneToHost {
             (option::of(id()), any::<u64>(), any::<u64>()).prop_map(|(id, cpu_usage_ns, memory_bytes)| {
                 ZoneToHost::Stats { id, usage: ResourceUsage { cpu_usage_ns, memory_bytes } }
             }),
+            (
+                id(),
+                prop_oneof![
+                    Just(WorkloadPhase::Created),
+                    any::<u32>().prop_map(|pid| WorkloadPhase::Running { pid }),
+                    exit_status().prop_map(|status| WorkloadPhase::Exited { status }),
+                ]
+            )
+                .prop_map(|(id, phase)| ZoneToHost::WorkloadStatus { id, phase }),
         ]
         .boxed()
     }

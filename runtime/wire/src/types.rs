@@ -187,6 +187,23 @@ pub enum OutputFd {
     Stderr,
 }
 
+/// Where a workload is in its life, as its zone sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkloadPhase {
+    /// Created, not started.
+    Created,
+    /// Its process runs.
+    Running {
+        /// Its pid inside the zone.
+        pid: u32,
+    },
+    /// It ended (its output was all sent before).
+    Exited {
+        /// How.
+        status: ExitStatus,
+    },
+}
+
 /// How a workload or exec process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ExitStatus {
