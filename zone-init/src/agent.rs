@@ -11,8 +11,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
 use bulkhead_wire::{
-    EnvVar, ErrorCode, ExitStatus, HostToZone, OutputFd, ResourceUsage, StreamId, User, WorkloadSpec, ZoneToHost,
-    limits::MAX_DATA_CHUNK,
+    EnvVar, ErrorCode, ExitStatus, HostToZone, OutputFd, ResourceUsage, StreamId, User, WorkloadPhase, WorkloadSpec,
+    ZoneToHost, limits::MAX_DATA_CHUNK,
 };
 use bytes::Bytes;
 use nix::errno::Errno;
@@ -40,11 +40,11 @@ const MAX_PENDING_STDIN: usize = 1 << 20;
 /// End-of-transmission: what closing stdin means on a terminal.
 const TTY_EOF: u8 = 0x04;
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 enum WorkloadState {
     Created,
     Running(Pid),
-    Exited,
+    Exited(Option<ExitStatus>),
 }
 
 #[derive(Debug)]
@@ -179,6 +179,17 @@ impl Agent {
         self.welcomed
     }
 
+    /// The host went away: nothing more is sent until a new host welcomes us. Exec sessions end with the
+    /// host that ran them (nobody is left to talk to them); workloads carry on.
+    pub fn on_disconnect(&mut self) {
+        self.welcomed = false;
+        for (id, p) in &self.processes {
+            if !self.workloads.contains_key(id) && p.exit.is_none() {
+                let _ = workload::signal(p.pid, libc::SIGKILL);
+            }
+        }
+    }
+
     /// The fds whose readiness should wake the loop: every process's output, and stdin with data pending.
     pub fn poll_fds(&self) -> Vec<(BorrowedFd<'_>, bool)> {
         let mut fds = Vec::new();
@@ -236,6 +247,7 @@ impl Agent {
                 }
             }
             HostToZone::GetStats { id } => out.push(self.stats(id)),
+            HostToZone::QueryWorkload { id } => out.push(self.phase(id)),
         }
         Action::Continue
     }
@@ -338,6 +350,23 @@ impl Agent {
         }
     }
 
+    /// Where workload `id` is. A reaped workload whose exit has not been sent yet is still running as far as
+    /// the host is concerned: its last output and its `Exited` are on their way.
+    fn phase(&self, id: StreamId) -> ZoneToHost {
+        let Some(w) = self.workloads.get(&id) else { return Failure::not_found(id).into_message(id) };
+        let phase = match (w.state, self.processes.get(&id)) {
+            (WorkloadState::Created, _) => WorkloadPhase::Created,
+            (_, Some(p)) => WorkloadPhase::Running { pid: p.pid.as_raw().unsigned_abs() },
+            (WorkloadState::Running(pid), None) => WorkloadPhase::Running { pid: pid.as_raw().unsigned_abs() },
+            (WorkloadState::Exited(Some(status)), None) => WorkloadPhase::Exited { status },
+            // An exit status the kernel reported in a form we do not know: the process is gone all the same.
+            (WorkloadState::Exited(None), None) => {
+                WorkloadPhase::Exited { status: ExitStatus::Signaled { signal: libc::SIGKILL, core_dumped: false } }
+            }
+        };
+        ZoneToHost::WorkloadStatus { id, phase }
+    }
+
     fn stats(&self, id: Option<StreamId>) -> ZoneToHost {
         let dir = match id {
             None => Some(self.layout.cgroup_root.clone()),
@@ -370,7 +399,7 @@ impl Agent {
             let oom = p.oom_cgroup.as_deref().is_some_and(cgroup::oom_killed);
             p.exit = workload::exit_status(r.status, oom);
             if let Some(w) = self.workloads.get_mut(&id) {
-                w.state = WorkloadState::Exited;
+                w.state = WorkloadState::Exited(p.exit);
             }
         }
     }

@@ -9,7 +9,8 @@
 //! - `bulkhead.zone=ID` (required): 1-64 characters of `[A-Za-z0-9._-]`.
 //! - `bulkhead.hostname=NAME` (required): an RFC 1123 host name, lowercase as Kubernetes requires, at most 64
 //!   characters (the kernel's `HOST_NAME_MAX`).
-//! - `bulkhead.selftest=poweroff` (optional): run the boot self-test and power off (no host channel needed).
+//! - `bulkhead.selftest=poweroff` (optional): run the boot self-test and power off (no host channel needed);
+//!   `bulkhead.selftest=channel-garbage`: fault injection, garbage on the host channel after the hello.
 //! - `bulkhead.channel=PATH` (optional): the xenstore directory (relative to the zone's own, e.g.
 //!   `bulkhead/channel`) where bulkheadd serves the zone's host channel; 1-40 characters of `[A-Za-z0-9/_-]`.
 //!   Without it the zone runs standalone (self-test, bare `xl create`).
@@ -160,6 +161,9 @@ impl ChannelPath {
 pub enum Selftest {
     /// Spawn and reap a child, report it, then power off.
     PowerOff,
+    /// Fault injection: say hello on the host channel, then write garbage to it, as a hostile or broken zone
+    /// would. The daemon must fail this zone and nothing else.
+    ChannelGarbage,
 }
 
 /// The zone configuration from the command line.
@@ -261,11 +265,12 @@ pub fn parse(line: &str) -> Result<Cmdline, CmdlineError> {
     let selftest = match selftest.as_deref() {
         None => None,
         Some("poweroff") => Some(Selftest::PowerOff),
+        Some("channel-garbage") => Some(Selftest::ChannelGarbage),
         Some(other) => {
             return Err(CmdlineError::Invalid {
                 key: "selftest",
                 value: other.to_owned(),
-                reason: "the only self-test is \"poweroff\"",
+                reason: "the self-tests are \"poweroff\" and \"channel-garbage\"",
             });
         }
     };
@@ -305,6 +310,8 @@ mod tests {
         assert_eq!(c.config.hostname.as_str(), "zone-t1");
         assert_eq!(c.config.selftest, Some(Selftest::PowerOff));
         assert!(c.unknown.is_empty());
+        let c = ok("bulkhead.zone=t1 bulkhead.hostname=h bulkhead.selftest=channel-garbage");
+        assert_eq!(c.config.selftest, Some(Selftest::ChannelGarbage));
     }
 
     #[test]

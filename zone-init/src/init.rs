@@ -15,7 +15,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::agent::{Action, Agent};
 use crate::cgroup;
-use crate::channel::{Channel, ChannelError};
+use crate::channel::{Channel, ChannelError, ServerWatch, Unsent};
 use crate::cmdline::{self, Selftest, ZoneConfig};
 use crate::error::InitError;
 use crate::power::{power_off, shutdown};
@@ -84,18 +84,21 @@ pub fn run() -> Result<Infallible, InitError> {
             // Reaped through the SIGCHLD path below, not with Child::wait. Pids fit in i32 (pid_max <= 2^22).
             Some(nix::unistd::Pid::from_raw(child.id() as i32))
         }
-        None => None,
+        Some(Selftest::ChannelGarbage) | None => None,
     };
 
-    let mut channel = match &config.channel {
-        Some(path) => Some(connect(path.as_str(), boot_ms)?),
-        None => None,
-    };
+    let mut host = config.channel.as_ref().map(|path| Host::connect(path.as_str(), boot_ms)).transpose()?;
+    if config.selftest == Some(Selftest::ChannelGarbage)
+        && let Some(ch) = host.as_mut().and_then(|h| h.channel.as_mut())
+    {
+        say!("selftest: writing garbage to the host channel");
+        ch.queue_garbage(GARBAGE_LEN);
+    }
     let mut agent = Agent::new(Layout::zone());
     loop {
-        // Workload output is read only while the host keeps up, and only with a host to send it to.
-        let read_output = channel.as_ref().is_some_and(|c| Agent::wants_output(c.backlog()));
-        wait_for_events(&signals, channel.as_ref(), if read_output { agent.poll_fds() } else { Vec::new() })?;
+        // Workload output is read only with a welcoming host to send it to, and only while it keeps up.
+        let read_output = host.as_ref().is_some_and(|h| agent.welcomed() && h.wants_output());
+        let woke = wait_for_events(&signals, host.as_ref(), if read_output { agent.poll_fds() } else { Vec::new() })?;
         for event in signals.pending()? {
             match event {
                 Event::Reaped(reaped) => {
@@ -113,65 +116,139 @@ pub fn run() -> Result<Infallible, InitError> {
                 }
             }
         }
-        if let Some(ch) = channel.as_mut() {
-            let mut outgoing = Vec::new();
-            if Agent::wants_output(ch.backlog()) {
-                agent.collect(&mut outgoing);
+        let Some(h) = host.as_mut() else { continue };
+        if woke.server_watch {
+            h.follow_server(&mut agent);
+        }
+        let Some(ch) = h.channel.as_mut() else { continue };
+        let mut outgoing = Vec::new();
+        if read_output {
+            agent.collect(&mut outgoing);
+        }
+        match serve(ch, &mut agent, outgoing) {
+            Ok(Action::Continue) => {}
+            Ok(Action::Shutdown { grace_ms }) => {
+                say!("host asked to power off (grace {grace_ms} ms)");
+                shutdown(Duration::from_millis(u64::from(grace_ms)));
             }
-            match serve(ch, &mut agent, outgoing) {
-                Ok(Action::Continue) => {}
-                Ok(Action::Shutdown { grace_ms }) => {
-                    say!("host asked to power off (grace {grace_ms} ms)");
-                    shutdown(Duration::from_millis(u64::from(grace_ms)));
-                }
-                Err(e) => {
-                    // Workloads keep running (their output waits in their pipes); the host reconnects when it can.
-                    say!("host channel lost: {}", crate::console::chain(&e));
-                    channel = None;
-                }
+            Err(e) => {
+                // Workloads keep running (their output waits in their pipes) until a restarted bulkheadd
+                // serves the channel again.
+                say!("host channel lost: {}", crate::console::chain(&e));
+                h.lose(&mut agent);
             }
         }
     }
 }
 
+/// The host side: the channel to bulkheadd while connected, and the watch that finds a restarted one.
+#[derive(Debug)]
+struct Host {
+    path: String,
+    hello: ZoneToHost,
+    channel: Option<Channel>,
+    /// What a lost channel had not sent: it goes to the next server.
+    unsent: Option<Unsent>,
+    /// `None` if xenstore could not be watched: then a lost channel stays lost.
+    watch: Option<ServerWatch>,
+}
+
+impl Host {
+    /// Connects to bulkheadd and says hello; the welcome arrives through the event loop. A failure here is
+    /// fatal: bulkheadd serves the channel before the zone runs, so it must be there.
+    fn connect(path: &str, boot_ms: u64) -> Result<Host, InitError> {
+        let kernel_release =
+            nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+        let hello = ZoneToHost::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            init_version: env!("CARGO_PKG_VERSION").to_owned(),
+            kernel_release,
+            boot_time_ms: boot_ms,
+        };
+        let watch = match ServerWatch::new(path) {
+            Ok(mut w) => w.connecting().map(|()| w).ok(),
+            Err(e) => {
+                say!("warning: {}: the zone cannot reconnect after a bulkheadd restart", crate::console::chain(&e));
+                None
+            }
+        };
+        let mut ch = Channel::reconnect(&mut None, path, &hello).map_err(InitError::Channel)?;
+        ch.pump().map_err(InitError::Channel)?;
+        say!("host channel: hello sent on {path}");
+        Ok(Host { path: path.to_owned(), hello, channel: Some(ch), unsent: None, watch })
+    }
+
+    fn wants_output(&self) -> bool {
+        self.channel.as_ref().is_some_and(|c| Agent::wants_output(c.backlog()))
+    }
+
+    /// The channel failed: keep its unsent frames for the next server.
+    fn lose(&mut self, agent: &mut Agent) {
+        if let Some(ch) = self.channel.take() {
+            self.unsent = Some(ch.into_unsent());
+        }
+        agent.on_disconnect();
+    }
+
+    /// The watch fired: if a new server is published, move to it.
+    fn follow_server(&mut self, agent: &mut Agent) {
+        let Some(watch) = self.watch.as_mut() else { return };
+        match watch.new_server().and_then(|new| if new { watch.connecting().map(|()| true) } else { Ok(false) }) {
+            Ok(false) => {}
+            Ok(true) => {
+                // The old end goes first: nothing of it may touch a ring once the new one is mapped.
+                self.lose(agent);
+                match Channel::reconnect(&mut self.unsent, &self.path, &self.hello)
+                    .and_then(|mut ch| ch.pump().map(|_| ch))
+                {
+                    Ok(ch) => {
+                        say!("host channel: bulkheadd restarted; hello sent again on {}", self.path);
+                        self.channel = Some(ch);
+                    }
+                    Err(e) => say!("host channel: reconnecting failed: {}", crate::console::chain(&e)),
+                }
+            }
+            Err(e) => say!("host channel: {}", crate::console::chain(&e)),
+        }
+    }
+}
+
+/// What woke the event loop, beyond what is checked every time.
+#[derive(Debug, Default)]
+struct Woke {
+    server_watch: bool,
+}
+
+/// Bytes of garbage the channel fault injection writes (several ring fills).
+const GARBAGE_LEN: usize = 256 * 1024;
+
 /// How long processes get after SIGTERM when init itself is told to power off by a signal.
 const SIGNAL_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Connects to bulkheadd and says hello; the welcome arrives through the event loop.
-fn connect(path: &str, boot_ms: u64) -> Result<Channel, InitError> {
-    let mut ch = Channel::connect(path).map_err(InitError::Channel)?;
-    let kernel_release =
-        nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
-    ch.queue(&ZoneToHost::Hello {
-        protocol_version: PROTOCOL_VERSION,
-        init_version: env!("CARGO_PKG_VERSION").to_owned(),
-        kernel_release,
-        boot_time_ms: boot_ms,
-    })
-    .map_err(InitError::Channel)?;
-    ch.pump().map_err(InitError::Channel)?;
-    say!("host channel: hello sent on {path}");
-    Ok(ch)
-}
-
-/// Sleeps until a signal is pending, the channel has an event, or a workload fd is ready (`(fd, true)`: for
-/// writing).
+/// Sleeps until a signal is pending, the host channel or its watch has an event, or a workload fd is ready
+/// (`(fd, true)`: for writing).
 fn wait_for_events(
     signals: &Signals,
-    channel: Option<&Channel>,
+    host: Option<&Host>,
     workload_fds: Vec<(BorrowedFd<'_>, bool)>,
-) -> Result<(), InitError> {
+) -> Result<Woke, InitError> {
     let mut fds = vec![PollFd::new(signals.fd(), PollFlags::POLLIN)];
-    if let Some(ch) = channel {
+    let watch_fd = host.and_then(|h| h.watch.as_ref()).and_then(|w| w.fd().ok());
+    if let Some(fd) = watch_fd {
+        fds.push(PollFd::new(fd, PollFlags::POLLIN));
+    }
+    if let Some(ch) = host.and_then(|h| h.channel.as_ref()) {
         fds.push(PollFd::new(ch.fd(), PollFlags::POLLIN));
     }
     for (fd, write) in workload_fds {
         fds.push(PollFd::new(fd, if write { PollFlags::POLLOUT } else { PollFlags::POLLIN }));
     }
     match poll(&mut fds, PollTimeout::NONE) {
-        Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
-        Err(e) => Err(InitError::Poll(e)),
+        Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+        Err(e) => return Err(InitError::Poll(e)),
     }
+    let server_watch = watch_fd.is_some() && fds[1].revents().is_some_and(|r| !r.is_empty());
+    Ok(Woke { server_watch })
 }
 
 /// Sends `outgoing`, moves the channel's bytes and handles every request that arrived, until a pump brings
