@@ -9,7 +9,7 @@
 //! the host is slow, so a chatty workload cannot make init grow without bound.
 //!
 //! bulkheadd may restart while the zone runs. The new daemon serves a new vchan at the same path;
-//! [`ServerWatch`] sees the new ring published in xenstore and init reconnects ([`Channel::reconnect`]),
+//! [`ServerProbe`] sees the new server named in xenstore and init reconnects ([`Channel::reconnect`]),
 //! carrying over the frames the old daemon never got (whole frames only: a frame cut by the loss is dropped,
 //! as the old daemon's half of it went with it).
 
@@ -50,8 +50,8 @@ pub enum ChannelError {
     /// bulkheadd closed its end.
     #[error("bulkheadd closed the channel")]
     Closed,
-    /// Watching xenstore for a (re)started bulkheadd.
-    #[error("watching xenstore {path} for bulkheadd's channel")]
+    /// Looking in xenstore for a (re)started bulkheadd.
+    #[error("reading xenstore {path} for bulkheadd's channel")]
     Watch {
         /// The watched path.
         path: String,
@@ -110,38 +110,28 @@ impl Outgoing {
     }
 }
 
-/// Watches the channel's xenstore directory for a server other than the one init last connected to: a
-/// restarted bulkheadd publishes a new ring there, and names it in [`CHANNEL_SERVER_ID_NODE`] once it is ready.
+/// Looks in the channel's xenstore directory for a server other than the one init last connected to: a
+/// restarted bulkheadd publishes a new ring there and names it in [`CHANNEL_SERVER_ID_NODE`] once it is ready.
+/// Each look opens xenstore afresh and closes it, as libxenvchan does: in zones, a xenstore watch failed now
+/// and then (EINVAL from starting libxenstore's reader thread), and a read on a connection kept open since
+/// boot stalled init.
 #[derive(Debug)]
-pub struct ServerWatch {
-    xs: Xenstore,
+pub struct ServerProbe {
     path: String,
     /// The id of the server last connected to.
     connected_to: Option<Vec<u8>>,
 }
 
-/// The watch's token (one watch per init).
-const WATCH_TOKEN: &str = "bulkhead-channel";
-
-impl ServerWatch {
-    /// Watches `path` (relative to the zone's xenstore directory).
-    pub fn new(path: &str) -> Result<Self, ChannelError> {
-        let fail = |source| ChannelError::Watch { path: path.to_owned(), source };
-        let xs = Xenstore::open().map_err(fail)?;
-        xs.watch(path, WATCH_TOKEN).map_err(fail)?;
-        Ok(ServerWatch { xs, path: path.to_owned(), connected_to: None })
-    }
-
-    /// Readable when the watch fired; then call [`new_server`](ServerWatch::new_server).
-    pub fn fd(&self) -> Result<BorrowedFd<'_>, ChannelError> {
-        self.xs.watch_fd().map_err(|source| ChannelError::Watch { path: self.path.clone(), source })
+impl ServerProbe {
+    /// Probes `path` (relative to the zone's xenstore directory).
+    pub fn new(path: &str) -> Self {
+        ServerProbe { path: path.to_owned(), connected_to: None }
     }
 
     /// The id of the server published now, if one is.
     fn published(&self) -> Result<Option<Vec<u8>>, ChannelError> {
-        self.xs
-            .try_read(&format!("{}/{CHANNEL_SERVER_ID_NODE}", self.path))
-            .map_err(|source| ChannelError::Watch { path: self.path.clone(), source })
+        let fail = |source| ChannelError::Watch { path: self.path.clone(), source };
+        Xenstore::open().map_err(fail)?.try_read(&format!("{}/{CHANNEL_SERVER_ID_NODE}", self.path)).map_err(fail)
     }
 
     /// Notes the server published now as the one being connected to. Call just before connecting.
@@ -150,11 +140,13 @@ impl ServerWatch {
         Ok(())
     }
 
-    /// Consumes the fired watches; true when a server other than the last one connected to is published.
-    pub fn new_server(&mut self) -> Result<bool, ChannelError> {
-        while self.xs.check_watch().map_err(|source| ChannelError::Watch { path: self.path.clone(), source })?.is_some()
-        {
-        }
+    /// Forgets the server being connected to (the connection failed): the next look tries it again.
+    pub fn forget(&mut self) {
+        self.connected_to = None;
+    }
+
+    /// True when a server other than the last one connected to is published.
+    pub fn new_server(&self) -> Result<bool, ChannelError> {
         let now = self.published()?;
         Ok(now.is_some() && now != self.connected_to)
     }

@@ -8,14 +8,14 @@ use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bulkhead_wire::{PROTOCOL_VERSION, ZoneToHost};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::agent::{Action, Agent};
 use crate::cgroup;
-use crate::channel::{Channel, ChannelError, ServerWatch, Unsent};
+use crate::channel::{Channel, ChannelError, ServerProbe, Unsent};
 use crate::cmdline::{self, Selftest, ZoneConfig};
 use crate::error::InitError;
 use crate::power::{power_off, shutdown};
@@ -98,7 +98,8 @@ pub fn run() -> Result<Infallible, InitError> {
     loop {
         // Workload output is read only with a welcoming host to send it to, and only while it keeps up.
         let read_output = host.as_ref().is_some_and(|h| agent.welcomed() && h.wants_output());
-        let woke = wait_for_events(&signals, host.as_ref(), if read_output { agent.poll_fds() } else { Vec::new() })?;
+        let timeout = host.as_ref().map_or(PollTimeout::NONE, Host::until_probe);
+        wait_for_events(&signals, host.as_ref(), if read_output { agent.poll_fds() } else { Vec::new() }, timeout)?;
         for event in signals.pending()? {
             match event {
                 Event::Reaped(reaped) => {
@@ -117,7 +118,7 @@ pub fn run() -> Result<Infallible, InitError> {
             }
         }
         let Some(h) = host.as_mut() else { continue };
-        if woke.server_watch {
+        if h.channel.is_none() && Instant::now() >= h.next_probe {
             h.follow_server(&mut agent);
         }
         let Some(ch) = h.channel.as_mut() else { continue };
@@ -149,9 +150,15 @@ struct Host {
     channel: Option<Channel>,
     /// What a lost channel had not sent: it goes to the next server.
     unsent: Option<Unsent>,
-    /// `None` if xenstore could not be watched: then a lost channel stays lost.
-    watch: Option<ServerWatch>,
+    /// `None` if xenstore could not be opened: then a lost channel stays lost.
+    probe: Option<ServerProbe>,
+    /// When to look for a restarted bulkheadd next, while the channel is lost.
+    next_probe: Instant,
 }
+
+/// How often init looks for a restarted bulkheadd while it has none. While connected it does not look: a
+/// daemon that dies, even by SIGKILL, clears the vchan's liveness flag and the channel reports it closed.
+const PROBE_WHILE_LOST: Duration = Duration::from_millis(250);
 
 impl Host {
     /// Connects to bulkheadd and says hello; the welcome arrives through the event loop. A failure here is
@@ -165,8 +172,9 @@ impl Host {
             kernel_release,
             boot_time_ms: boot_ms,
         };
-        let watch = match ServerWatch::new(path) {
-            Ok(mut w) => w.connecting().map(|()| w).ok(),
+        let mut probe = ServerProbe::new(path);
+        let probe = match probe.connecting().map(|()| probe) {
+            Ok(p) => Some(p),
             Err(e) => {
                 say!("warning: {}: the zone cannot reconnect after a bulkheadd restart", crate::console::chain(&e));
                 None
@@ -175,25 +183,39 @@ impl Host {
         let mut ch = Channel::reconnect(&mut None, path, &hello).map_err(InitError::Channel)?;
         ch.pump().map_err(InitError::Channel)?;
         say!("host channel: hello sent on {path}");
-        Ok(Host { path: path.to_owned(), hello, channel: Some(ch), unsent: None, watch })
+        let next_probe = Instant::now();
+        Ok(Host { path: path.to_owned(), hello, channel: Some(ch), unsent: None, probe, next_probe })
     }
 
     fn wants_output(&self) -> bool {
         self.channel.as_ref().is_some_and(|c| Agent::wants_output(c.backlog()))
     }
 
-    /// The channel failed: keep its unsent frames for the next server.
+    /// The channel failed: keep its unsent frames for the next server, and look for one soon.
     fn lose(&mut self, agent: &mut Agent) {
         if let Some(ch) = self.channel.take() {
             self.unsent = Some(ch.into_unsent());
         }
         agent.on_disconnect();
+        self.next_probe = Instant::now() + PROBE_WHILE_LOST;
     }
 
-    /// The watch fired: if a new server is published, move to it.
+    /// How long the event loop may sleep before the next probe.
+    fn until_probe(&self) -> PollTimeout {
+        if self.probe.is_none() || self.channel.is_some() {
+            return PollTimeout::NONE;
+        }
+        let ms = self.next_probe.saturating_duration_since(Instant::now()).as_millis();
+        PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+    }
+
+    /// If a new server is published, moves to it.
     fn follow_server(&mut self, agent: &mut Agent) {
-        let Some(watch) = self.watch.as_mut() else { return };
-        match watch.new_server().and_then(|new| if new { watch.connecting().map(|()| true) } else { Ok(false) }) {
+        let Some(probe) = self.probe.as_mut() else { return };
+        let outcome =
+            probe.new_server().and_then(|new| if new { probe.connecting().map(|()| true) } else { Ok(false) });
+        self.next_probe = Instant::now() + PROBE_WHILE_LOST;
+        match outcome {
             Ok(false) => {}
             Ok(true) => {
                 // The old end goes first: nothing of it may touch a ring once the new one is mapped.
@@ -205,18 +227,17 @@ impl Host {
                         say!("host channel: bulkheadd restarted; hello sent again on {}", self.path);
                         self.channel = Some(ch);
                     }
-                    Err(e) => say!("host channel: reconnecting failed: {}", crate::console::chain(&e)),
+                    Err(e) => {
+                        say!("host channel: reconnecting failed (trying again): {}", crate::console::chain(&e));
+                        if let Some(probe) = self.probe.as_mut() {
+                            probe.forget();
+                        }
+                    }
                 }
             }
             Err(e) => say!("host channel: {}", crate::console::chain(&e)),
         }
     }
-}
-
-/// What woke the event loop, beyond what is checked every time.
-#[derive(Debug, Default)]
-struct Woke {
-    server_watch: bool,
 }
 
 /// Bytes of garbage the channel fault injection writes (several ring fills).
@@ -225,30 +246,25 @@ const GARBAGE_LEN: usize = 256 * 1024;
 /// How long processes get after SIGTERM when init itself is told to power off by a signal.
 const SIGNAL_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Sleeps until a signal is pending, the host channel or its watch has an event, or a workload fd is ready
-/// (`(fd, true)`: for writing).
+/// Sleeps until a signal is pending, the host channel has an event, a workload fd is ready (`(fd, true)`: for
+/// writing), or `timeout` passes.
 fn wait_for_events(
     signals: &Signals,
     host: Option<&Host>,
     workload_fds: Vec<(BorrowedFd<'_>, bool)>,
-) -> Result<Woke, InitError> {
+    timeout: PollTimeout,
+) -> Result<(), InitError> {
     let mut fds = vec![PollFd::new(signals.fd(), PollFlags::POLLIN)];
-    let watch_fd = host.and_then(|h| h.watch.as_ref()).and_then(|w| w.fd().ok());
-    if let Some(fd) = watch_fd {
-        fds.push(PollFd::new(fd, PollFlags::POLLIN));
-    }
     if let Some(ch) = host.and_then(|h| h.channel.as_ref()) {
         fds.push(PollFd::new(ch.fd(), PollFlags::POLLIN));
     }
     for (fd, write) in workload_fds {
         fds.push(PollFd::new(fd, if write { PollFlags::POLLOUT } else { PollFlags::POLLIN }));
     }
-    match poll(&mut fds, PollTimeout::NONE) {
-        Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-        Err(e) => return Err(InitError::Poll(e)),
+    match poll(&mut fds, timeout) {
+        Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
+        Err(e) => Err(InitError::Poll(e)),
     }
-    let server_watch = watch_fd.is_some() && fds[1].revents().is_some_and(|r| !r.is_empty());
-    Ok(Woke { server_watch })
 }
 
 /// Sends `outgoing`, moves the channel's bytes and handles every request that arrived, until a pump brings
