@@ -8,6 +8,8 @@
 //! zone through the channel instead of growing the daemon's memory.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -55,8 +57,13 @@ pub struct InitInfo {
     pub boot_time_ms: u64,
 }
 
+/// Runs between the zone's hello and the welcome: the zone sends nothing else until welcomed, so routes
+/// subscribed here miss none of its messages (a zone reconnecting to a restarted daemon sends its workloads'
+/// output right after the welcome).
+pub type BeforeWelcome = Arc<dyn Fn(ZoneLink) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
 /// How to greet the zone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LinkParams {
     /// The zone's id, sent in the welcome.
     pub zone_id: String,
@@ -64,6 +71,19 @@ pub struct LinkParams {
     pub hostname: String,
     /// How long the zone's init has to say hello.
     pub hello_timeout: Duration,
+    /// What to do before welcoming the zone.
+    pub before_welcome: Option<BeforeWelcome>,
+}
+
+impl std::fmt::Debug for LinkParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkParams")
+            .field("zone_id", &self.zone_id)
+            .field("hostname", &self.hostname)
+            .field("hello_timeout", &self.hello_timeout)
+            .field("before_welcome", &self.before_welcome.is_some())
+            .finish()
+    }
 }
 
 type Routes = Arc<Mutex<HashMap<StreamId, mpsc::Sender<ZoneToHost>>>>;
@@ -86,7 +106,7 @@ impl ZoneLink {
     pub fn spawn(io: ChannelStream, params: LinkParams, events: mpsc::Sender<LinkEvent>) -> ZoneLink {
         let (outgoing, outgoing_rx) = mpsc::channel(OUTGOING_QUEUE);
         let link = ZoneLink { outgoing, routes: Routes::default(), cancel: CancellationToken::new() };
-        tokio::spawn(run(io, params, events, outgoing_rx, link.routes.clone(), link.cancel.clone()));
+        tokio::spawn(run(io, params, events, outgoing_rx, link.clone()));
         link
     }
 
@@ -133,6 +153,7 @@ fn stream_of(msg: &ZoneToHost) -> Option<StreamId> {
         ZoneToHost::Output { stream_id, .. } | ZoneToHost::Exited { stream_id, .. } => Some(*stream_id),
         ZoneToHost::Error { request, .. } => *request,
         ZoneToHost::Stats { id, .. } => *id,
+        ZoneToHost::WorkloadStatus { id, .. } => Some(*id),
         ZoneToHost::Hello { .. } | ZoneToHost::InitFailed { .. } | ZoneToHost::Pong { .. } => None,
     }
 }
@@ -151,6 +172,7 @@ pub(crate) fn kind_of(msg: &ZoneToHost) -> &'static str {
         ZoneToHost::InitFailed { .. } => "InitFailed",
         ZoneToHost::Pong { .. } => "Pong",
         ZoneToHost::Stats { .. } => "Stats",
+        ZoneToHost::WorkloadStatus { .. } => "WorkloadStatus",
     }
 }
 
@@ -159,9 +181,9 @@ async fn run(
     params: LinkParams,
     events: mpsc::Sender<LinkEvent>,
     mut outgoing: mpsc::Receiver<HostToZone>,
-    routes: Routes,
-    cancel: CancellationToken,
+    link: ZoneLink,
 ) {
+    let ZoneLink { routes, cancel, .. } = link.clone();
     let zone = params.zone_id.clone();
     let (mut sink, mut stream) = Framed::new(io, HostCodec::new()).split();
     let first = tokio::select! {
@@ -173,6 +195,9 @@ async fn run(
         Ok(None) => LinkEvent::Closed,
         Ok(Some(Err(e))) => LinkEvent::ProtocolError(format!("bad first frame: {e}")),
         Ok(Some(Ok(ZoneToHost::Hello { init_version, kernel_release, boot_time_ms, .. }))) => {
+            if let Some(prepare) = &params.before_welcome {
+                prepare(link).await;
+            }
             let welcome = HostToZone::Welcome { zone_id: params.zone_id, hostname: params.hostname };
             match sink.send(welcome).await {
                 Ok(()) => LinkEvent::Connected(InitInfo { version: init_version, kernel_release, boot_time_ms }),
@@ -273,7 +298,12 @@ mod tests {
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
     fn params(timeout_ms: u64) -> LinkParams {
-        LinkParams { zone_id: "z1".into(), hostname: "web".into(), hello_timeout: Duration::from_millis(timeout_ms) }
+        LinkParams {
+            zone_id: "z1".into(),
+            hostname: "web".into(),
+            hello_timeout: Duration::from_millis(timeout_ms),
+            before_welcome: None,
+        }
     }
 
     fn hello() -> ZoneToHost {
@@ -310,6 +340,32 @@ mod tests {
         assert_eq!(sub.recv().await, Some(ZoneToHost::WorkloadStarted { id: StreamId(3), pid: 7 }));
         assert_eq!(sub.recv().await, Some(ZoneToHost::Exited { stream_id: StreamId(3), status: ExitStatus::Code(7) }));
         assert!(link.is_open());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn routes_set_up_before_the_welcome_get_what_the_zone_sends_right_after_it() -> TestResult {
+        let (daemon, zone) = tokio::io::duplex(64 * 1024);
+        let (tx, mut events) = mpsc::channel(8);
+        let (subs_tx, mut subs) = mpsc::unbounded_channel();
+        let mut p = params(5_000);
+        p.before_welcome = Some(Arc::new(move |link: ZoneLink| {
+            let subs_tx = subs_tx.clone();
+            Box::pin(async move {
+                // Slow on purpose: the welcome must wait for this.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let _ = subs_tx.send(link.subscribe(StreamId(4)));
+            })
+        }));
+        let _link = ZoneLink::spawn(Box::new(daemon), p, tx);
+        let mut zone = Framed::new(zone, ZoneCodec::new());
+        zone.send(hello()).await?;
+        assert!(matches!(zone.next().await.ok_or("no welcome")??, HostToZone::Welcome { .. }));
+        zone.send(ZoneToHost::Output { stream_id: StreamId(4), fd: bulkhead_wire::OutputFd::Stdout, data: "x".into() })
+            .await?;
+        let mut sub = subs.recv().await.ok_or("the hook did not run")?;
+        assert!(matches!(sub.recv().await, Some(ZoneToHost::Output { stream_id: StreamId(4), .. })));
+        assert!(matches!(events.recv().await, Some(LinkEvent::Connected(_))));
         Ok(())
     }
 

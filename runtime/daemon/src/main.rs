@@ -76,6 +76,8 @@ async fn serve(cfg: Config, hv: LibxlHypervisor) -> anyhow::Result<()> {
     );
     let workloads = WorkloadManager::open(manager.clone(), images.clone(), &cfg.state_dir)
         .with_context(|| format!("loading workloads from {}", cfg.state_dir.display()))?;
+    // Zones that ran through a daemon restart reconnect now; their workloads are routed before they do.
+    manager.resume().await;
     let in_use: InUseCheck = {
         let workloads = workloads.clone();
         Arc::new(move |image| workloads.uses_image(&image.id))

@@ -6,7 +6,9 @@
 //! example destroyed while its domain was being built) is detected afterwards and the new domain cleaned up.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -133,7 +135,21 @@ pub struct ZoneManager<H> {
     events: broadcast::Sender<ZoneEvent>,
     /// The host channel of each zone whose domain this daemon serves, by zone id.
     links: std::sync::Mutex<HashMap<String, ZoneLink>>,
+    /// Runs when a zone's init connects, before it is welcomed (see [`ZoneManager::on_connect`]).
+    on_connect: OnConnect,
 }
+
+#[derive(Default)]
+struct OnConnect(std::sync::OnceLock<ConnectHook>);
+
+impl std::fmt::Debug for OnConnect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() { "OnConnect(set)" } else { "OnConnect(unset)" })
+    }
+}
+
+/// What runs when a zone's init connects, before it is welcomed: `(zone id, link)`.
+pub type ConnectHook = Arc<dyn Fn(String, ZoneLink) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 impl<H: Hypervisor> ZoneManager<H> {
     /// Loads the persisted zones and reconciles them with what the hypervisor reports.
@@ -144,7 +160,15 @@ impl<H: Hypervisor> ZoneManager<H> {
         }
         let zones = loaded.records.into_iter().collect();
         let (events, _) = broadcast::channel(EVENT_BACKLOG);
-        let m = ZoneManager { hv, store, zones: Mutex::new(zones), cfg, events, links: Default::default() };
+        let m = ZoneManager {
+            hv,
+            store,
+            zones: Mutex::new(zones),
+            cfg,
+            events,
+            links: Default::default(),
+            on_connect: Default::default(),
+        };
         let report = m.reconcile().await?;
         tracing::info!(?report, "reconciled zones with the hypervisor");
         Ok(m)
@@ -153,6 +177,11 @@ impl<H: Hypervisor> ZoneManager<H> {
     /// The hypervisor (for tests and diagnostics).
     pub fn hypervisor(&self) -> &H {
         &self.hv
+    }
+
+    /// Gives the hypervisor back, as when the daemon exits and its domains live on (for tests).
+    pub fn into_hypervisor(self) -> H {
+        self.hv
     }
 
     fn persist(&self, r: &ZoneRecord) -> Result<(), ManagerError> {
@@ -288,13 +317,52 @@ impl<H: Hypervisor> ZoneManager<H> {
         Ok(snapshot)
     }
 
+    /// Sets what runs each time a zone's init connects, before it is welcomed: the workload manager routes
+    /// the zone's workloads there, so that a zone reconnecting after a daemon restart loses no message. Set
+    /// once, before [`resume`](ZoneManager::resume); later calls are ignored.
+    pub fn on_connect(&self, hook: ConnectHook) {
+        let _ = self.on_connect.0.set(hook);
+    }
+
+    /// Serves the host channel again for every zone whose domain runs, as after a daemon restart: each
+    /// zone's init sees the new channel, reconnects and says hello again. A zone that does not within the
+    /// hello timeout is failed like one that never connected.
+    pub async fn resume(self: &Arc<Self>) {
+        let running: Vec<(ZoneRecord, u32)> = {
+            let zones = self.zones.lock().await;
+            zones
+                .values()
+                .filter(|r| matches!(r.state, ZoneState::Starting | ZoneState::Ready))
+                .filter_map(|r| r.domid.map(|d| (r.clone(), d)))
+                .collect()
+        };
+        for (rec, domid) in running {
+            if self.link(&rec.id).is_some() {
+                continue;
+            }
+            match self.hv.serve_channel(domid).await {
+                Ok(io) => {
+                    self.attach_link(&rec, domid, io);
+                    tracing::info!(zone = %rec.spec.name, domid, "serving the zone's channel again");
+                }
+                Err(e) => tracing::warn!(zone = %rec.spec.name, domid, error = %e,
+                    "serving a running zone's channel failed; its workloads are unreachable until it restarts"),
+            }
+        }
+    }
+
     /// Starts serving the zone's channel and handling what happens on it.
     fn attach_link(self: &Arc<Self>, rec: &ZoneRecord, domid: u32, io: crate::hypervisor::ChannelStream) {
         let (tx, mut rx) = mpsc::channel(4);
+        let before_welcome = self.on_connect.0.get().cloned().map(|hook| {
+            let zone_id = rec.id.clone();
+            Arc::new(move |link: ZoneLink| hook(zone_id.clone(), link)) as crate::link::BeforeWelcome
+        });
         let params = LinkParams {
             zone_id: rec.id.clone(),
             hostname: rec.spec.effective_hostname().to_string(),
             hello_timeout: self.cfg.hello_timeout,
+            before_welcome,
         };
         let link = ZoneLink::spawn(io, params, tx);
         if let Ok(mut links) = self.links.lock()
@@ -332,11 +400,15 @@ impl<H: Hypervisor> ZoneManager<H> {
                 let mut zones = self.zones.lock().await;
                 let Some(rec) = zones.get_mut(id).filter(|r| r.domid == Some(domid)) else { return };
                 let name = rec.spec.name.to_string();
+                let reconnected = rec.state == ZoneState::Ready;
                 match self.update(rec, |r| {
-                    r.transition(ZoneState::Ready, now())?;
+                    if !reconnected {
+                        r.transition(ZoneState::Ready, now())?;
+                    }
                     r.init = Some(info.clone());
                     Ok::<(), InvalidTransition>(())
                 }) {
+                    Ok(Ok(())) if reconnected => tracing::info!(zone = %name, "zone reconnected"),
                     Ok(Ok(())) => tracing::info!(zone = %name, init = %info.version, kernel = %info.kernel_release,
                         boot_ms = info.boot_time_ms, "zone ready"),
                     Ok(Err(t)) => tracing::debug!(zone = %name, %t, "zone connected in a state that ignores it"),

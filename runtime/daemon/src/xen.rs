@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bulkhead_xen::domain::{DomainKind as XenKind, DomainSpec};
+use bulkhead_xen::xenstore::{Access, Permission};
 use bulkhead_xen::{AsyncVchan, DiskSpec, DomainInfo, Libxl, LibxlWorker, ShutdownReason, Uuid, Vchan, Xenstore};
 
 use crate::api::message_chain;
@@ -298,11 +299,20 @@ impl Hypervisor for LibxlHypervisor {
     async fn serve_channel(&self, domid: u32) -> Result<ChannelStream, HypervisorError> {
         let fail = |reason: String| HypervisorError::Channel { domid, reason };
         let path = format!("/local/domain/{domid}/{ZONE_CHANNEL_PATH}");
+        let server_id = format!("{}-{}", std::process::id(), crate::zone::now());
         // Grant allocation and xenstore writes block: keep them off the async workers.
-        let vchan = tokio::task::spawn_blocking(move || Vchan::server(domid, &path, CHANNEL_RING, CHANNEL_RING))
-            .await
-            .map_err(|e| fail(format!("the setup task failed: {e}")))?
-            .map_err(|e| fail(message_chain(&e)))?;
+        let vchan = tokio::task::spawn_blocking(move || {
+            let vchan = Vchan::server(domid, &path, CHANNEL_RING, CHANNEL_RING)?;
+            // Last, once the ring is ready: this is what tells a running zone to reconnect.
+            let node = format!("{path}/{}", bulkhead_wire::CHANNEL_SERVER_ID_NODE);
+            let xs = Xenstore::open()?;
+            xs.write(&node, &server_id)?;
+            xs.set_permissions(&node, &[Permission::new(0, Access::None), Permission::new(domid, Access::Read)])?;
+            Ok::<_, bulkhead_xen::Error>(vchan)
+        })
+        .await
+        .map_err(|e| fail(format!("the setup task failed: {e}")))?
+        .map_err(|e| fail(message_chain(&e)))?;
         let io = AsyncVchan::new(vchan).map_err(|e| fail(message_chain(&e)))?;
         Ok(Box::new(io))
     }

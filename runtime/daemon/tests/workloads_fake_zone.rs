@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bulkhead_wire::{ExitStatus, HostToZone, OutputFd, PROTOCOL_VERSION, ZoneCodec, ZoneToHost};
+use bulkhead_wire::{
+    ExitStatus, HostToZone, OutputFd, PROTOCOL_VERSION, StreamId, WorkloadPhase, ZoneCodec, ZoneToHost,
+};
 use bulkheadd::hypervisor::fake::FakeHypervisor;
 use bulkheadd::images::layout::Compression;
 use bulkheadd::images::testing::write_busybox_layout;
@@ -24,17 +26,21 @@ fn privileged() -> bool {
     bulkheadd::images::testing::root_or_skip("the image import chowns")
 }
 
-/// A zone init that says hello and runs every workload as: print "out:<argv[0]>\n" on stdout and
-/// "err\n" on stderr, then exit with the code in the last argument (or stay running if it is "run").
-async fn scripted_zone(io: tokio::io::DuplexStream) {
-    let mut zone = Framed::new(io, ZoneCodec::new());
-    let hello = ZoneToHost::Hello {
+/// What a zone init says first.
+fn hello() -> ZoneToHost {
+    ZoneToHost::Hello {
         protocol_version: PROTOCOL_VERSION,
         init_version: "test".into(),
         kernel_release: "test".into(),
         boot_time_ms: 1,
-    };
-    if zone.send(hello).await.is_err() {
+    }
+}
+
+/// A zone init that says hello and runs every workload as: print "out:<argv[0]>\n" on stdout and
+/// "err\n" on stderr, then exit with the code in the last argument (or stay running if it is "run").
+async fn scripted_zone(io: tokio::io::DuplexStream) {
+    let mut zone = Framed::new(io, ZoneCodec::new());
+    if zone.send(hello()).await.is_err() {
         return;
     }
     let mut specs = BTreeMap::new();
@@ -90,6 +96,21 @@ struct Node {
 }
 
 async fn node_with_ready_zone(zone: &str) -> Result<Node, Box<dyn std::error::Error>> {
+    let node = node_with_booting_zone(zone).await?;
+    let domid = node.zones.get(zone).await?.domid.ok_or("no domid")?;
+    let io = node.zones.hypervisor().take_zone_end(domid).ok_or("no channel")?;
+    tokio::spawn(scripted_zone(io));
+    for _ in 0..500 {
+        if node.zones.get(zone).await?.state == ZoneState::Ready {
+            return Ok(node);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Err("the zone never became ready".into())
+}
+
+/// A node with zone `zone` started, whose init has not connected yet.
+async fn node_with_booting_zone(zone: &str) -> Result<Node, Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let cfg = ManagerConfig::new("/k", "/i");
     let hv = FakeHypervisor::new(HostVirtCaps { hvm: false, hap: false });
@@ -101,7 +122,13 @@ async fn node_with_ready_zone(zone: &str) -> Result<Node, Box<dyn std::error::Er
     images.import(&layout, Some("busybox:test")).await?;
     let workloads = WorkloadManager::open(zones.clone(), images, dir.path())?;
 
-    let spec = ZoneSpec {
+    zones.create(zone_spec(zone)?).await?;
+    zones.start(zone).await?;
+    Ok(Node { zones, workloads, _dir: dir })
+}
+
+fn zone_spec(zone: &str) -> Result<ZoneSpec, Box<dyn std::error::Error>> {
+    Ok(ZoneSpec {
         name: ZoneName::try_from(zone.to_owned())?,
         memory_mib: 48,
         vcpus: 1,
@@ -112,18 +139,7 @@ async fn node_with_ready_zone(zone: &str) -> Result<Node, Box<dyn std::error::Er
         hostname: None,
         labels: BTreeMap::new(),
         annotations: BTreeMap::new(),
-    };
-    zones.create(spec).await?;
-    let domid = zones.start(zone).await?.domid.ok_or("no domid")?;
-    let io = zones.hypervisor().take_zone_end(domid).ok_or("no channel")?;
-    tokio::spawn(scripted_zone(io));
-    for _ in 0..500 {
-        if zones.get(zone).await?.state == ZoneState::Ready {
-            return Ok(Node { zones, workloads, _dir: dir });
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Err("the zone never became ready".into())
+    })
 }
 
 fn command(argv: &[&str]) -> WorkloadRequest {
@@ -193,6 +209,42 @@ async fn output_and_exit_codes_reach_the_log_and_waiters() -> TestResult {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_workload_for_a_booting_zone_is_created_once_the_zone_is_ready() -> TestResult {
+    if !privileged() {
+        return Ok(());
+    }
+    let node = node_with_booting_zone("early").await?;
+    let domid = node.zones.get("early").await?.domid.ok_or("no domid")?;
+    let workloads = node.workloads.clone();
+    let create = tokio::spawn(async move {
+        workloads.create("early", "main", "busybox:test", command(&["x", "run"]), BTreeMap::new()).await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(node.zones.get("early").await?.state, ZoneState::Starting);
+    assert!(!create.is_finished(), "the workload was created before the zone was ready");
+    let io = node.zones.hypervisor().take_zone_end(domid).ok_or("no channel")?;
+    tokio::spawn(scripted_zone(io));
+    let w = tokio::time::timeout(Duration::from_secs(10), create).await???;
+    assert_eq!((w.state, w.spec.root_device.as_str()), (WorkloadState::Created, "xvdb"));
+
+    // A zone that fails while booting fails the workload creation with the zone's reason.
+    let other =
+        node.zones.create(ZoneSpec { name: ZoneName::try_from("doomed".to_owned())?, ..zone_spec("x")? }).await?;
+    node.zones.start(&other.id).await?;
+    let workloads = node.workloads.clone();
+    let create = tokio::spawn(async move {
+        workloads.create("doomed", "main", "busybox:test", command(&["x"]), BTreeMap::new()).await
+    });
+    let doomed = node.zones.get("doomed").await?.domid.ok_or("no domid")?;
+    let io = node.zones.hypervisor().take_zone_end(doomed).ok_or("no channel")?;
+    let mut zone = Framed::new(io, ZoneCodec::new());
+    zone.send(ZoneToHost::InitFailed { stage: bulkhead_wire::InitStage::Rootfs, reason: "no root".into() }).await?;
+    let err = tokio::time::timeout(Duration::from_secs(10), create).await??.err().ok_or("created in a failed zone")?;
+    assert!(err.to_string().contains("no root"), "{err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_workload_on_a_zone_that_goes_away_is_reported_lost() -> TestResult {
     if !privileged() {
         return Ok(());
@@ -204,5 +256,117 @@ async fn a_workload_on_a_zone_that_goes_away_is_reported_lost() -> TestResult {
     let done = tokio::time::timeout(Duration::from_secs(10), node.workloads.wait(&w.id)).await??;
     assert!(done.zone_lost, "{done:?}");
     assert_eq!(done.state, WorkloadState::Exited);
+    Ok(())
+}
+
+/// A zone init reconnecting to a restarted daemon: says hello again and at once sends the output it held
+/// (`carried`), then answers queries from what it knows (`phases`), signals with the signal's exit, and creates.
+async fn reconnecting_zone(
+    io: tokio::io::DuplexStream,
+    carried: Vec<ZoneToHost>,
+    phases: BTreeMap<StreamId, WorkloadPhase>,
+) {
+    let mut zone = Framed::new(io, ZoneCodec::new());
+    for m in std::iter::once(hello()).chain(carried) {
+        if zone.send(m).await.is_err() {
+            return;
+        }
+    }
+    while let Some(Ok(msg)) = zone.next().await {
+        let reply = match msg {
+            HostToZone::QueryWorkload { id } => match phases.get(&id) {
+                Some(&phase) => ZoneToHost::WorkloadStatus { id, phase },
+                None => ZoneToHost::Error {
+                    request: Some(id),
+                    code: bulkhead_wire::ErrorCode::NotFound,
+                    message: "no such workload".into(),
+                },
+            },
+            HostToZone::Signal { id, signal } => {
+                ZoneToHost::Exited { stream_id: id, status: ExitStatus::Signaled { signal, core_dumped: false } }
+            }
+            HostToZone::CreateWorkload { id, .. } => ZoneToHost::WorkloadCreated { id },
+            _ => continue,
+        };
+        if zone.send(reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workloads_survive_a_daemon_restart_and_catch_up_with_their_zone() -> TestResult {
+    if !privileged() {
+        return Ok(());
+    }
+    let node = node_with_ready_zone("keep").await?;
+    let create = |name: &'static str, argv: &'static [&'static str]| {
+        let workloads = node.workloads.clone();
+        async move {
+            let w = workloads.create("keep", name, "busybox:test", command(argv), BTreeMap::new()).await?;
+            workloads.start(&w.id).await?;
+            Ok::<_, Box<dyn std::error::Error>>(w)
+        }
+    };
+    let runs = create("runs", &["x", "run"]).await?;
+    let done = create("done", &["/bin/echo", "5"]).await?;
+    assert_eq!(node.workloads.wait(&done.id).await?.exit, Some(ExitStatus::Code(5)));
+    let ends_meanwhile = create("ends-meanwhile", &["x", "run"]).await?;
+    let never_created = create("lost", &["x", "run"]).await?;
+    let domid = node.zones.get("keep").await?.domid.ok_or("no domid")?;
+
+    // The daemon dies (its zone's init is cut off); the hypervisor and the domain live on.
+    let Node { zones, workloads, _dir: dir } = node;
+    drop(workloads);
+    let mut zones = Some(zones);
+    let hv = loop {
+        match Arc::try_unwrap(zones.take().ok_or("gone")?) {
+            Ok(m) => break m.into_hypervisor(),
+            Err(shared) => {
+                zones = Some(shared);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    let zones = Arc::new(
+        ZoneManager::open(hv, RecordStore::open(dir.path().join("zones"))?, ManagerConfig::new("/k", "/i")).await?,
+    );
+    let images = Arc::new(ImageStore::open(ImageStoreConfig::new(dir.path().join("images"))).await?);
+    let workloads = WorkloadManager::open(zones.clone(), images, dir.path())?;
+    zones.resume().await;
+    let io = zones.hypervisor().take_zone_end(domid).ok_or("the channel was not served again")?;
+    let phases = BTreeMap::from([
+        (StreamId(runs.stream), WorkloadPhase::Running { pid: 1 }),
+        (StreamId(done.stream), WorkloadPhase::Exited { status: ExitStatus::Code(5) }),
+        (StreamId(ends_meanwhile.stream), WorkloadPhase::Exited { status: ExitStatus::Code(4) }),
+    ]);
+    let carried =
+        vec![ZoneToHost::Output { stream_id: StreamId(runs.stream), fd: OutputFd::Stdout, data: "held\n".into() }];
+    tokio::spawn(reconnecting_zone(io, carried, phases));
+
+    let wait = |id: String| {
+        let workloads = workloads.clone();
+        async move { tokio::time::timeout(Duration::from_secs(10), workloads.wait(&id)).await }
+    };
+    // What ended while nobody listened is caught up with; what the zone never heard of is reported lost.
+    assert_eq!(wait(ends_meanwhile.id.clone()).await??.exit, Some(ExitStatus::Code(4)));
+    assert!(wait(never_created.id.clone()).await??.zone_lost);
+    assert_eq!(zones.get("keep").await?.state, ZoneState::Ready);
+    // The running one kept its log, got the output held during the restart, and is still controllable.
+    assert_eq!(workloads.get(&runs.id).await?.state, WorkloadState::Running);
+    workloads.signal(&runs.id, 9).await?;
+    assert_eq!(wait(runs.id.clone()).await??.exit.map(|e| e.exit_code()), Some(137));
+    let text: String = workloads
+        .logs(&runs.id, false, 0, 0)
+        .await?
+        .history
+        .iter()
+        .map(|e| String::from_utf8_lossy(&e.data).into_owned())
+        .collect();
+    assert!(text.contains("out:x\n") && text.contains("held\n"), "{text:?}");
+    assert_eq!(workloads.get(&done.id).await?.exit, Some(ExitStatus::Code(5)));
+    // The image disk is known again: a new workload of the same image reuses it.
+    let again = workloads.create("keep", "again", "busybox:test", command(&["x", "run"]), BTreeMap::new()).await?;
+    assert_eq!(again.spec.root_device, runs.spec.root_device);
     Ok(())
 }

@@ -4,7 +4,6 @@
 //! workload unless `--workload` names another.
 
 use std::io::Write;
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bulkhead_api::control::v1 as pb;
@@ -16,9 +15,6 @@ use tonic::transport::Channel;
 
 use super::rpc_error;
 use super::zone::{Virt, parse_key_value};
-
-/// How long `zone launch` waits for a zone's init to connect.
-const READY_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// `zone launch`.
 #[derive(Debug, Args)]
@@ -161,29 +157,6 @@ fn emit(out: &mut dyn Write, fd: i32, data: &[u8]) -> std::io::Result<()> {
     }
 }
 
-/// Waits until the zone is ready; fails with its reason if it fails first.
-async fn wait_ready(zones: &mut ZoneServiceClient<Channel>, zone: &str) -> anyhow::Result<()> {
-    let start = Instant::now();
-    loop {
-        let z = zones
-            .get_zone(pb::GetZoneRequest { zone: zone.to_owned() })
-            .await
-            .map_err(|s| rpc_error(&format!("getting zone {zone}"), s))?
-            .into_inner()
-            .zone
-            .unwrap_or_default();
-        match z.state() {
-            pb::ZoneState::Ready => return Ok(()),
-            pb::ZoneState::Failed => bail!("zone {zone} failed: {}", z.failure_reason),
-            pb::ZoneState::Stopped | pb::ZoneState::Stopping => bail!("zone {zone} stopped before it was ready"),
-            _ if start.elapsed() > READY_TIMEOUT => {
-                bail!("zone {zone} was not ready after {} s: see `bulkhead zone get {zone}`", READY_TIMEOUT.as_secs())
-            }
-            _ => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-}
-
 /// Prints the workload's output (history, and live with `follow`).
 async fn stream_logs(
     workloads: &mut WorkloadServiceClient<Channel>,
@@ -253,7 +226,7 @@ pub async fn launch(a: LaunchArgs, channel: Channel, out: &mut dyn Write) -> any
         .start_zone(pb::StartZoneRequest { zone: name.clone() })
         .await
         .map_err(|s| rpc_error(&format!("starting zone {name}"), s))?;
-    wait_ready(&mut zones, &name).await?;
+    // The daemon attaches the image while the zone boots and creates the workload once the zone is ready.
     let spec = pb::WorkloadSpec {
         name: name.clone(),
         image: a.image.clone(),

@@ -35,9 +35,10 @@ impl From<WorkloadError> for Status {
             WorkloadError::Zone(z) => Status::from(z),
             WorkloadError::Image(i) => Status::from(i),
             WorkloadError::Spec(_) => Status::invalid_argument(msg),
-            WorkloadError::ZoneNotReady { .. } | WorkloadError::WrongState { .. } | WorkloadError::NoDiskSlot(_) => {
-                Status::failed_precondition(msg)
-            }
+            WorkloadError::ZoneNotReady { .. }
+            | WorkloadError::ZoneFailed { .. }
+            | WorkloadError::WrongState { .. }
+            | WorkloadError::NoDiskSlot(_) => Status::failed_precondition(msg),
             WorkloadError::Refused { code, .. } => match code {
                 ErrorCode::InvalidRequest => Status::invalid_argument(msg),
                 ErrorCode::NotFound => Status::not_found(msg),

@@ -15,7 +15,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
-use bulkhead_wire::{EnvVar, ErrorCode, ExitStatus, HostToZone, StreamId, User, WorkloadSpec, ZoneToHost};
+use bulkhead_wire::{
+    EnvVar, ErrorCode, ExitStatus, HostToZone, StreamId, User, WorkloadPhase, WorkloadSpec, ZoneToHost,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, broadcast, mpsc, oneshot, watch};
 
@@ -30,6 +32,8 @@ pub use spec::{SpecError, WorkloadRequest};
 
 /// How long the zone has to answer a request.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a workload waits for its booting zone (longer than the zone's hello timeout, which fails it).
+const READY_WAIT: Duration = Duration::from_secs(180);
 /// Live output entries a follower may fall behind before it misses some.
 const FOLLOW_BACKLOG: usize = 1024;
 /// Guest device names for root images, in order of use (`xvda` is left free for a zone's own disk).
@@ -106,6 +110,14 @@ pub enum WorkloadError {
         zone: String,
         /// Its state.
         state: ZoneState,
+    },
+    /// The zone failed.
+    #[error("zone {zone} failed: {reason}")]
+    ZoneFailed {
+        /// Zone name.
+        zone: String,
+        /// Why it failed.
+        reason: String,
     },
     /// The image is unknown or broken.
     #[error(transparent)]
@@ -236,6 +248,8 @@ pub struct WorkloadManager<H: Hypervisor> {
     store: RecordStore<WorkloadRecord>,
     logs_dir: PathBuf,
     state: Mutex<State>,
+    /// Woken when a zone reconnects and its workloads are routed again.
+    reconnected: tokio::sync::Notify,
     /// Stream ids: start from the clock in microseconds, so ids stay unique across daemon restarts (a zone
     /// may still run execs started by the previous daemon).
     next_stream: std::sync::atomic::AtomicU64,
@@ -257,13 +271,135 @@ impl<H: Hypervisor> WorkloadManager<H> {
         }
         let records = loaded.records.into_iter().collect();
         let start = u64::try_from(now() / 1000).unwrap_or(1).max(1);
-        Ok(Arc::new(WorkloadManager {
+        let manager = Arc::new(WorkloadManager {
             zones,
             images,
             store,
             logs_dir,
             state: Mutex::new(State { records, ..State::default() }),
+            reconnected: tokio::sync::Notify::new(),
             next_stream: std::sync::atomic::AtomicU64::new(start),
+        });
+        let weak = Arc::downgrade(&manager);
+        manager.zones.on_connect(Arc::new(move |zone_id, link| {
+            let weak = weak.clone();
+            Box::pin(async move {
+                if let Some(m) = weak.upgrade() {
+                    m.reconnect_zone(&zone_id, link).await;
+                }
+            })
+        }));
+        Ok(manager)
+    }
+
+    /// A zone's init connected. After a daemon restart its workloads have records but no routes: route them
+    /// on the new link (before the zone is welcomed, so none of its messages is missed), note their image
+    /// disks again, and ask the zone where each one is, since what it reported while nobody listened is gone.
+    async fn reconnect_zone(self: &Arc<Self>, zone_id: &str, link: ZoneLink) {
+        let domid = match self.zones.get(zone_id).await {
+            Ok(z) => z.domid,
+            Err(_) => return,
+        };
+        let mut resumed = Vec::new();
+        {
+            let mut state = self.state.lock().await;
+            let pending: Vec<WorkloadRecord> = state
+                .records
+                .values()
+                .filter(|r| r.zone_id == zone_id && !state.runtimes.contains_key(&r.id))
+                .cloned()
+                .collect();
+            for rec in pending {
+                if let Some(domid) = domid {
+                    state
+                        .disks
+                        .insert((rec.zone_id.clone(), domid, rec.image_id.clone()), rec.spec.root_device.clone());
+                }
+                if rec.state == WorkloadState::Exited {
+                    continue;
+                }
+                let rt = match self.runtime(&rec.id) {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(workload = %rec.id, error = %e, "reopening a workload's log failed");
+                        continue;
+                    }
+                };
+                let messages = link.subscribe(StreamId(rec.stream));
+                tokio::spawn(pump(Arc::downgrade(self), rec.id.clone(), rt.clone(), messages));
+                state.runtimes.insert(rec.id.clone(), rt.clone());
+                resumed.push((rec, rt));
+            }
+        }
+        self.reconnected.notify_waiters();
+        if resumed.is_empty() {
+            return;
+        }
+        tracing::info!(zone = %zone_id, workloads = resumed.len(), "zone reconnected: resuming its workloads");
+        // The queries go out after the welcome (the link sends queued requests only then): not awaited here.
+        let manager = self.clone();
+        tokio::spawn(async move {
+            for (rec, rt) in resumed {
+                manager.resync(&rec, &rt, &link).await;
+            }
+        });
+    }
+
+    /// Brings a resumed workload's record up to date with what its zone says.
+    async fn resync(&self, rec: &WorkloadRecord, rt: &Runtime, link: &ZoneLink) {
+        let phase = match call(rt, link, HostToZone::QueryWorkload { id: StreamId(rec.stream) }).await {
+            Ok(ZoneToHost::WorkloadStatus { phase, .. }) => phase,
+            Err(WorkloadError::Refused { code: ErrorCode::NotFound, .. }) => {
+                // The zone never created it (the request was lost with the old daemon) or it is gone.
+                tracing::warn!(workload = %rec.id, "the zone does not know this workload any more");
+                if let Some(status) = self.record_exit(&rec.id, None).await {
+                    let _ = rt.exit.send(Some(status));
+                }
+                return;
+            }
+            other => {
+                tracing::warn!(workload = %rec.id, error = %unexpected(other), "asking the zone about a workload failed");
+                return;
+            }
+        };
+        match phase {
+            WorkloadPhase::Created => {}
+            WorkloadPhase::Running { pid } => {
+                let mut state = self.state.lock().await;
+                if let Some(r) = state.records.get_mut(&rec.id)
+                    && r.state == WorkloadState::Created
+                {
+                    // Started while the answer was lost with the old daemon.
+                    let mut next = r.clone();
+                    next.state = WorkloadState::Running;
+                    next.pid = pid;
+                    next.started_at = now();
+                    match self.persist(&next) {
+                        Ok(()) => *r = next,
+                        Err(e) => {
+                            tracing::error!(workload = %rec.id, error = %e, "recording a workload as running failed")
+                        }
+                    }
+                }
+            }
+            WorkloadPhase::Exited { status } => {
+                if let Some(status) = self.record_exit(&rec.id, Some(status)).await {
+                    let _ = rt.exit.send(Some(status));
+                }
+            }
+        }
+    }
+
+    /// A fresh runtime for workload `id`, appending to its log.
+    fn runtime(&self, id: &str) -> Result<Arc<Runtime>, WorkloadError> {
+        let log_path = self.log_path(id);
+        let log = LogWriter::open(&log_path).map_err(|source| WorkloadError::Log { path: log_path, source })?;
+        Ok(Arc::new(Runtime {
+            calls: Mutex::new(()),
+            answer: std::sync::Mutex::new(None),
+            log: std::sync::Mutex::new(log),
+            output: broadcast::channel(FOLLOW_BACKLOG).0,
+            exit: watch::channel(None).0,
         }))
     }
 
@@ -279,19 +415,69 @@ impl<H: Hypervisor> WorkloadManager<H> {
         self.store.put(&r.id, r).map_err(WorkloadError::Store)
     }
 
-    /// The ready zone `zone` and its link.
-    async fn ready_zone(&self, zone: &str) -> Result<(crate::zone::ZoneRecord, u32, ZoneLink), WorkloadError> {
+    /// Zone `zone`, if it is ready or still booting, with its domain.
+    async fn live_zone(&self, zone: &str) -> Result<(crate::zone::ZoneRecord, u32), WorkloadError> {
         let z = self.zones.get(zone).await?;
-        let not_ready = || WorkloadError::ZoneNotReady { zone: z.spec.name.to_string(), state: z.state };
-        if z.state != ZoneState::Ready {
-            return Err(not_ready());
+        match (z.state, z.domid) {
+            (ZoneState::Ready | ZoneState::Starting, Some(domid)) => Ok((z, domid)),
+            _ => Err(not_ready(z)),
         }
-        let domid = z.domid.ok_or_else(not_ready)?;
-        let link = self.zones.link(&z.id).ok_or(WorkloadError::ChannelClosed)?;
-        Ok((z, domid, link))
     }
 
-    /// Creates a workload in `zone` from `image` (attaching the image to the zone if needed).
+    /// Waits until zone `zone_id` (whose domain is `domid`) is ready; returns its link.
+    async fn wait_until_ready(&self, zone_id: &str, domid: u32) -> Result<ZoneLink, WorkloadError> {
+        let mut events = self.zones.subscribe();
+        let deadline = tokio::time::Instant::now() + READY_WAIT;
+        loop {
+            let z = self.zones.get(zone_id).await?;
+            match z.state {
+                ZoneState::Ready if z.domid == Some(domid) => {
+                    return self.zones.link(&z.id).ok_or(WorkloadError::ChannelClosed);
+                }
+                ZoneState::Starting if z.domid == Some(domid) => {}
+                _ => return Err(not_ready(z)),
+            }
+            // Any event (or a lagged receiver) means: look again.
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Ok(_) | Err(broadcast::error::RecvError::Lagged(_))) => {}
+                Ok(Err(broadcast::error::RecvError::Closed)) | Err(_) => return Err(not_ready(z)),
+            }
+        }
+    }
+
+    /// The guest device of `img` in zone `z` (domain `domid`), attaching the image if it is not yet.
+    async fn image_device(
+        &self,
+        state: &mut State,
+        z: &crate::zone::ZoneRecord,
+        domid: u32,
+        img: &crate::images::ImageRecord,
+    ) -> Result<String, WorkloadError> {
+        let key = (z.id.clone(), domid, img.id.clone());
+        if let Some(d) = state.disks.get(&key) {
+            return Ok(d.clone());
+        }
+        let zone_name = z.spec.name.to_string();
+        let used: Vec<&String> =
+            state.disks.iter().filter(|((zid, d, _), _)| *zid == z.id && *d == domid).map(|(_, v)| v).collect();
+        let device = DEVICE_LETTERS
+            .chars()
+            .map(|c| format!("xvd{c}"))
+            .find(|d| !used.contains(&d))
+            .ok_or_else(|| WorkloadError::NoDiskSlot(zone_name.clone()))?;
+        let path = self.images.erofs_path(img);
+        self.zones
+            .hypervisor()
+            .attach_disk(domid, &path, &device)
+            .await
+            .map_err(|e| WorkloadError::Attach { zone: zone_name, reason: e.to_string() })?;
+        state.disks.insert(key, device.clone());
+        Ok(device)
+    }
+
+    /// Creates a workload in `zone` from `image`, attaching the image to the zone if it is not yet. A zone that
+    /// is still booting is waited for. (Attaching while the zone boots, to overlap the hot-plug with the boot,
+    /// made Xen's block hot-plug script fail or time out in the emulated test bed; it stays sequential.)
     pub async fn create(
         self: &Arc<Self>,
         zone: &str,
@@ -300,34 +486,19 @@ impl<H: Hypervisor> WorkloadManager<H> {
         req: WorkloadRequest,
         labels: BTreeMap<String, String>,
     ) -> Result<WorkloadRecord, WorkloadError> {
-        let (z, domid, link) = self.ready_zone(zone).await?;
+        let (z, domid) = self.live_zone(zone).await?;
         let zone_name = z.spec.name.to_string();
         let img = self.images.get(image)?;
-        let mut state = self.state.lock().await;
-        if state.records.values().any(|r| r.zone_id == z.id && r.name == name) {
+        let name_taken = |state: &State| state.records.values().any(|r| r.zone_id == z.id && r.name == name);
+        if name_taken(&*self.state.lock().await) {
             return Err(WorkloadError::AlreadyExists { zone: zone_name, name: name.to_owned() });
         }
-        let key = (z.id.clone(), domid, img.id.clone());
-        let device = match state.disks.get(&key) {
-            Some(d) => d.clone(),
-            None => {
-                let used: Vec<&String> =
-                    state.disks.iter().filter(|((zid, d, _), _)| *zid == z.id && *d == domid).map(|(_, v)| v).collect();
-                let device = DEVICE_LETTERS
-                    .chars()
-                    .map(|c| format!("xvd{c}"))
-                    .find(|d| !used.contains(&d))
-                    .ok_or_else(|| WorkloadError::NoDiskSlot(zone_name.clone()))?;
-                let path = self.images.erofs_path(&img);
-                self.zones
-                    .hypervisor()
-                    .attach_disk(domid, &path, &device)
-                    .await
-                    .map_err(|e| WorkloadError::Attach { zone: zone_name.clone(), reason: e.to_string() })?;
-                state.disks.insert(key, device.clone());
-                device
-            }
-        };
+        let link = self.wait_until_ready(&z.id, domid).await?;
+        let mut state = self.state.lock().await;
+        if name_taken(&state) {
+            return Err(WorkloadError::AlreadyExists { zone: zone_name, name: name.to_owned() });
+        }
+        let device = self.image_device(&mut state, &z, domid, &img).await?;
         let wire_spec = spec::build(&req, &img.config, &device)?;
         let stream = self.stream_id();
         let rec = WorkloadRecord {
@@ -347,15 +518,7 @@ impl<H: Hypervisor> WorkloadManager<H> {
             started_at: 0,
             finished_at: 0,
         };
-        let log_path = self.log_path(&rec.id);
-        let log = LogWriter::open(&log_path).map_err(|source| WorkloadError::Log { path: log_path, source })?;
-        let rt = Arc::new(Runtime {
-            calls: Mutex::new(()),
-            answer: std::sync::Mutex::new(None),
-            log: std::sync::Mutex::new(log),
-            output: broadcast::channel(FOLLOW_BACKLOG).0,
-            exit: watch::channel(None).0,
-        });
+        let rt = self.runtime(&rec.id)?;
         let messages = link.subscribe(stream);
         tokio::spawn(pump(Arc::downgrade(self), rec.id.clone(), rt.clone(), messages));
         self.persist(&rec)?;
@@ -441,22 +604,31 @@ impl<H: Hypervisor> WorkloadManager<H> {
         Ok(())
     }
 
-    /// Waits until the workload has exited; returns its record.
+    /// Waits until the workload has exited; returns its record. A workload whose zone has not reconnected
+    /// yet (after a daemon restart) is waited for up to the call timeout.
     pub async fn wait(&self, id: &str) -> Result<WorkloadRecord, WorkloadError> {
-        let (rec, rt) = {
-            let state = self.state.lock().await;
-            let rec = find(&state.records, id).cloned().ok_or_else(|| WorkloadError::NotFound(id.to_owned()))?;
-            let rt = state.runtimes.get(&rec.id).cloned();
-            (rec, rt)
+        let rt = loop {
+            // Registered before looking, so a reconnect in between is not missed.
+            let reconnected = self.reconnected.notified();
+            let (rec, rt) = {
+                let state = self.state.lock().await;
+                let rec = find(&state.records, id).cloned().ok_or_else(|| WorkloadError::NotFound(id.to_owned()))?;
+                let rt = state.runtimes.get(&rec.id).cloned();
+                (rec, rt)
+            };
+            if rec.state == WorkloadState::Exited {
+                return Ok(rec);
+            }
+            if let Some(rt) = rt {
+                break (rec.id, rt);
+            }
+            tokio::time::timeout(CALL_TIMEOUT, reconnected).await.map_err(|_| WorkloadError::ChannelClosed)?;
         };
-        if rec.state == WorkloadState::Exited {
-            return Ok(rec);
-        }
-        let Some(rt) = rt else { return Err(WorkloadError::ChannelClosed) };
+        let (id, rt) = rt;
         let mut exit = rt.exit.subscribe();
         // The watch ends with the runtime (zone lost): the record says so then.
         let _ = exit.wait_for(Option::is_some).await;
-        self.get(&rec.id).await
+        self.get(&id).await
     }
 
     /// The id of zone `zone` (id or name).
@@ -614,6 +786,17 @@ impl<H: Hypervisor> WorkloadManager<H> {
         tracing::info!(workload = %id, exit = ?next.exit, zone_lost = next.zone_lost, "workload exited");
         *r = next;
         r.exit
+    }
+}
+
+/// The error for a workload request to zone `z`, which is not ready: with the reason if it failed.
+fn not_ready(z: crate::zone::ZoneRecord) -> WorkloadError {
+    let zone = z.spec.name.to_string();
+    match (z.state, z.failure_reason) {
+        (ZoneState::Failed, reason) => {
+            WorkloadError::ZoneFailed { zone, reason: reason.unwrap_or_else(|| "no reason recorded".into()) }
+        }
+        (state, _) => WorkloadError::ZoneNotReady { zone, state },
     }
 }
 

@@ -1,6 +1,7 @@
 #!/bin/bash
 # bulkheadd and the bulkhead CLI as a node runs them, in the test bed's dom0: zones through libxl, a kill -9
-# of the daemon with two zones running, graceful stop, destroy without leftovers, crash detection.
+# of the daemon with two zones running, graceful stop, garbage on a zone's channel, destroy without leftovers,
+# crash detection.
 # Prints "scenario ok" at the end; figures as "figure: ..." lines.
 set -Eeuo pipefail
 
@@ -41,6 +42,22 @@ t1=$(date +%s.%N)
 echo "figure: graceful zone stop: $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }') s"
 [ "$(field a state)" = stopped ] || fail "zone a after stop: $(field a state)"
 grep -q "did not power off in time" "$daemon_log" && fail "zone a had to be destroyed, not stopped"
+# Fault injection: a zone whose init writes garbage on the host channel (after a valid hello) is failed and
+# destroyed; the daemon and the other zone carry on.
+bulkhead zone create g --memory 48 --kernel-arg bulkhead.selftest=channel-garbage --start >/dev/null \
+  || fail "create g"
+t0=$(date +%s.%N)
+wait_state g failed
+t1=$(date +%s.%N)
+echo "figure: garbage on the channel reported failed within $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }') s of start"
+echo "failure reason: $(field g failure_reason)"
+field g failure_reason | grep -q "protocol" || fail "the reason does not name the protocol violation"
+kill -0 "$(cat /tmp/bulkheadd.pid)" || fail "the daemon died of a zone's garbage"
+[ "$(field b state)" = ready ] || fail "zone b suffered from zone g's garbage: $(field b state)"
+for _ in $(seq 50); do [ "$(ours)" = bulkhead-b ] && break; sleep 0.2; done
+[ "$(ours)" = bulkhead-b ] || fail "the garbage zone's domain was not destroyed: [$(ours)]"
+bulkhead zone destroy g
+
 bulkhead zone destroy a
 bulkhead zone destroy b
 bulkhead zone destroy b # idempotent

@@ -7,7 +7,7 @@ printf '[zone]\nauto-virt-mode = "pv"\n' >/etc/bulkhead/bulkheadd.toml
 daemon_log=/tmp/bulkheadd.log
 # Any unexpected failure (set -e) says which command at which line, and leaves the daemon's log behind.
 trap 'echo "FAILED: line $LINENO: $BASH_COMMAND exited $?" >&2' ERR
-trap 'rc=$?; if [ $rc != 0 ]; then echo "--- bulkheadd log (exit $rc)" >&2; tail -50 "$daemon_log" >&2; xl list >&2; echo "--- dmesg" >&2; dmesg | tail -25 >&2; fi' EXIT
+trap 'rc=$?; if [ $rc != 0 ]; then echo "--- bulkheadd log (exit $rc)" >&2; tail -50 "$daemon_log" >&2; xl list >&2; echo "--- xen-hotplug.log" >&2; tail -15 /var/log/xen/xen-hotplug.log >&2 2>/dev/null; for c in /var/log/xen/console/guest-bulkhead-*.log; do [ -f "$c" ] && { echo "--- $c" >&2; tail -15 "$c" >&2; }; done; echo "--- dmesg" >&2; dmesg | tail -25 >&2; fi' EXIT
 start_daemon() {
   bulkheadd >>"$daemon_log" 2>&1 &
   echo $! >/tmp/bulkheadd.pid
