@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::message_chain;
 use crate::images::erofs::ErofsError;
+use crate::images::pull::RegistryFailure;
 use crate::images::{ImageError, ImageRecord, ImageStore};
 
 /// Tells whether a workload uses an image; [`ImageService::remove_image`] refuses while it does.
@@ -53,6 +54,13 @@ impl From<ImageError> for Status {
                 _ => Status::invalid_argument(msg),
             },
             ImageError::Unpack { source, .. } if source.is_bad_input() => Status::invalid_argument(msg),
+            ImageError::Pull { source, .. } => match source.registry_failure() {
+                Some(RegistryFailure::NotFound) => Status::not_found(msg),
+                Some(RegistryFailure::Unauthorized) => Status::permission_denied(msg),
+                Some(RegistryFailure::Unavailable) => Status::unavailable(msg),
+                // The registry's content is malformed, inconsistent, or for another platform.
+                None => Status::invalid_argument(msg),
+            },
             ImageError::InUse { .. } | ImageError::Build { source: ErofsError::Missing { .. }, .. } => {
                 Status::failed_precondition(msg)
             }
