@@ -566,6 +566,72 @@ async fn mirrors_are_tried_first_and_plain_http_needs_configuring() -> TestResul
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn pull_over_the_control_api_streams_progress_then_the_image() -> TestResult {
+    use bulkhead_api::control::v1 as pb;
+    use bulkhead_api::control::v1::image_service_client::ImageServiceClient;
+    use bulkhead_api::control::v1::image_service_server::ImageServiceServer;
+    use bulkhead_api::control::v1::pull_image_response::Event;
+
+    if !registry_available() || !privileged() {
+        return Ok(());
+    }
+    let reg = Registry::start(Some(("puller", "s3cret")))?;
+    let pushed = push_all(&reg.addr, RegistryAuth::Basic("puller".into(), "s3cret".into())).await?;
+    let tmp = tempfile::tempdir()?;
+    let s = Arc::new(store(&tmp.path().join("images"), insecure(&[&reg.addr])).await?);
+    let socket = tmp.path().join("control.sock");
+    let incoming = bulkheadd::api::bind_control_socket(&socket)?;
+    let api = bulkheadd::api::images::ImageApi::new(s);
+    tokio::spawn(
+        tonic::transport::Server::builder().add_service(ImageServiceServer::new(api)).serve_with_incoming(incoming),
+    );
+    let mut c = ImageServiceClient::new(bulkhead_api::client::connect_unix(&socket).await?);
+
+    let reference = format!("{}/test/busybox:gzip", reg.addr);
+    let credentials = Some(pb::RegistryCredentials { username: "puller".into(), password: "s3cret".into() });
+    let req = pb::PullImageRequest { reference: reference.clone(), credentials };
+    let mut stream = c.pull_image(req).await?.into_inner();
+    let mut events = Vec::new();
+    while let Some(m) = tokio::time::timeout(Duration::from_secs(120), stream.message()).await?? {
+        events.push(m.event.ok_or("a message without an event")?);
+    }
+    match events.first() {
+        Some(Event::Resolved(r)) => {
+            assert_eq!(r.id, pushed.gzip);
+            assert_eq!(r.layers.len(), 2);
+        }
+        other => return Err(format!("expected Resolved first, got {other:?}").into()),
+    }
+    assert!(events.iter().any(|e| matches!(e, Event::Layer(l) if l.index == 1 && l.done_bytes == l.total_bytes)));
+    assert!(matches!(events[events.len() - 2], Event::Building(_)), "{events:?}");
+    match events.last() {
+        Some(Event::Image(i)) => {
+            assert_eq!(i.id, pushed.gzip);
+            assert_eq!(i.references, [reference.as_str()]);
+        }
+        other => return Err(format!("expected the image last, got {other:?}").into()),
+    }
+
+    // Failures are statuses a client can act on: no credentials, an absent tag, a malformed reference.
+    let req = pb::PullImageRequest { reference: reference.replace(":gzip", ":zstd"), credentials: None };
+    let status = match c.pull_image(req).await {
+        Ok(r) => r.into_inner().message().await.err(),
+        Err(s) => Some(s),
+    };
+    assert_eq!(status.map(|s| s.code()), Some(tonic::Code::PermissionDenied));
+    let credentials = Some(pb::RegistryCredentials { username: "puller".into(), password: "s3cret".into() });
+    let req = pb::PullImageRequest { reference: reference.replace(":gzip", ":absent"), credentials };
+    let status = match c.pull_image(req).await {
+        Ok(r) => r.into_inner().message().await.err(),
+        Err(s) => Some(s),
+    };
+    assert_eq!(status.map(|s| s.code()), Some(tonic::Code::NotFound));
+    let r = c.pull_image(pb::PullImageRequest { reference: "Bad Ref".into(), credentials: None }).await;
+    assert_eq!(r.err().map(|s| s.code()), Some(tonic::Code::InvalidArgument));
+    Ok(())
+}
+
 #[tokio::test]
 async fn malformed_references_fail_before_any_request() -> TestResult {
     let tmp = tempfile::tempdir()?;
