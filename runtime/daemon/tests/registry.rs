@@ -10,289 +10,19 @@
 mod imagecheck;
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bulkheadd::images::layout::{Compression, LayoutError, host_arch};
+use bulkheadd::images::layout::LayoutError;
 use bulkheadd::images::pull::{Credentials, PullError, PullProgress, Registries, RegistryConfig, RegistryFailure};
-use bulkheadd::images::testing::write_busybox_layout;
+use bulkheadd::images::testing::registry::{Registry, push_all, registry_available};
 use bulkheadd::images::{ImageError, ImageFormat, ImageStore, ImageStoreConfig};
 use imagecheck::{BUSYBOX, TestResult, check_root_image};
-use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference, RegistryOperation};
-use sha2::{Digest as _, Sha256};
-
-const REGISTRY: &str = "/usr/bin/docker-registry";
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 
 fn privileged() -> bool {
     bulkheadd::images::testing::root_or_skip("chown while unpacking, loop mounts")
-}
-
-/// True when the registry binary is here; false (with a note) when it is not and CI is unset; in CI a
-/// missing registry fails the test.
-fn registry_available() -> bool {
-    if Path::new(REGISTRY).is_file() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{REGISTRY} is missing and CI is set: run ci/deps build (it installs docker-registry)");
-    }
-    eprintln!("skipping: {REGISTRY} is not installed (apt-get install docker-registry, or ci/deps build)");
-    false
-}
-
-fn sha(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
-
-/// A docker-registry on a free 127.0.0.1 port with its own storage, killed on drop.
-struct Registry {
-    child: Child,
-    addr: String,
-    dir: tempfile::TempDir,
-}
-
-impl Registry {
-    /// Starts a registry; with `user`, it wants basic auth from an htpasswd file.
-    fn start(user: Option<(&str, &str)>) -> Result<Registry, Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let addr = format!("127.0.0.1:{port}");
-        let auth = match user {
-            Some((name, password)) => {
-                let out = Command::new("htpasswd")
-                    .args(["-Bbn", name, password])
-                    .output()
-                    .map_err(|e| format!("running htpasswd: {e} (apt-get install apache2-utils, or ci/deps build)"))?;
-                if !out.status.success() {
-                    return Err(format!("htpasswd failed: {}", String::from_utf8_lossy(&out.stderr)).into());
-                }
-                let file = dir.path().join("htpasswd");
-                std::fs::write(&file, &out.stdout)?;
-                format!("auth:\n  htpasswd:\n    realm: bulkhead-test\n    path: {}\n", file.display())
-            }
-            None => String::new(),
-        };
-        let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    \
-                 rootdirectory: {}\n  maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: {addr}\n{auth}",
-                dir.path().join("storage").display()
-            ),
-        )?;
-        let log = std::fs::File::create(dir.path().join("registry.log"))?;
-        let child = Command::new(REGISTRY)
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
-        let mut reg = Registry { child, addr, dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(&reg.addr).is_err() {
-            if let Some(st) = reg.child.try_wait()? {
-                return Err(format!("docker-registry exited ({st}): {}", reg.log()).into());
-            }
-            if Instant::now() > deadline {
-                return Err(format!("docker-registry did not listen on {} within 20 s: {}", reg.addr, reg.log()).into());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(reg)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
-    }
-
-    /// The registry's own file for blob `digest` ("sha256:...").
-    fn blob_file(&self, digest: &str) -> PathBuf {
-        let hex = &digest["sha256:".len()..];
-        self.dir.path().join("storage/docker/registry/v2/blobs/sha256").join(&hex[..2]).join(hex).join("data")
-    }
-
-    /// How many times the registry served blob `digest` with a body.
-    fn blob_gets(&self, digest: &str) -> usize {
-        self.log().lines().filter(|l| l.contains("\"GET ") && l.contains(&format!("/blobs/{digest} "))).count()
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Pushes blobs and manifests with oci-client's push API.
-struct Pusher {
-    client: Client,
-    addr: String,
-    auth: RegistryAuth,
-}
-
-impl Pusher {
-    fn new(addr: &str, auth: RegistryAuth) -> Pusher {
-        let client = Client::new(ClientConfig { protocol: ClientProtocol::Http, ..ClientConfig::default() });
-        Pusher { client, addr: addr.to_owned(), auth }
-    }
-
-    async fn reference(&self, repo: &str, tag: &str) -> Result<Reference, Box<dyn std::error::Error>> {
-        let r = Reference::with_tag(self.addr.clone(), repo.to_owned(), tag.to_owned());
-        self.client.auth(&r, &self.auth, RegistryOperation::Push).await?;
-        Ok(r)
-    }
-
-    async fn blob(&self, repo: &str, bytes: Vec<u8>) -> Result<String, Box<dyn std::error::Error>> {
-        let r = self.reference(repo, "unused").await?;
-        let digest = sha(&bytes);
-        self.client.push_blob(&r, bytes, &digest).await?;
-        Ok(digest)
-    }
-
-    /// Pushes a manifest under `tag` (a tag, or its own digest) and returns its digest.
-    async fn manifest(
-        &self,
-        repo: &str,
-        tag: &str,
-        bytes: Vec<u8>,
-        media_type: &str,
-    ) -> Result<String, Box<dyn std::error::Error>> {
-        let digest = sha(&bytes);
-        let r = self.reference(repo, "unused").await?;
-        let r = if tag.starts_with("sha256:") {
-            Reference::with_digest(r.registry().to_owned(), repo.to_owned(), digest.clone())
-        } else {
-            Reference::with_tag(r.registry().to_owned(), repo.to_owned(), tag.to_owned())
-        };
-        self.client.push_manifest_raw(&r, bytes, http::HeaderValue::from_str(media_type)?).await?;
-        Ok(digest)
-    }
-
-    /// Pushes the image of an OCI layout written by `write_busybox_layout` (its manifest `digest`) under
-    /// `tag`, with the manifest as it is (or rewritten by `rewrite`, e.g. to Docker media types).
-    async fn layout(
-        &self,
-        repo: &str,
-        tag: &str,
-        layout: &Path,
-        digest: &str,
-        rewrite: impl Fn(&mut serde_json::Value),
-    ) -> Result<(String, Vec<u8>), Box<dyn std::error::Error>> {
-        let blob = |d: &str| std::fs::read(layout.join("blobs/sha256").join(&d["sha256:".len()..]));
-        let mut manifest: serde_json::Value = serde_json::from_slice(&blob(digest)?)?;
-        let config = manifest["config"]["digest"].as_str().unwrap_or_default().to_owned();
-        self.blob(repo, blob(&config)?).await?;
-        let layers: Vec<String> = manifest["layers"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|l| l["digest"].as_str().map(str::to_owned)).collect())
-            .unwrap_or_default();
-        for l in &layers {
-            self.blob(repo, blob(l)?).await?;
-        }
-        rewrite(&mut manifest);
-        let media_type = manifest["mediaType"].as_str().unwrap_or(OCI_MANIFEST).to_owned();
-        let bytes = serde_json::to_vec(&manifest)?;
-        let digest = self.manifest(repo, tag, bytes.clone(), &media_type).await?;
-        Ok((digest, bytes))
-    }
-}
-
-/// What the registry holds after [`push_all`].
-struct Pushed {
-    _layouts: tempfile::TempDir,
-    /// test/busybox:gzip (OCI manifest, gzip layers).
-    gzip: String,
-    /// The layer blobs of `gzip`.
-    gzip_layers: Vec<String>,
-    /// test/busybox:zstd.
-    zstd: String,
-    /// test/multi:v1 is an OCI index; this is its manifest for this node.
-    multi_native: String,
-    /// test/docker:v1 is a Docker manifest list; this is its Docker manifest for this node.
-    docker_native: String,
-}
-
-/// Builds and pushes every test image (see [`Pushed`]).
-async fn push_all(addr: &str, auth: RegistryAuth) -> Result<Pushed, Box<dyn std::error::Error>> {
-    let layouts = tempfile::tempdir()?;
-    let p = Pusher::new(addr, auth);
-    let gz = layouts.path().join("gzip");
-    let f = write_busybox_layout(&gz, Path::new(BUSYBOX), Compression::Gzip)?;
-    let (gzip, gzip_manifest) = p.layout("test/busybox", "gzip", &gz, &f.manifest_digest, |_| {}).await?;
-    assert_eq!(gzip, f.manifest_digest, "pushed unchanged");
-    let gzip_layers = f.layer_blobs.iter().map(|b| std::fs::read(b).map(|b| sha(&b))).collect::<Result<_, _>>()?;
-
-    let zs = layouts.path().join("zstd");
-    let f = write_busybox_layout(&zs, Path::new(BUSYBOX), Compression::Zstd)?;
-    let (zstd, _) = p.layout("test/busybox", "zstd", &zs, &f.manifest_digest, |_| {}).await?;
-
-    // A multi-arch index: another architecture first (same layers, its own config), then this node's.
-    let (multi_native, _) = p.layout("test/multi", "native", &gz, &f_digest(&gz)?, |_| {}).await?;
-    let mut foreign_config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(gz.join("blobs/sha256").join(config_hex(&gzip_manifest)?))?)?;
-    let other_arch = if host_arch() == "s390x" { "amd64" } else { "s390x" };
-    foreign_config["architecture"] = other_arch.into();
-    let foreign_config = serde_json::to_vec(&foreign_config)?;
-    let foreign_config_digest = p.blob("test/multi", foreign_config.clone()).await?;
-    let mut foreign: serde_json::Value = serde_json::from_slice(&gzip_manifest)?;
-    foreign["config"]["digest"] = foreign_config_digest.into();
-    foreign["config"]["size"] = foreign_config.len().into();
-    let foreign = serde_json::to_vec(&foreign)?;
-    let foreign_digest = p.manifest("test/multi", "sha256:", foreign.clone(), OCI_MANIFEST).await?;
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_INDEX,
-        "manifests": [
-            { "mediaType": OCI_MANIFEST, "digest": foreign_digest, "size": foreign.len(),
-              "platform": { "os": "linux", "architecture": other_arch } },
-            { "mediaType": OCI_MANIFEST, "digest": multi_native, "size": gzip_manifest.len(),
-              "platform": { "os": "linux", "architecture": host_arch() } },
-        ]
-    });
-    p.manifest("test/multi", "v1", serde_json::to_vec(&index)?, OCI_INDEX).await?;
-
-    // Docker media types: a schema 2 manifest in a manifest list.
-    let (docker_native, docker_manifest) = p
-        .layout("test/docker", "sha256:", &gz, &f_digest(&gz)?, |m| {
-            m["mediaType"] = DOCKER_MANIFEST.into();
-            m["config"]["mediaType"] = "application/vnd.docker.container.image.v1+json".into();
-            if let Some(layers) = m["layers"].as_array_mut() {
-                for l in layers {
-                    l["mediaType"] = "application/vnd.docker.image.rootfs.diff.tar.gzip".into();
-                }
-            }
-        })
-        .await?;
-    let list = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": DOCKER_LIST,
-        "manifests": [{ "mediaType": DOCKER_MANIFEST, "digest": docker_native, "size": docker_manifest.len(),
-                        "platform": { "os": "linux", "architecture": host_arch() } }]
-    });
-    p.manifest("test/docker", "v1", serde_json::to_vec(&list)?, DOCKER_LIST).await?;
-    Ok(Pushed { _layouts: layouts, gzip, gzip_layers, zstd, multi_native, docker_native })
-}
-
-/// The manifest digest of the layout in `dir` (its index.json's only manifest).
-fn f_digest(dir: &Path) -> Result<String, Box<dyn std::error::Error>> {
-    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("index.json"))?)?;
-    Ok(index["manifests"][0]["digest"].as_str().unwrap_or_default().to_owned())
-}
-
-fn config_hex(manifest: &[u8]) -> Result<String, Box<dyn std::error::Error>> {
-    let m: serde_json::Value = serde_json::from_slice(manifest)?;
-    Ok(m["config"]["digest"].as_str().unwrap_or_default().trim_start_matches("sha256:").to_owned())
 }
 
 fn insecure(hosts: &[&str]) -> Registries {
@@ -342,7 +72,7 @@ async fn pulls_by_tag_and_digest_in_oci_and_docker_formats() -> TestResult {
     }
     imagecheck::check_static_busybox()?;
     let reg = Registry::start(None)?;
-    let pushed = push_all(&reg.addr, RegistryAuth::Anonymous).await?;
+    let pushed = push_all(&reg.addr, RegistryAuth::Anonymous, Path::new(BUSYBOX)).await?;
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("images");
     let s = store(&dir, insecure(&[&reg.addr])).await?;
@@ -414,7 +144,7 @@ async fn concurrent_pulls_of_one_image_download_each_blob_once() -> TestResult {
         return Ok(());
     }
     let reg = Registry::start(None)?;
-    let pushed = push_all(&reg.addr, RegistryAuth::Anonymous).await?;
+    let pushed = push_all(&reg.addr, RegistryAuth::Anonymous, Path::new(BUSYBOX)).await?;
     let tmp = tempfile::tempdir()?;
     let s = store(&tmp.path().join("images"), insecure(&[&reg.addr])).await?;
     let by_tag = format!("{}/test/busybox:gzip", reg.addr);
@@ -436,7 +166,7 @@ async fn wrong_digests_and_tampered_blobs_fail_and_leave_nothing() -> TestResult
         return Ok(());
     }
     let reg = Registry::start(None)?;
-    let pushed = push_all(&reg.addr, RegistryAuth::Anonymous).await?;
+    let pushed = push_all(&reg.addr, RegistryAuth::Anonymous, Path::new(BUSYBOX)).await?;
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("images");
     let s = store(&dir, insecure(&[&reg.addr])).await?;
@@ -495,7 +225,7 @@ async fn basic_auth_uses_configured_or_given_credentials() -> TestResult {
         return Ok(());
     }
     let reg = Registry::start(Some(("puller", "s3cret")))?;
-    let pushed = push_all(&reg.addr, RegistryAuth::Basic("puller".into(), "s3cret".into())).await?;
+    let pushed = push_all(&reg.addr, RegistryAuth::Basic("puller".into(), "s3cret".into()), Path::new(BUSYBOX)).await?;
     let reference = format!("{}/test/busybox:gzip", reg.addr);
     let tmp = tempfile::tempdir()?;
     let with = |user: Option<(&str, &str)>| {
@@ -537,7 +267,7 @@ async fn mirrors_are_tried_first_and_plain_http_needs_configuring() -> TestResul
         return Ok(());
     }
     let reg = Registry::start(None)?;
-    let pushed = push_all(&reg.addr, RegistryAuth::Anonymous).await?;
+    let pushed = push_all(&reg.addr, RegistryAuth::Anonymous, Path::new(BUSYBOX)).await?;
     let tmp = tempfile::tempdir()?;
 
     // Not configured insecure: HTTPS is tried, and the plain-HTTP registry cannot answer it.
@@ -577,7 +307,7 @@ async fn pull_over_the_control_api_streams_progress_then_the_image() -> TestResu
         return Ok(());
     }
     let reg = Registry::start(Some(("puller", "s3cret")))?;
-    let pushed = push_all(&reg.addr, RegistryAuth::Basic("puller".into(), "s3cret".into())).await?;
+    let pushed = push_all(&reg.addr, RegistryAuth::Basic("puller".into(), "s3cret".into()), Path::new(BUSYBOX)).await?;
     let tmp = tempfile::tempdir()?;
     let s = Arc::new(store(&tmp.path().join("images"), insecure(&[&reg.addr])).await?);
     let socket = tmp.path().join("control.sock");
