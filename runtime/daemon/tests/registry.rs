@@ -14,10 +14,12 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bulkheadd::images::layout::Compression;
 use bulkheadd::images::layout::LayoutError;
 use bulkheadd::images::pull::{Credentials, PullError, PullProgress, Registries, RegistryConfig, RegistryFailure};
 use bulkheadd::images::testing::registry::{Registry, push_all, registry_available};
-use bulkheadd::images::{ImageError, ImageFormat, ImageStore, ImageStoreConfig};
+use bulkheadd::images::testing::write_busybox_layout;
+use bulkheadd::images::{ImageError, ImageFormat, ImageStore, ImageStoreConfig, PruneReport};
 use imagecheck::{BUSYBOX, TestResult, check_root_image};
 use oci_client::secrets::RegistryAuth;
 
@@ -359,6 +361,45 @@ async fn pull_over_the_control_api_streams_progress_then_the_image() -> TestResu
     assert_eq!(status.map(|s| s.code()), Some(tonic::Code::NotFound));
     let r = c.pull_image(pb::PullImageRequest { reference: "Bad Ref".into(), credentials: None }).await;
     assert_eq!(r.err().map(|s| s.code()), Some(tonic::Code::InvalidArgument));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prune_removes_unreferenced_images_and_unlisted_blobs_only() -> TestResult {
+    if !registry_available() || !privileged() {
+        return Ok(());
+    }
+    let reg = Registry::start(None)?;
+    push_all(&reg.addr, RegistryAuth::Anonymous, Path::new(BUSYBOX)).await?;
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("images");
+    let s = store(&dir, insecure(&[&reg.addr])).await?;
+    let blobs = || std::fs::read_dir(dir.join("blobs/sha256")).map(|d| d.count());
+
+    let pulled = s.pull(&format!("{}/test/busybox:gzip", reg.addr), None, &no_progress).await?;
+    assert_eq!(pulled.blobs.len(), 4, "manifest, config and two layers: {:?}", pulled.blobs);
+    assert_eq!(blobs()?, 4);
+    // An import without a reference (the fixture's bare ref.name tag names nothing) is dangling.
+    let layout = tmp.path().join("layout");
+    write_busybox_layout(&layout, Path::new(BUSYBOX), Compression::Zstd)?;
+    let dangling = s.import(&layout, None).await?;
+    assert!(dangling.references.is_empty());
+
+    let r = s.prune(|_| true).await?;
+    assert_eq!(r, PruneReport::default(), "an image a workload uses stays, and so do its blobs");
+    let r = s.prune(|_| false).await?;
+    assert_eq!((r.images.as_slice(), r.blobs), (std::slice::from_ref(&dangling.id), 0));
+    assert!(r.bytes > 0);
+    assert!(!s.erofs_path(&dangling).exists());
+    assert_eq!(s.get(&pulled.id)?.id, pulled.id, "a referenced image stays");
+    assert_eq!(blobs()?, 4, "its blobs stay");
+
+    // Removing an image leaves its blobs to the next prune.
+    s.remove(&pulled.id, |_| false).await?;
+    assert_eq!(blobs()?, 4);
+    let r = s.prune(|_| false).await?;
+    assert_eq!((r.images.len(), r.blobs), (0, 4));
+    assert_eq!(blobs()?, 0);
     Ok(())
 }
 

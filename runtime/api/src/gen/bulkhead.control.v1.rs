@@ -625,6 +625,19 @@ pub struct PullLayerProgress {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct PullBuilding {}
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PruneImagesRequest {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PruneImagesResponse {
+    /// Ids of the images removed.
+    #[prost(string, repeated, tag = "1")]
+    pub removed_images: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(uint64, tag = "2")]
+    pub removed_blobs: u64,
+    /// Root images and blobs.
+    #[prost(uint64, tag = "3")]
+    pub reclaimed_bytes: u64,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct GetHostInfoRequest {}
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct GetHostInfoResponse {
@@ -2852,6 +2865,34 @@ pub mod image_service_client {
                 );
             self.inner.server_streaming(req, path, codec).await
         }
+        /// Removes images that have no reference and that no workload uses, then every stored blob no remaining
+        /// image was built from. Waits for pulls in progress.
+        pub async fn prune_images(
+            &mut self,
+            request: impl tonic::IntoRequest<super::PruneImagesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::PruneImagesResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/bulkhead.control.v1.ImageService/PruneImages",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(
+                    GrpcMethod::new("bulkhead.control.v1.ImageService", "PruneImages"),
+                );
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -2913,6 +2954,15 @@ pub mod image_service_server {
             &self,
             request: tonic::Request<super::PullImageRequest>,
         ) -> std::result::Result<tonic::Response<Self::PullImageStream>, tonic::Status>;
+        /// Removes images that have no reference and that no workload uses, then every stored blob no remaining
+        /// image was built from. Waits for pulls in progress.
+        async fn prune_images(
+            &self,
+            request: tonic::Request<super::PruneImagesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::PruneImagesResponse>,
+            tonic::Status,
+        >;
     }
     #[derive(Debug)]
     pub struct ImageServiceServer<T> {
@@ -3212,6 +3262,51 @@ pub mod image_service_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/bulkhead.control.v1.ImageService/PruneImages" => {
+                    #[allow(non_camel_case_types)]
+                    struct PruneImagesSvc<T: ImageService>(pub Arc<T>);
+                    impl<
+                        T: ImageService,
+                    > tonic::server::UnaryService<super::PruneImagesRequest>
+                    for PruneImagesSvc<T> {
+                        type Response = super::PruneImagesResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::PruneImagesRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as ImageService>::prune_images(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = PruneImagesSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)

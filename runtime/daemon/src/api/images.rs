@@ -184,6 +184,19 @@ impl pb::image_service_server::ImageService for ImageApi {
         Ok(Response::new(pb::ImportImageResponse { image: Some(image_to_pb(&rec)) }))
     }
 
+    async fn prune_images(
+        &self,
+        _req: Request<pb::PruneImagesRequest>,
+    ) -> Result<Response<pb::PruneImagesResponse>, Status> {
+        let in_use = self.in_use.clone();
+        let r = self.store.prune(move |rec| in_use(rec)).await?;
+        Ok(Response::new(pb::PruneImagesResponse {
+            removed_images: r.images,
+            removed_blobs: r.blobs,
+            reclaimed_bytes: r.bytes,
+        }))
+    }
+
     async fn list_images(
         &self,
         _req: Request<pb::ListImagesRequest>,

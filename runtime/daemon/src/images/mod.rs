@@ -106,6 +106,10 @@ pub struct ImageRecord {
     pub config: ImageConfig,
     /// Where it came from.
     pub format: ImageFormat,
+    /// The blobs in `blobs/` it was built from ("sha256:..."; manifest, config and layers of a pulled
+    /// image; none for an import). [`ImageStore::prune`] keeps these.
+    #[serde(default)]
+    pub blobs: Vec<String>,
 }
 
 impl ImageRecord {
@@ -257,6 +261,19 @@ struct Inner {
     blob_locks: KeyedLocks,
     /// One build per image at a time, by hex id.
     build_locks: KeyedLocks,
+    /// Pulls hold it shared, [`ImageStore::prune`] exclusively.
+    gc: tokio::sync::RwLock<()>,
+}
+
+/// What [`ImageStore::prune`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    /// Images without references that no workload used, by id.
+    pub images: Vec<String>,
+    /// Blobs no image record lists.
+    pub blobs: u64,
+    /// Bytes freed (root images and blobs).
+    pub bytes: u64,
 }
 
 /// Async locks by name, created on demand and dropped when nobody holds or waits for them.
@@ -326,6 +343,8 @@ impl ImageStore {
         progress: &(dyn Fn(PullProgress) + Send + Sync),
     ) -> Result<ImageRecord, ImageError> {
         let name = reference::parse(reference)?;
+        // Blobs this pull fetches belong to no record until it commits: prune waits.
+        let _gc = self.inner.gc.read().await;
         let wrap = |source| ImageError::Pull { reference: name.normalized(), source: Box::new(source) };
         let (session, top) = Session::open(&self.inner.cfg.registries, &name, credentials).await.map_err(wrap)?;
         let content = |source| wrap(PullError::Content { registry: session.host().to_owned(), source });
@@ -346,6 +365,10 @@ impl ImageStore {
         let layers = oci::layer_plans(&parsed, diff_ids).map_err(content)?;
         self.put_blob(&manifest.bytes, &manifest.digest).await?;
         let plan = ImagePlan { id: manifest.digest.clone(), config, layers, references: Vec::new() };
+        let blobs: Vec<String> = [manifest.digest.digest(), config_digest.digest()]
+            .into_iter()
+            .chain(plan.layers.iter().filter_map(|l| l.blob.as_ref().map(|(d, _)| d.digest())))
+            .collect();
         progress(PullProgress::Resolved {
             id: plan.id.digest(),
             layers: plan.layers.iter().filter_map(|l| l.blob.as_ref().map(|(d, s)| (d.digest(), *s))).collect(),
@@ -388,6 +411,7 @@ impl ImageStore {
                 created_at: now(),
                 config: plan.config.clone(),
                 format: ImageFormat::Registry,
+                blobs,
             };
             let rec = inner.commit(Some(rec), &hex, references)?;
             tracing::info!(image = %rec.id, references = ?rec.references, size_bytes, "pulled an image");
@@ -542,6 +566,18 @@ impl ImageStore {
         .await
     }
 
+    /// Removes images that have no reference and that `in_use` says no workload uses (their root images
+    /// too), then every blob no remaining image lists (pulled images' manifests, configs and layers, and
+    /// blobs left by failed pulls). Waits for pulls in progress to finish.
+    pub async fn prune(
+        &self,
+        in_use: impl Fn(&ImageRecord) -> bool + Send + 'static,
+    ) -> Result<PruneReport, ImageError> {
+        let _gc = self.inner.gc.write().await;
+        let inner = self.inner.clone();
+        blocking(move || inner.prune(in_use)).await
+    }
+
     /// Every image, by id.
     pub fn list(&self) -> Vec<ImageRecord> {
         lock(&self.inner.images).values().cloned().collect()
@@ -692,6 +728,7 @@ impl Inner {
             commit: Mutex::new(()),
             blob_locks: KeyedLocks::default(),
             build_locks: KeyedLocks::default(),
+            gc: tokio::sync::RwLock::new(()),
         })
     }
 
@@ -758,6 +795,7 @@ impl Inner {
             created_at: now(),
             config: plan.config.clone(),
             format,
+            blobs: Vec::new(),
         };
         let rec = self.commit(Some(rec), &hex, references)?;
         tracing::info!(image = %rec.id, references = ?rec.references, size_bytes, "imported an image");
@@ -898,6 +936,48 @@ impl Inner {
         Ok(rec)
     }
 
+    fn prune(&self, in_use: impl Fn(&ImageRecord) -> bool) -> Result<PruneReport, ImageError> {
+        let mut report = PruneReport::default();
+        let dangling: Vec<ImageRecord> =
+            lock(&self.images).values().filter(|r| r.references.is_empty()).cloned().collect();
+        for rec in dangling {
+            let size = fs::metadata(self.erofs_path(rec.hex())).map(|m| m.len()).unwrap_or(0);
+            // remove() refuses under the commit lock, so an image an import tagged meanwhile stays too.
+            match self.remove(&rec.id, |r| !r.references.is_empty() || in_use(r)) {
+                Ok(Some(r)) => {
+                    report.images.push(r.id);
+                    report.bytes += size;
+                }
+                Ok(None) | Err(ImageError::InUse { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let keep: std::collections::HashSet<String> = lock(&self.images)
+            .values()
+            .flat_map(|r| r.blobs.iter().filter_map(|d| d.strip_prefix("sha256:").map(str::to_owned)))
+            .collect();
+        let dir = self.cfg.dir.join("blobs/sha256");
+        for entry in fs::read_dir(&dir).map_err(io_err("listing", &dir))? {
+            let entry = entry.map_err(io_err("listing", &dir))?;
+            let name = entry.file_name();
+            if name.to_str().is_some_and(|n| keep.contains(n)) {
+                continue;
+            }
+            let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            fs::remove_file(entry.path()).map_err(io_err("removing", &entry.path()))?;
+            report.blobs += 1;
+            report.bytes += size;
+        }
+        sync_dir(&dir).map_err(io_err("syncing", &dir))?;
+        tracing::info!(
+            images = report.images.len(),
+            blobs = report.blobs,
+            bytes = report.bytes,
+            "pruned the image store"
+        );
+        Ok(report)
+    }
+
     fn remove(&self, image: &str, in_use: impl Fn(&ImageRecord) -> bool) -> Result<Option<ImageRecord>, ImageError> {
         let _commit = lock(&self.commit);
         let rec = match resolve(&lock(&self.images), image) {
@@ -934,7 +1014,17 @@ mod tests {
             created_at: 0,
             config: ImageConfig::default(),
             format: ImageFormat::Oci,
+            blobs: Vec::new(),
         }
+    }
+
+    #[test]
+    fn records_written_before_blobs_were_tracked_still_load() -> Result<(), serde_json::Error> {
+        let mut v = serde_json::to_value(rec(&"a".repeat(64), &["docker.io/library/busybox:latest"]))?;
+        v.as_object_mut().map(|o| o.remove("blobs"));
+        let old: ImageRecord = serde_json::from_value(v)?;
+        assert!(old.blobs.is_empty());
+        Ok(())
     }
 
     #[test]
