@@ -90,8 +90,18 @@ async fn image_commands_drive_the_daemon() -> TestResult {
     assert!(text.contains(&format!("ID:          {}", fixture.manifest_digest)), "{text}");
     assert!(text.contains("Entrypoint:  /bin/sh -c") && text.contains("  PATH=/bin"), "{text}");
 
+    // Prune: a referenced image stays; once imported again without a reference, it is dangling and goes.
+    let (r, text) = bulkhead(&socket, &["image", "prune"]).await;
+    assert_eq!((r, text.as_str()), (Ok(0), "reclaimed 0 B (0 images, 0 blobs)\n"));
     assert_eq!(bulkhead(&socket, &["image", "rm", "busybox:cli"]).await.0, Ok(0));
     assert_eq!(bulkhead(&socket, &["image", "rm", "busybox:cli"]).await.0, Ok(0), "rm is idempotent");
+    let (r, _) = bulkhead(&socket, &["image", "import", rel]).await;
+    assert_eq!(r, Ok(0));
+    let (r, text) = bulkhead(&socket, &["image", "prune"]).await;
+    assert_eq!(r, Ok(0));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], format!("removed {}", fixture.manifest_digest), "{text}");
+    assert!(lines[1].starts_with("reclaimed ") && lines[1].ends_with(" (1 image, 0 blobs)"), "{text}");
     let (_, table) = bulkhead(&socket, &["image", "list"]).await;
     assert_eq!(table.lines().count(), 1, "{table}");
     Ok(())

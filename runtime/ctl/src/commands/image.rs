@@ -33,6 +33,8 @@ pub enum ImageCommand {
     /// Remove an image (succeeds if it is already gone; refused while a workload uses it).
     #[command(alias = "remove")]
     Rm(ImageRef),
+    /// Remove images without references that no workload uses, and blobs no image needs.
+    Prune,
 }
 
 /// `image import`.
@@ -318,6 +320,22 @@ pub async fn run(cmd: ImageCommand, mut c: ImageServiceClient<Channel>, out: &mu
                 OutputFormat::Json => write_json(out, &view)?,
                 OutputFormat::Table => print_inspect(out, &view)?,
             }
+        }
+        ImageCommand::Prune => {
+            let r = c.prune_images(pb::PruneImagesRequest {}).await.map_err(|s| rpc_error("pruning images", s))?;
+            let r = r.into_inner();
+            for id in &r.removed_images {
+                writeln!(out, "removed {id}")?;
+            }
+            writeln!(
+                out,
+                "reclaimed {} ({} image{}, {} blob{})",
+                human_size(r.reclaimed_bytes),
+                r.removed_images.len(),
+                if r.removed_images.len() == 1 { "" } else { "s" },
+                r.removed_blobs,
+                if r.removed_blobs == 1 { "" } else { "s" },
+            )?;
         }
         ImageCommand::Rm(r) => {
             let what = format!("removing image {}", r.image);
