@@ -3,7 +3,11 @@
 //! and zstd layers, whiteouts, an opaque directory and hard links; a multi-arch OCI index; a Docker manifest
 //! list with Docker media types). The pulled root images are mounted and checked as imported ones are.
 //!
-//! Needs /usr/bin/docker-registry and htpasswd (`ci/deps build` installs docker-registry and apache2-utils).
+//! Auth is tested both ways a registry asks for it: basic auth (htpasswd) and bearer tokens from a token
+//! service (a small one in the test harness, signing with openssl).
+//!
+//! Needs /usr/bin/docker-registry, htpasswd and openssl (`ci/deps build` installs docker-registry,
+//! apache2-utils and openssl).
 //! Without the registry the tests skip with a message, except when CI is set: there they fail. The tests that
 //! mount need root, as in tests/images.rs.
 
@@ -260,6 +264,40 @@ async fn basic_auth_uses_configured_or_given_credentials() -> TestResult {
 
     let s = store(&tmp.path().join("configured"), with(Some(("puller", "s3cret")))).await?;
     assert_eq!(s.pull(&reference, None, &no_progress).await?.id, pushed.gzip);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bearer_token_auth_trades_the_credentials_for_a_token() -> TestResult {
+    if !registry_available() || !privileged() {
+        return Ok(());
+    }
+    let reg = Registry::start_with_token_auth("puller", "s3cret")?;
+    let pushed = push_all(&reg.addr, RegistryAuth::Basic("puller".into(), "s3cret".into()), Path::new(BUSYBOX)).await?;
+    let reference = format!("{}/test/busybox:zstd", reg.addr);
+    let tmp = tempfile::tempdir()?;
+    let with = |user: Option<(&str, &str)>| {
+        let entry = RegistryConfig {
+            insecure: true,
+            username: user.map(|u| u.0.to_owned()),
+            password: user.map(|u| u.1.to_owned()),
+            ..RegistryConfig::default()
+        };
+        Registries::new([(reg.addr.clone(), entry)].into_iter().collect())
+    };
+    for (name, user) in [("anonymous", None), ("wrong", Some(("puller", "wrong")))] {
+        let s = store(&tmp.path().join(name), with(user)).await?;
+        let r = s.pull(&reference, None, &no_progress).await;
+        assert!(
+            matches!(&r, Err(ImageError::Pull { source, .. }) if source.registry_failure() == Some(RegistryFailure::Unauthorized)),
+            "{name}: {r:?}"
+        );
+    }
+    let s = store(&tmp.path().join("right"), with(Some(("puller", "s3cret")))).await?;
+    let rec = s.pull(&reference, None, &no_progress).await?;
+    assert_eq!(rec.id, pushed.zstd);
+    check_root_image(&s, &rec)?;
+    assert!(reg.log().contains("\"GET /v2/test/busybox/manifests/zstd HTTP/1.1\" 200"), "{}", reg.log());
     Ok(())
 }
 

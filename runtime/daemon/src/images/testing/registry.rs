@@ -1,12 +1,15 @@
 //! A real registry for tests (feature `test-support`): Debian's `docker-registry` on a free 127.0.0.1
 //! port with its own storage, and images pushed to it with oci-client's push API (the busybox fixture with
-//! gzip and zstd layers, a multi-arch OCI index, a Docker manifest list with Docker media types).
+//! gzip and zstd layers, a multi-arch OCI index, a Docker manifest list with Docker media types). It can
+//! want basic auth (htpasswd) or bearer tokens from a [`TokenServer`].
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD as BASE64, URL_SAFE_NO_PAD as BASE64_URL};
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
@@ -47,14 +50,13 @@ pub struct Registry {
     /// "127.0.0.1:<port>".
     pub addr: String,
     dir: tempfile::TempDir,
+    _token: Option<TokenServer>,
 }
 
 impl Registry {
     /// Starts a registry; with `user`, it wants basic auth from an htpasswd file.
     pub fn start(user: Option<(&str, &str)>) -> Result<Registry, Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let addr = format!("127.0.0.1:{port}");
         let auth = match user {
             Some((name, password)) => {
                 let out = Command::new("htpasswd")
@@ -70,6 +72,30 @@ impl Registry {
             }
             None => String::new(),
         };
+        Registry::serve(dir, auth, None)
+    }
+
+    /// Starts a registry that wants bearer tokens from its own token service (see [`TokenServer`]), which
+    /// grants them to `user` with `password` (basic auth) and refuses anyone else.
+    pub fn start_with_token_auth(user: &str, password: &str) -> Result<Registry, Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let token = TokenServer::start(dir.path(), user, password)?;
+        let auth = format!(
+            "auth:\n  token:\n    realm: http://{}/token\n    service: {SERVICE}\n    issuer: {ISSUER}\n    \
+             rootcertbundle: {}\n",
+            token.addr,
+            token.cert.display()
+        );
+        Registry::serve(dir, auth, Some(token))
+    }
+
+    fn serve(
+        dir: tempfile::TempDir,
+        auth: String,
+        token: Option<TokenServer>,
+    ) -> Result<Registry, Box<dyn std::error::Error>> {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let addr = format!("127.0.0.1:{port}");
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,
@@ -87,7 +113,7 @@ impl Registry {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
-        let mut reg = Registry { child, addr, dir };
+        let mut reg = Registry { child, addr, dir, _token: token };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(&reg.addr).is_err() {
             if let Some(st) = reg.child.try_wait()? {
@@ -123,6 +149,179 @@ impl Drop for Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The token service's name for the registry (the JWT audience).
+const SERVICE: &str = "bulkhead-test-registry";
+/// The token service's name for itself (the JWT issuer).
+const ISSUER: &str = "bulkhead-test-token-service";
+
+/// A minimal distribution token service (docker's "token authentication specification") on a free
+/// 127.0.0.1 port, in a thread: `GET /token?service=...&scope=repository:NAME:ACTIONS` with the right
+/// basic-auth credentials gets an RS256 JWT granting the requested actions, signed (with `openssl dgst`) by
+/// a self-signed key whose certificate is the registry's `rootcertbundle` and travels in the `x5c` header.
+#[derive(Debug)]
+pub struct TokenServer {
+    /// "127.0.0.1:<port>".
+    pub addr: String,
+    cert: PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TokenServer {
+    fn start(dir: &Path, user: &str, password: &str) -> Result<TokenServer, Box<dyn std::error::Error>> {
+        let key = dir.join("token.key");
+        let cert = dir.join("token.crt");
+        let st = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=bulkhead-test-token"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|e| format!("running openssl: {e} (apt-get install openssl)"))?;
+        if !st.success() {
+            return Err(format!("openssl req failed: {st}").into());
+        }
+        let der = Command::new("openssl").args(["x509", "-outform", "DER", "-in"]).arg(&cert).output()?;
+        if !der.status.success() {
+            return Err("openssl x509 -outform DER failed".into());
+        }
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?.to_string();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let issuer =
+            TokenIssuer { key, x5c: BASE64.encode(&der.stdout), basic: BASE64.encode(format!("{user}:{password}")) };
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        break;
+                    }
+                    if let Ok(mut conn) = conn {
+                        let _ = issuer.answer(&mut conn);
+                    }
+                }
+            })
+        };
+        Ok(TokenServer { addr, cert, stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag.
+        let _ = std::net::TcpStream::connect(&self.addr);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct TokenIssuer {
+    key: PathBuf,
+    x5c: String,
+    basic: String,
+}
+
+impl TokenIssuer {
+    fn answer(&self, conn: &mut std::net::TcpStream) -> Result<(), Box<dyn std::error::Error>> {
+        use std::io::{BufRead as _, Write as _};
+        let mut r = std::io::BufReader::new(conn.try_clone()?);
+        let mut request_line = String::new();
+        r.read_line(&mut request_line)?;
+        let mut authorized = false;
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h)? == 0 || h.trim().is_empty() {
+                break;
+            }
+            if let Some((name, value)) = h.split_once(':')
+                && name.eq_ignore_ascii_case("authorization")
+            {
+                authorized = value.trim() == format!("Basic {}", self.basic);
+            }
+        }
+        let target = request_line.split_whitespace().nth(1).unwrap_or_default();
+        let query = target.split_once('?').map(|(_, q)| q).unwrap_or_default();
+        let scopes: Vec<String> =
+            query.split('&').filter_map(|kv| kv.strip_prefix("scope=")).map(percent_decode).collect();
+        let (status, body) = if authorized {
+            ("200 OK", serde_json::json!({ "token": self.token(&scopes)? }).to_string())
+        } else {
+            ("401 Unauthorized", r#"{"details":"wrong or missing credentials"}"#.to_owned())
+        };
+        write!(
+            conn,
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
+        Ok(())
+    }
+
+    /// A JWT granting what `scopes` ("repository:NAME:pull,push") ask for.
+    fn token(&self, scopes: &[String]) -> Result<String, Box<dyn std::error::Error>> {
+        let access: Vec<serde_json::Value> = scopes
+            .iter()
+            .filter_map(|s| {
+                let (kind, rest) = s.split_once(':')?;
+                let (name, actions) = rest.rsplit_once(':')?;
+                Some(serde_json::json!({ "type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>() }))
+            })
+            .collect();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+        let header = serde_json::json!({ "typ": "JWT", "alg": "RS256", "x5c": [self.x5c] });
+        let claims = serde_json::json!({
+            "iss": ISSUER, "sub": "puller", "aud": SERVICE, "exp": now + 300, "nbf": now - 10, "iat": now,
+            "jti": format!("{now}-{}", access.len()), "access": access,
+        });
+        let signing_input = format!(
+            "{}.{}",
+            BASE64_URL.encode(serde_json::to_vec(&header)?),
+            BASE64_URL.encode(serde_json::to_vec(&claims)?)
+        );
+        let mut child = Command::new("openssl")
+            .args(["dgst", "-sha256", "-sign"])
+            .arg(&self.key)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        if let Some(mut stdin) = child.stdin.take() {
+            std::io::Write::write_all(&mut stdin, signing_input.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            return Err("openssl dgst -sign failed".into());
+        }
+        Ok(format!("{signing_input}.{}", BASE64_URL.encode(&out.stdout)))
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (b[i], b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok())) {
+            (b'%', Some(h)) if u8::from_str_radix(h, 16).is_ok() => {
+                out.push(u8::from_str_radix(h, 16).unwrap_or(b'?'));
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Pushes blobs and manifests with oci-client's push API.
