@@ -20,12 +20,15 @@ use std::time::Duration;
 
 use bulkheadd::images::layout::Compression;
 use bulkheadd::images::layout::LayoutError;
+use bulkheadd::images::layout::host_arch;
 use bulkheadd::images::pull::{Credentials, PullError, PullProgress, Registries, RegistryConfig, RegistryFailure};
-use bulkheadd::images::testing::registry::{Registry, push_all, registry_available};
+use bulkheadd::images::testing::registry::{Pusher, Registry, push_all, registry_available, sha};
 use bulkheadd::images::testing::write_busybox_layout;
+use bulkheadd::images::unpack::UnpackError;
 use bulkheadd::images::{ImageError, ImageFormat, ImageStore, ImageStoreConfig, PruneReport};
 use imagecheck::{BUSYBOX, TestResult, check_root_image};
 use oci_client::secrets::RegistryAuth;
+use tonic::Status;
 
 fn privileged() -> bool {
     bulkheadd::images::testing::root_or_skip("chown while unpacking, loop mounts")
@@ -438,6 +441,58 @@ async fn prune_removes_unreferenced_images_and_unlisted_blobs_only() -> TestResu
     let r = s.prune(|_| false).await?;
     assert_eq!((r.images.len(), r.blobs), (0, 4));
     assert_eq!(blobs()?, 0);
+    Ok(())
+}
+
+/// A one-layer image whose layer writes `../../escaped`, pushed as `test/evil:v1`.
+async fn push_escaping_image(addr: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(4);
+    h.set_mode(0o644);
+    let name = b"../../escaped";
+    h.as_old_mut().name[..name.len()].copy_from_slice(name);
+    h.set_cksum();
+    b.append(&h, &b"evil"[..])?;
+    let layer = b.into_inner()?;
+    let p = Pusher::new(addr, RegistryAuth::Anonymous);
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": host_arch(), "os": "linux",
+        "rootfs": { "type": "layers", "diff_ids": [sha(&layer)] }
+    }))?;
+    let config_digest = p.blob("test/evil", config.clone()).await?;
+    let layer_digest = p.blob("test/evil", layer.clone()).await?;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len() },
+        "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer.len() }]
+    });
+    p.manifest("test/evil", "v1", serde_json::to_vec(&manifest)?, "application/vnd.oci.image.manifest.v1+json").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hostile_layer_from_a_registry_is_refused_and_writes_nothing_outside() -> TestResult {
+    if !registry_available() {
+        return Ok(());
+    }
+    let reg = Registry::start(None)?;
+    push_escaping_image(&reg.addr).await?;
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("images");
+    let s = store(&dir, insecure(&[&reg.addr])).await?;
+    let r = s.pull(&format!("{}/test/evil:v1", reg.addr), None, &no_progress).await;
+    match &r {
+        Err(ImageError::Unpack { source: UnpackError::PathEscape { path }, .. }) => assert_eq!(path, "../../escaped"),
+        other => return Err(format!("expected a path escape, got {other:?}").into()),
+    }
+    assert!(r.err().is_some_and(|e| Status::from(e).code() == tonic::Code::InvalidArgument));
+    assert_nothing_left(&dir, &s, &[])?;
+    for p in [tmp.path().join("escaped"), dir.join("escaped"), dir.join("tmp/escaped")] {
+        assert!(!p.exists(), "{} was written", p.display());
+    }
     Ok(())
 }
 

@@ -298,6 +298,9 @@ impl KeyedLocks {
     }
 }
 
+/// Layers of one pull downloaded at once.
+const PARALLEL_DOWNLOADS: usize = 3;
+
 /// At most this often (in bytes) a download reports progress.
 const PROGRESS_STEP: u64 = 256 << 10;
 
@@ -388,22 +391,25 @@ impl ImageStore {
             let inner = self.inner.clone();
             return blocking(move || inner.commit(None, &hex, references)).await;
         }
-        for (index, layer) in plan.layers.iter().enumerate() {
-            let Some((digest, size)) = &layer.blob else { continue };
-            let what = format!("layer {} ({})", index + 1, digest.digest());
-            let report = |done, cached| progress(PullProgress::Layer { index, done, total: *size, cached });
-            self.fetch_blob(&name, &session, &what, digest, *size, &report).await?;
-        }
-        progress(PullProgress::Building);
+        // The build starts now and applies each layer as soon as its blob is in the store, while later
+        // layers download (a few at once): unpacking overlaps the network, and every layer is still
+        // verified before it is used.
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<bool>();
         let inner = self.inner.clone();
         let label = PathBuf::from(name.normalized());
-        blocking(move || {
+        let layers = plan.layers.clone();
+        let build = tokio::task::spawn_blocking(move || {
             let input = InputDir::open(&inner.cfg.dir).map_err(io_err("opening", &inner.cfg.dir))?;
             let work = tempfile::Builder::new()
                 .prefix("pull-")
                 .tempdir_in(&inner.tmp)
                 .map_err(io_err("creating a work directory in", &inner.tmp))?;
-            let size_bytes = inner.build(&label, &input, &plan, work.path())?;
+            // Downloads report in layer order: one `true` per layer, or `false` when one failed.
+            let mut wait_for_layer = |_| match ready_rx.recv() {
+                Ok(true) => Ok(()),
+                Ok(false) | Err(_) => Err(ImageError::Task("stopped: a layer download failed".into())),
+            };
+            let size_bytes = inner.build(&label, &input, &plan, work.path(), &mut wait_for_layer)?;
             let rec = ImageRecord {
                 id: plan.id.digest(),
                 references: Vec::new(),
@@ -416,8 +422,30 @@ impl ImageStore {
             let rec = inner.commit(Some(rec), &hex, references)?;
             tracing::info!(image = %rec.id, references = ?rec.references, size_bytes, "pulled an image");
             Ok(rec)
-        })
-        .await
+        });
+        let (name_ref, session_ref) = (&name, &session);
+        let mut downloads = futures_util::stream::iter(layers.into_iter().enumerate())
+            .map(|(index, layer)| async move {
+                let Some((digest, size)) = layer.blob else { return Ok(()) };
+                let what = format!("layer {} ({})", index + 1, digest.digest());
+                let report = |done, cached| progress(PullProgress::Layer { index, done, total: size, cached });
+                self.fetch_blob(name_ref, session_ref, &what, &digest, size, &report).await
+            })
+            .buffered(PARALLEL_DOWNLOADS);
+        while let Some(done) = downloads.next().await {
+            if let Err(e) = done {
+                let _ = ready_tx.send(false);
+                // The build stops at its next layer and removes its work directory before we return.
+                let _ = build.await;
+                return Err(e);
+            }
+            if ready_tx.send(true).is_err() {
+                // The build ended early: it refused a layer. Its error is the pull's.
+                break;
+            }
+        }
+        progress(PullProgress::Building);
+        build.await.map_err(|e| ImageError::Task(e.to_string()))?
     }
 
     /// The manifest for this node's platform: `top` itself, or the one an index or manifest list names.
@@ -787,7 +815,7 @@ impl Inner {
             tracing::info!(image = %plan.id.digest(), "image already present; adding its references");
             return self.commit(None, &hex, references);
         }
-        let size_bytes = self.build(path, &input, &plan, work.path())?;
+        let size_bytes = self.build(path, &input, &plan, work.path(), &mut |_| Ok(()))?;
         let rec = ImageRecord {
             id: plan.id.digest(),
             references: Vec::new(),
@@ -820,7 +848,15 @@ impl Inner {
 
     /// Applies the layers to a staging tree in `work`, builds the root image and moves it in place.
     /// Returns the bytes of file content in the finished tree.
-    fn build(&self, path: &Path, input: &InputDir, plan: &ImagePlan, work: &Path) -> Result<u64, ImageError> {
+    /// `wait_for_layer(i)` returns once layer `i` (0-based) can be read, or fails to stop the build.
+    fn build(
+        &self,
+        path: &Path,
+        input: &InputDir,
+        plan: &ImagePlan,
+        work: &Path,
+        wait_for_layer: &mut dyn FnMut(usize) -> Result<(), ImageError>,
+    ) -> Result<u64, ImageError> {
         let staging = work.join("rootfs");
         fs::DirBuilder::new().mode(0o755).create(&staging).map_err(io_err("creating", &staging))?;
         // The root inode's mode comes from here; the umask must not narrow it.
@@ -833,6 +869,7 @@ impl Inner {
         let mut u = Unpacker::new(&staging, self.cfg.limits, StreamKind::Layer, preserve_owner)
             .map_err(io_err("opening", &staging))?;
         for (i, layer) in plan.layers.iter().enumerate() {
+            wait_for_layer(i)?;
             self.apply_layer(path, input, i + 1, layer, &mut u)?;
         }
         let stats = u.finish().map_err(|source| ImageError::Unpack {

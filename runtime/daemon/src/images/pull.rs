@@ -6,10 +6,12 @@
 //! while its size and sha256 are checked against the descriptor; only a blob that matches is fsynced and
 //! renamed into place, so the blob directory never holds a partial or unverified blob, and a failed pull
 //! leaves none (the temporary file is removed, or at worst emptied from `tmp/` at the next start). Blobs
-//! verified before a failure stay, for the next attempt. Layers are then
-//! applied from the blob directory exactly as an imported OCI layout's are (verified again on the way, with
-//! their diff ids), so a pulled image and an imported one go through the same unpacker and converter. A
-//! layer thus streams from the network to disk and from disk to the unpacker; no layer is held in memory.
+//! verified before a failure stay, for the next attempt.
+//!
+//! Each layer is applied from the blob directory as soon as it is there, while later layers download (a
+//! few at once), exactly as an imported OCI layout's layers are (verified again on the way, with their
+//! diff ids): a pulled image and an imported one go through the same unpacker and converter. A layer thus
+//! streams from the network to disk and from disk to the unpacker; no layer is held in memory.
 //!
 //! Blobs already in the store are not downloaded again, and one download of a blob runs at a time: a second
 //! pull of the same image waits for the first's download and then finds the blob in place.
