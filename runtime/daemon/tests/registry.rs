@@ -497,6 +497,28 @@ async fn a_hostile_layer_from_a_registry_is_refused_and_writes_nothing_outside()
 }
 
 #[tokio::test]
+async fn a_crash_mid_pull_leaves_only_verified_blobs() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("images");
+    let s = store(&dir, Registries::default()).await?;
+    // What a daemon killed mid-pull leaves: a half-written blob and a build's work directory in tmp/, next
+    // to blobs that were verified and renamed in before.
+    let kept = sha(b"verified");
+    std::fs::write(dir.join("blobs/sha256").join(&kept["sha256:".len()..]), b"verified")?;
+    std::fs::write(dir.join("tmp/blob-partial"), b"half of a la")?;
+    std::fs::create_dir_all(dir.join("tmp/pull-1234/rootfs/etc"))?;
+    std::fs::write(dir.join("tmp/pull-1234/rootfs/etc/hostname"), b"x")?;
+    drop(s);
+    let s = store(&dir, Registries::default()).await?;
+    assert_eq!(std::fs::read_dir(dir.join("tmp"))?.count(), 0, "the next start empties tmp/");
+    assert!(s.list().is_empty());
+    assert_eq!(std::fs::read(dir.join("blobs/sha256").join(&kept["sha256:".len()..]))?, b"verified");
+    // Nothing lists that blob: prune collects it.
+    assert_eq!(s.prune(|_| false).await?.blobs, 1);
+    Ok(())
+}
+
+#[tokio::test]
 async fn malformed_references_fail_before_any_request() -> TestResult {
     let tmp = tempfile::tempdir()?;
     let s = store(tmp.path(), Registries::default()).await?;
