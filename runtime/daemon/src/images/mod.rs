@@ -432,6 +432,7 @@ impl ImageStore {
                 self.fetch_blob(name_ref, session_ref, &what, &digest, size, &report).await
             })
             .buffered(PARALLEL_DOWNLOADS);
+        let mut build_ended = false;
         while let Some(done) = downloads.next().await {
             if let Err(e) = done {
                 let _ = ready_tx.send(false);
@@ -441,10 +442,13 @@ impl ImageStore {
             }
             if ready_tx.send(true).is_err() {
                 // The build ended early: it refused a layer. Its error is the pull's.
+                build_ended = true;
                 break;
             }
         }
-        progress(PullProgress::Building);
+        if !build_ended {
+            progress(PullProgress::Building);
+        }
         build.await.map_err(|e| ImageError::Task(e.to_string()))?
     }
 
