@@ -1,8 +1,9 @@
 //! `bulkhead`, the command-line client of bulkheadd. The binary parses arguments and calls [`run`]; each
-//! command group lives in `commands/`, output formatting in `format`.
+//! command group lives in `commands/`, output formatting in `format`, pull progress in `progress`.
 
 pub mod commands;
 pub mod format;
+pub mod progress;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

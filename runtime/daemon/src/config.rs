@@ -1,10 +1,12 @@
 //! bulkheadd's configuration file (`/etc/bulkhead/bulkheadd.toml` by default). Every field has a default, so an
 //! absent file means the defaults; an unknown key is an error, so a typo never passes unnoticed.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::images::pull::{Registries, RegistryConfig};
 use crate::manager::ManagerConfig;
 use crate::zone::VirtMode;
 
@@ -21,6 +23,9 @@ pub struct Config {
     pub control_socket: PathBuf,
     /// Zone defaults.
     pub zone: ZoneDefaults,
+    /// `[registries."<host>"]`: mirrors, plain HTTP and credentials per registry host ("docker.io" for
+    /// Docker Hub), e.g. `[registries."docker.io"]` with `mirrors = ["mirror.internal:5000"]`.
+    pub registries: BTreeMap<String, RegistryConfig>,
 }
 
 /// `[zone]`: what zones get when their spec does not say.
@@ -54,6 +59,7 @@ impl Default for Config {
             state_dir: "/var/lib/bulkhead".into(),
             control_socket: "/run/bulkhead/control.sock".into(),
             zone: ZoneDefaults::default(),
+            registries: BTreeMap::new(),
         }
     }
 }
@@ -80,6 +86,14 @@ pub enum ConfigError {
         /// The file.
         path: PathBuf,
         /// What is wrong, with line and column.
+        message: String,
+    },
+    /// A `[registries]` entry is unusable.
+    #[error("{path}: {message}")]
+    Registry {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
         message: String,
     },
     /// A value is out of its allowed range.
@@ -119,7 +133,15 @@ impl Config {
                 return Err(ConfigError::RelativePath { path: path.to_owned(), field, value: value.clone() });
             }
         }
+        for (host, r) in &cfg.registries {
+            r.validate(host).map_err(|message| ConfigError::Registry { path: path.to_owned(), message })?;
+        }
         Ok(cfg)
+    }
+
+    /// How the image store reaches registries.
+    pub fn registries(&self) -> Registries {
+        Registries::new(self.registries.clone())
     }
 
     /// The zone manager's part.
@@ -158,6 +180,12 @@ mod tests {
         assert_eq!(c.zone.kernel, ZoneDefaults::default().kernel);
         assert_eq!(c.manager().auto_virt_mode, Some(VirtMode::Pv));
         assert_eq!(Config::default().manager().auto_virt_mode, None);
+        let c = parse(
+            "[registries.\"docker.io\"]\nmirrors = [\"127.0.0.1:5000\"]\n\
+             [registries.\"127.0.0.1:5000\"]\ninsecure = true\nusername = \"u\"\npassword = \"p\"\n",
+        )?;
+        assert_eq!(c.registries["docker.io"].mirrors, ["127.0.0.1:5000"]);
+        assert!(c.registries["127.0.0.1:5000"].insecure);
         Ok(())
     }
 
@@ -169,5 +197,9 @@ mod tests {
         assert!(e.contains("fast"), "{e}");
         let e = parse("[zone]\nkernel = \"vmlinux\"\n").err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("zone.kernel must be an absolute path"), "{e}");
+        let e = parse("[registries.\"docker.io\"]\nmirrors = [\"http://m\"]\n").err().map(|e| e.to_string());
+        assert!(e.as_deref().unwrap_or_default().contains("mirrors"), "{e:?}");
+        let e = parse("[registries.\"r.example\"]\ninsecur = true\n").err().map(|e| e.to_string());
+        assert!(e.as_deref().unwrap_or_default().contains("unknown field"), "{e:?}");
     }
 }

@@ -70,7 +70,7 @@ async fn serve(cfg: Config, hv: LibxlHypervisor) -> anyhow::Result<()> {
     let manager = Arc::new(ZoneManager::open(hv, store, cfg.manager()).await.context("loading zones")?);
     let images_dir = cfg.state_dir.join("images");
     let images = Arc::new(
-        ImageStore::open(ImageStoreConfig::new(&images_dir))
+        ImageStore::open(ImageStoreConfig { registries: cfg.registries(), ..ImageStoreConfig::new(&images_dir) })
             .await
             .with_context(|| format!("opening the image store {}", images_dir.display()))?,
     );

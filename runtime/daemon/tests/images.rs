@@ -6,85 +6,21 @@
 //! and skopeo: `ci/deps build` installs them. Without root the tests fail and say so; set
 //! BULKHEAD_SKIP_ROOT_TESTS=1 to skip them deliberately.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+mod imagecheck;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use bulkheadd::images::layout::{Compression, LayoutError};
-use bulkheadd::images::testing::{Fixture, MTIME, tar_directory, write_busybox_layout};
-use bulkheadd::images::{ImageError, ImageFormat, ImageRecord, ImageStore, ImageStoreConfig};
+use bulkheadd::images::testing::{Fixture, tar_directory, write_busybox_layout};
+use bulkheadd::images::{ImageError, ImageFormat, ImageStore, ImageStoreConfig};
+use imagecheck::{BUSYBOX, check_root_image, check_static_busybox};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-const BUSYBOX: &str = "/bin/busybox";
 
 /// False (after saying why) only when the run deliberately skips root tests; panics when root is missing.
 fn privileged() -> bool {
     bulkheadd::images::testing::root_or_skip("chown, loop mounts")
-}
-
-fn check_static_busybox() -> TestResult {
-    let out = Command::new("file").arg("-L").arg(BUSYBOX).output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !text.contains("statically linked") {
-        return Err(format!("{BUSYBOX} must be a static busybox (apt-get install busybox-static): {text}").into());
-    }
-    Ok(())
-}
-
-/// A read-only loop mount of an erofs image, unmounted on drop.
-struct Mount {
-    dir: tempfile::TempDir,
-}
-
-impl Mount {
-    fn new(image: &Path) -> Result<Mount, Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let st = Command::new("mount").args(["-o", "loop,ro", "-t", "erofs"]).arg(image).arg(dir.path()).status()?;
-        if !st.success() {
-            return Err(format!("mount -o loop,ro -t erofs {} failed: {st}", image.display()).into());
-        }
-        Ok(Mount { dir })
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
-    }
-}
-
-/// Checks the content of the root image of `rec`, and runs busybox from it.
-fn check_root_image(store: &ImageStore, rec: &ImageRecord) -> TestResult {
-    let image = store.erofs_path(rec);
-    assert!(image.is_file(), "{}", image.display());
-    let m = Mount::new(&image)?;
-    let bb = std::fs::metadata(m.path("bin/busybox"))?;
-    assert_eq!(bb.len(), std::fs::metadata(BUSYBOX)?.len());
-    assert_eq!(bb.permissions().mode() & 0o7777, 0o755);
-    assert_eq!(bb.mtime(), MTIME as i64, "mtimes are kept");
-    assert_eq!(std::fs::read_link(m.path("bin/sh"))?, PathBuf::from("busybox"));
-    assert_eq!(std::fs::metadata(m.path("bin/busybox-link"))?.ino(), bb.ino(), "hard links stay links");
-    assert_eq!(std::fs::metadata(m.path("tmp"))?.permissions().mode() & 0o7777, 0o1777);
-    assert_eq!(std::fs::read_to_string(m.path("etc/hostname"))?, "busybox\n");
-    assert!(!m.path("etc/remove-me").exists(), "the whiteout removed it");
-    assert!(!m.path("etc/.wh.remove-me").exists(), "whiteouts are not in the image");
-    let added = std::fs::metadata(m.path("etc/added"))?;
-    assert_eq!((added.uid(), added.gid(), added.permissions().mode() & 0o777), (1000, 1000, 0o640));
-    let mut doomed: Vec<String> = std::fs::read_dir(m.path("usr/share/doomed"))?
-        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
-        .collect::<Result<_, _>>()?;
-    doomed.sort();
-    assert_eq!(doomed, ["new"], "the opaque directory hides the lower layer's files");
-    let out = Command::new("chroot").arg(m.path("")).args(["/bin/busybox", "echo", "ok"]).output()?;
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n", "{}", String::from_utf8_lossy(&out.stderr));
-    let out = Command::new("chroot").arg(m.path("")).args(["/bin/sh", "-c", "/bin/busybox cat /etc/added"]).output()?;
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "added\n", "{}", String::from_utf8_lossy(&out.stderr));
-    Ok(())
 }
 
 struct Env {

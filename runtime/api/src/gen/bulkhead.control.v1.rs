@@ -553,6 +553,90 @@ pub struct RemoveImageRequest {
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct RemoveImageResponse {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PullImageRequest {
+    /// "busybox", "ghcr.io/org/app:v1", "registry.example:5000/app@sha256:...".
+    #[prost(string, tag = "1")]
+    pub reference: ::prost::alloc::string::String,
+    /// Credentials for this pull (CRI's AuthConfig), used instead of the daemon's configured ones for the
+    /// image's registry. Unset: the configured ones, or anonymous.
+    #[prost(message, optional, tag = "2")]
+    pub credentials: ::core::option::Option<RegistryCredentials>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RegistryCredentials {
+    #[prost(string, tag = "1")]
+    pub username: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub password: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct PullImageResponse {
+    #[prost(oneof = "pull_image_response::Event", tags = "1, 2, 3, 4")]
+    pub event: ::core::option::Option<pull_image_response::Event>,
+}
+/// Nested message and enum types in `PullImageResponse`.
+pub mod pull_image_response {
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
+    pub enum Event {
+        /// First: the manifest is resolved.
+        #[prost(message, tag = "1")]
+        Resolved(super::PullResolved),
+        /// Bytes of one layer are in the store (sent as they arrive, at most every 256 KiB; may be coalesced).
+        #[prost(message, tag = "2")]
+        Layer(super::PullLayerProgress),
+        /// Every blob is here; the root image is being built.
+        #[prost(message, tag = "3")]
+        Building(super::PullBuilding),
+        /// Last: the pulled image.
+        #[prost(message, tag = "4")]
+        Image(super::Image),
+    }
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct PullResolved {
+    /// The manifest digest, the image's id.
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    /// Bottom first.
+    #[prost(message, repeated, tag = "2")]
+    pub layers: ::prost::alloc::vec::Vec<PullLayer>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PullLayer {
+    #[prost(string, tag = "1")]
+    pub digest: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    pub size_bytes: u64,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PullLayerProgress {
+    /// Index into PullResolved.layers.
+    #[prost(uint32, tag = "1")]
+    pub index: u32,
+    #[prost(uint64, tag = "2")]
+    pub done_bytes: u64,
+    #[prost(uint64, tag = "3")]
+    pub total_bytes: u64,
+    /// The layer was in the store already: nothing was downloaded.
+    #[prost(bool, tag = "4")]
+    pub cached: bool,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PullBuilding {}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PruneImagesRequest {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PruneImagesResponse {
+    /// Ids of the images removed.
+    #[prost(string, repeated, tag = "1")]
+    pub removed_images: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(uint64, tag = "2")]
+    pub removed_blobs: u64,
+    /// Root images and blobs.
+    #[prost(uint64, tag = "3")]
+    pub reclaimed_bytes: u64,
+}
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct GetHostInfoRequest {}
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -2750,6 +2834,65 @@ pub mod image_service_client {
                 );
             self.inner.unary(req, path, codec).await
         }
+        /// Pulls an image from its registry and converts it, streaming progress; the last message carries the
+        /// image. Pulling an image that is here already only adds the reference. Errors: INVALID_ARGUMENT (bad
+        /// reference; content that fails verification or is for another platform), NOT_FOUND (the registry has no
+        /// such image), PERMISSION_DENIED (credentials missing or refused), UNAVAILABLE (registry unreachable or
+        /// failing: retry).
+        pub async fn pull_image(
+            &mut self,
+            request: impl tonic::IntoRequest<super::PullImageRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::PullImageResponse>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/bulkhead.control.v1.ImageService/PullImage",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(
+                    GrpcMethod::new("bulkhead.control.v1.ImageService", "PullImage"),
+                );
+            self.inner.server_streaming(req, path, codec).await
+        }
+        /// Removes images that have no reference and that no workload uses, then every stored blob no remaining
+        /// image was built from. Waits for pulls in progress.
+        pub async fn prune_images(
+            &mut self,
+            request: impl tonic::IntoRequest<super::PruneImagesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::PruneImagesResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/bulkhead.control.v1.ImageService/PruneImages",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(
+                    GrpcMethod::new("bulkhead.control.v1.ImageService", "PruneImages"),
+                );
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -2794,6 +2937,30 @@ pub mod image_service_server {
             request: tonic::Request<super::RemoveImageRequest>,
         ) -> std::result::Result<
             tonic::Response<super::RemoveImageResponse>,
+            tonic::Status,
+        >;
+        /// Server streaming response type for the PullImage method.
+        type PullImageStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::PullImageResponse, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// Pulls an image from its registry and converts it, streaming progress; the last message carries the
+        /// image. Pulling an image that is here already only adds the reference. Errors: INVALID_ARGUMENT (bad
+        /// reference; content that fails verification or is for another platform), NOT_FOUND (the registry has no
+        /// such image), PERMISSION_DENIED (credentials missing or refused), UNAVAILABLE (registry unreachable or
+        /// failing: retry).
+        async fn pull_image(
+            &self,
+            request: tonic::Request<super::PullImageRequest>,
+        ) -> std::result::Result<tonic::Response<Self::PullImageStream>, tonic::Status>;
+        /// Removes images that have no reference and that no workload uses, then every stored blob no remaining
+        /// image was built from. Waits for pulls in progress.
+        async fn prune_images(
+            &self,
+            request: tonic::Request<super::PruneImagesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::PruneImagesResponse>,
             tonic::Status,
         >;
     }
@@ -3038,6 +3205,97 @@ pub mod image_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = RemoveImageSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/bulkhead.control.v1.ImageService/PullImage" => {
+                    #[allow(non_camel_case_types)]
+                    struct PullImageSvc<T: ImageService>(pub Arc<T>);
+                    impl<
+                        T: ImageService,
+                    > tonic::server::ServerStreamingService<super::PullImageRequest>
+                    for PullImageSvc<T> {
+                        type Response = super::PullImageResponse;
+                        type ResponseStream = T::PullImageStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::PullImageRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as ImageService>::pull_image(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = PullImageSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/bulkhead.control.v1.ImageService/PruneImages" => {
+                    #[allow(non_camel_case_types)]
+                    struct PruneImagesSvc<T: ImageService>(pub Arc<T>);
+                    impl<
+                        T: ImageService,
+                    > tonic::server::UnaryService<super::PruneImagesRequest>
+                    for PruneImagesSvc<T> {
+                        type Response = super::PruneImagesResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::PruneImagesRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as ImageService>::prune_images(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = PruneImagesSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

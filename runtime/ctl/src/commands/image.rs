@@ -1,25 +1,29 @@
 //! `bulkhead image ...`.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use bulkhead_api::control::v1 as pb;
 use bulkhead_api::control::v1::image_service_client::ImageServiceClient;
+use bulkhead_api::control::v1::pull_image_response::Event;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use tonic::transport::Channel;
 
 use super::rpc_error;
 use crate::format::{OutputFormat, write_json, write_table};
+use crate::progress::{Bars, Plain, PullView};
 
 /// Image commands.
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
     /// Import an OCI image layout (directory or tar) or a `docker save` tar from this node.
     Import(ImportArgs),
+    /// Pull an image from its registry (the daemon pulls; this shows its progress and prints the id).
+    Pull(PullArgs),
     /// List images.
     #[command(alias = "ls")]
     List(ListArgs),
@@ -29,6 +33,8 @@ pub enum ImageCommand {
     /// Remove an image (succeeds if it is already gone; refused while a workload uses it).
     #[command(alias = "remove")]
     Rm(ImageRef),
+    /// Remove images without references that no workload uses, and blobs no image needs.
+    Prune,
 }
 
 /// `image import`.
@@ -39,6 +45,33 @@ pub struct ImportArgs {
     /// Also tag the image with this reference (e.g. busybox:demo).
     #[arg(long)]
     pub reference: Option<String>,
+}
+
+/// `image pull`.
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// The image: busybox, ghcr.io/org/app:v1, registry.example:5000/app@sha256:...
+    pub reference: String,
+    /// Registry user for this pull, instead of the daemon's configured credentials (needs --password-stdin).
+    #[arg(long, requires = "password_stdin")]
+    pub username: Option<String>,
+    /// Read the password (or token) for --username from the first line of stdin.
+    #[arg(long, requires = "username")]
+    pub password_stdin: bool,
+    /// Progress display on stderr: bars on a terminal and lines otherwise (auto), always lines, or none.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+}
+
+/// `image pull --progress`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProgressMode {
+    /// Bars when stderr is a terminal, else lines.
+    Auto,
+    /// One line per step.
+    Plain,
+    /// Nothing but the image id (and errors).
+    None,
 }
 
 /// `image list`.
@@ -202,6 +235,56 @@ fn print_inspect(out: &mut dyn Write, i: &ImageView) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Shows nothing.
+struct Quiet;
+
+impl PullView for Quiet {
+    fn event(&mut self, _: &Event) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn finish(&mut self) {}
+}
+
+/// Reads the password for `--password-stdin`: the first line, without its line end.
+fn password_from_stdin() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).context("reading the password from stdin")?;
+    let password = line.trim_end_matches(['\n', '\r']).to_owned();
+    if password.is_empty() {
+        anyhow::bail!(
+            "--password-stdin: stdin gave no password (pipe it in: echo \"$TOKEN\" | bulkhead image pull ...)"
+        );
+    }
+    Ok(password)
+}
+
+/// Runs a pull, showing its progress on `view`; returns the image.
+pub async fn pull(
+    c: &mut ImageServiceClient<Channel>,
+    a: PullArgs,
+    view: &mut dyn PullView,
+) -> anyhow::Result<pb::Image> {
+    let credentials = match a.username {
+        Some(username) => Some(pb::RegistryCredentials { username, password: password_from_stdin()? }),
+        None => None,
+    };
+    let what = format!("pulling {}", a.reference);
+    // The daemon's message names the (normalised) reference itself when the pull got that far.
+    let err = |s: tonic::Status| {
+        if s.message().starts_with("pulling ") { anyhow::anyhow!("{}", s.message()) } else { rpc_error(&what, s) }
+    };
+    let req = pb::PullImageRequest { reference: a.reference.clone(), credentials };
+    let mut stream = c.pull_image(req).await.map_err(err)?.into_inner();
+    while let Some(m) = stream.message().await.map_err(err)? {
+        match m.event {
+            Some(Event::Image(image)) => return Ok(image),
+            Some(e) => view.event(&e).context("showing progress")?,
+            None => {}
+        }
+    }
+    anyhow::bail!("{what}: the daemon ended the pull without a result (see its log: journalctl -u bulkheadd)")
+}
+
 /// Runs an image command.
 pub async fn run(cmd: ImageCommand, mut c: ImageServiceClient<Channel>, out: &mut dyn Write) -> anyhow::Result<i32> {
     match cmd {
@@ -215,6 +298,16 @@ pub async fn run(cmd: ImageCommand, mut c: ImageServiceClient<Channel>, out: &mu
             let image = c.import_image(req).await.map_err(|s| rpc_error(&what, s))?.into_inner().image;
             writeln!(out, "{}", image.unwrap_or_default().id)?;
         }
+        ImageCommand::Pull(a) => {
+            let mut view: Box<dyn PullView> = match a.progress {
+                ProgressMode::Auto if std::io::stderr().is_terminal() => Box::new(Bars::default()),
+                ProgressMode::Auto | ProgressMode::Plain => Box::new(Plain::new(std::io::stderr())),
+                ProgressMode::None => Box::new(Quiet),
+            };
+            let image = pull(&mut c, a, view.as_mut()).await;
+            view.finish();
+            writeln!(out, "{}", image?.id)?;
+        }
         ImageCommand::List(a) => {
             let images = c.list_images(pb::ListImagesRequest {}).await.map_err(|s| rpc_error("listing images", s))?;
             print_list(out, images.into_inner().images.into_iter().map(ImageView::from).collect(), a.output)?;
@@ -227,6 +320,22 @@ pub async fn run(cmd: ImageCommand, mut c: ImageServiceClient<Channel>, out: &mu
                 OutputFormat::Json => write_json(out, &view)?,
                 OutputFormat::Table => print_inspect(out, &view)?,
             }
+        }
+        ImageCommand::Prune => {
+            let r = c.prune_images(pb::PruneImagesRequest {}).await.map_err(|s| rpc_error("pruning images", s))?;
+            let r = r.into_inner();
+            for id in &r.removed_images {
+                writeln!(out, "removed {id}")?;
+            }
+            writeln!(
+                out,
+                "reclaimed {} ({} image{}, {} blob{})",
+                human_size(r.reclaimed_bytes),
+                r.removed_images.len(),
+                if r.removed_images.len() == 1 { "" } else { "s" },
+                r.removed_blobs,
+                if r.removed_blobs == 1 { "" } else { "s" },
+            )?;
         }
         ImageCommand::Rm(r) => {
             let what = format!("removing image {}", r.image);

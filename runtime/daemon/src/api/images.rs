@@ -1,13 +1,19 @@
 //! `bulkhead.control.v1.ImageService`.
 
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bulkhead_api::control::v1 as pb;
+use bulkhead_api::control::v1::pull_image_response::Event;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::message_chain;
 use crate::images::erofs::ErofsError;
+use crate::images::pull::{Credentials, PullProgress, RegistryFailure};
+use crate::images::reference;
 use crate::images::{ImageError, ImageRecord, ImageStore};
 
 /// Tells whether a workload uses an image; [`ImageService::remove_image`] refuses while it does.
@@ -53,6 +59,13 @@ impl From<ImageError> for Status {
                 _ => Status::invalid_argument(msg),
             },
             ImageError::Unpack { source, .. } if source.is_bad_input() => Status::invalid_argument(msg),
+            ImageError::Pull { source, .. } => match source.registry_failure() {
+                Some(RegistryFailure::NotFound) => Status::not_found(msg),
+                Some(RegistryFailure::Unauthorized) => Status::permission_denied(msg),
+                Some(RegistryFailure::Unavailable) => Status::unavailable(msg),
+                // The registry's content is malformed, inconsistent, or for another platform.
+                None => Status::invalid_argument(msg),
+            },
             ImageError::InUse { .. } | ImageError::Build { source: ErofsError::Missing { .. }, .. } => {
                 Status::failed_precondition(msg)
             }
@@ -89,12 +102,77 @@ pub fn image_to_pb(r: &ImageRecord) -> pb::Image {
     }
 }
 
+/// Progress messages queued for one pull's client. When a slow client lets the queue fill, layer progress is
+/// dropped (the next message supersedes it); the first message finds the queue empty, and the last one waits
+/// for room.
+const PULL_QUEUE: usize = 64;
+
+fn progress_to_pb(p: PullProgress) -> pb::PullImageResponse {
+    let event = match p {
+        PullProgress::Resolved { id, layers } => Event::Resolved(pb::PullResolved {
+            id,
+            layers: layers.into_iter().map(|(digest, size_bytes)| pb::PullLayer { digest, size_bytes }).collect(),
+        }),
+        PullProgress::Layer { index, done, total, cached } => Event::Layer(pb::PullLayerProgress {
+            index: u32::try_from(index).unwrap_or(u32::MAX),
+            done_bytes: done,
+            total_bytes: total,
+            cached,
+        }),
+        PullProgress::Building => Event::Building(pb::PullBuilding {}),
+    };
+    pb::PullImageResponse { event: Some(event) }
+}
+
+fn credentials(c: Option<pb::RegistryCredentials>) -> Result<Option<Credentials>, Status> {
+    match c {
+        None => Ok(None),
+        Some(c) if c.username.is_empty() => {
+            Err(Status::invalid_argument("credentials.username is required when credentials are given"))
+        }
+        Some(c) => Ok(Some(Credentials { username: c.username, password: c.password })),
+    }
+}
+
 fn required(field: &str, value: String) -> Result<String, Status> {
     if value.is_empty() { Err(Status::invalid_argument(format!("{field} is required"))) } else { Ok(value) }
 }
 
 #[tonic::async_trait]
 impl pb::image_service_server::ImageService for ImageApi {
+    type PullImageStream = Pin<Box<dyn Stream<Item = Result<pb::PullImageResponse, Status>> + Send>>;
+
+    async fn pull_image(&self, req: Request<pb::PullImageRequest>) -> Result<Response<Self::PullImageStream>, Status> {
+        let req = req.into_inner();
+        let image = required("reference", req.reference)?;
+        let credentials = credentials(req.credentials)?;
+        // A malformed reference is the request's error, not the stream's.
+        reference::parse(&image).map_err(ImageError::from)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(PULL_QUEUE);
+        let store = self.store.clone();
+        // The pull runs to its end even when the client goes away: what it fetched stays useful.
+        tokio::spawn(async move {
+            let progress_tx = tx.clone();
+            let progress = move |p: PullProgress| {
+                let _ = progress_tx.try_send(Ok(progress_to_pb(p)));
+            };
+            let last = match store.pull(&image, credentials.as_ref(), &progress).await {
+                Ok(rec) => Ok(pb::PullImageResponse { event: Some(Event::Image(image_to_pb(&rec))) }),
+                Err(e) => {
+                    let chain = message_chain(&e);
+                    let status = Status::from(e);
+                    // Internal failures were logged by the conversion.
+                    if status.code() != tonic::Code::Internal {
+                        tracing::warn!(image = %image, error = %chain, "an image pull failed");
+                    }
+                    Err(status)
+                }
+            };
+            let _ = tx.send(last).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
     async fn import_image(
         &self,
         req: Request<pb::ImportImageRequest>,
@@ -104,6 +182,19 @@ impl pb::image_service_server::ImageService for ImageApi {
         let reference = (!req.reference.is_empty()).then_some(req.reference);
         let rec = self.store.import(&path, reference.as_deref()).await?;
         Ok(Response::new(pb::ImportImageResponse { image: Some(image_to_pb(&rec)) }))
+    }
+
+    async fn prune_images(
+        &self,
+        _req: Request<pb::PruneImagesRequest>,
+    ) -> Result<Response<pb::PruneImagesResponse>, Status> {
+        let in_use = self.in_use.clone();
+        let r = self.store.prune(move |rec| in_use(rec)).await?;
+        Ok(Response::new(pb::PruneImagesResponse {
+            removed_images: r.images,
+            removed_blobs: r.blobs,
+            reclaimed_bytes: r.bytes,
+        }))
     }
 
     async fn list_images(

@@ -4,11 +4,13 @@
 //! On disk, under `<state-dir>/images/`:
 //! - `<hex>.erofs`: one root image per image, named by the hex of its id;
 //! - `records/<hex>.json`: its [`ImageRecord`] (a [`RecordStore`]);
-//! - `tmp/`: work directories of imports in progress (unpacked archive, staging tree, image being built);
-//!   emptied when the store opens.
+//! - `blobs/sha256/<hex>`: content-addressed blobs (manifests, configs, layers) of pulled images, each
+//!   verified before it is renamed in (see [`pull`]);
+//! - `tmp/`: work directories of imports in progress (unpacked archive, staging tree, image being built)
+//!   and blobs being downloaded; emptied when the store opens.
 //!
-//! Ids: an image from an OCI layout is named by its manifest digest; one from a `docker save` archive by
-//! the digest of its config file (Docker's image ID; the archive has no manifest, see [`docker`]).
+//! Ids: an image from an OCI layout or a registry is named by its manifest digest; one from a `docker save`
+//! archive by the digest of its config file (Docker's image ID; the archive has no manifest, see [`docker`]).
 //!
 //! An import: open the input (a tar is first unpacked into `tmp/` with the same safe unpacker as layers,
 //! see [`unpack`]), read and verify its metadata ([`oci`], [`docker`]), then, unless the image is here
@@ -17,6 +19,9 @@
 //! rename to `<hex>.erofs`, fsync the directory, and write the record. A crash leaves at worst a work
 //! directory (removed at the next start) or an image file without a record (removed at the next start).
 //!
+//! A pull ([`ImageStore::pull`], see [`pull`]) downloads the manifest, config and layers into `blobs/`
+//! (verified while streaming), then builds from there exactly as an import builds from a layout.
+//!
 //! References are unique: tagging an image with a reference another image has moves it. All blocking
 //! work runs on `spawn_blocking`; [`ImageStore::get`] and [`ImageStore::list`] only read memory.
 
@@ -24,24 +29,30 @@ pub mod docker;
 pub mod erofs;
 pub mod layout;
 pub mod oci;
+pub mod pull;
 pub mod reference;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
 pub mod unpack;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use futures_util::StreamExt as _;
+use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncWriteExt as _;
 
 use serde::{Deserialize, Serialize};
 
 use crate::store::{RecordStore, StoreError};
 use crate::zone::{Nanos, now};
-use layout::{Compression, DigestReader, ImagePlan, InputDir, LayerPlan, LayoutError};
-use reference::ReferenceError;
+use layout::{Compression, DigestReader, ImagePlan, InputDir, LayerPlan, LayoutError, MAX_JSON_BYTES, Sha256Hex};
+use pull::{Credentials, PullError, PullProgress, Registries, Session};
+use reference::{ImageName, ReferenceError};
 use unpack::{StreamKind, UnpackError, UnpackLimits, Unpacker};
 
 /// Shortest id prefix accepted for lookups.
@@ -76,6 +87,8 @@ pub enum ImageFormat {
     Oci,
     /// A `docker save` archive.
     DockerArchive,
+    /// Pulled from a registry.
+    Registry,
 }
 
 /// An imported image.
@@ -93,6 +106,10 @@ pub struct ImageRecord {
     pub config: ImageConfig,
     /// Where it came from.
     pub format: ImageFormat,
+    /// The blobs in `blobs/` it was built from ("sha256:..."; manifest, config and layers of a pulled
+    /// image; none for an import). [`ImageStore::prune`] keeps these.
+    #[serde(default)]
+    pub blobs: Vec<String>,
 }
 
 impl ImageRecord {
@@ -111,12 +128,19 @@ pub struct ImageStoreConfig {
     pub limits: UnpackLimits,
     /// The mkfs.erofs program.
     pub mkfs_erofs: PathBuf,
+    /// How to reach registries (mirrors, plain HTTP, credentials).
+    pub registries: Registries,
 }
 
 impl ImageStoreConfig {
     /// Defaults for the images directory `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        ImageStoreConfig { dir: dir.into(), limits: UnpackLimits::default(), mkfs_erofs: erofs::MKFS_EROFS.into() }
+        ImageStoreConfig {
+            dir: dir.into(),
+            limits: UnpackLimits::default(),
+            mkfs_erofs: erofs::MKFS_EROFS.into(),
+            registries: Registries::default(),
+        }
     }
 }
 
@@ -168,6 +192,16 @@ pub enum ImageError {
         /// Cause.
         #[source]
         source: UnpackError,
+    },
+    /// Pulling from a registry failed. No partial or unverified blob and no root image of it is kept
+    /// (blobs verified before the failure stay in the store for the next pull).
+    #[error("pulling {reference}")]
+    Pull {
+        /// The normalised reference.
+        reference: String,
+        /// Cause (boxed: it is large, and rare next to the other variants).
+        #[source]
+        source: Box<PullError>,
     },
     /// A workload uses the image.
     #[error("image {id} is in use by a workload: remove the workload first")]
@@ -223,7 +257,52 @@ struct Inner {
     /// Serialises record writes and removals (held across their I/O, only on blocking threads), so the
     /// records on disk change in the same order as the map.
     commit: Mutex<()>,
+    /// One download per blob at a time, by hex digest.
+    blob_locks: KeyedLocks,
+    /// One build per image at a time, by hex id.
+    build_locks: KeyedLocks,
+    /// Pulls hold it shared, [`ImageStore::prune`] exclusively.
+    gc: tokio::sync::RwLock<()>,
 }
+
+/// What [`ImageStore::prune`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    /// Images without references that no workload used, by id.
+    pub images: Vec<String>,
+    /// Blobs no image record lists.
+    pub blobs: u64,
+    /// Bytes freed (root images and blobs).
+    pub bytes: u64,
+}
+
+/// Async locks by name, created on demand and dropped when nobody holds or waits for them.
+#[derive(Debug, Default)]
+struct KeyedLocks(Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>);
+
+impl KeyedLocks {
+    async fn lock(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = {
+            let mut map = lock(&self.0);
+            map.retain(|_, w| w.strong_count() > 0);
+            match map.get(key).and_then(Weak::upgrade) {
+                Some(m) => m,
+                None => {
+                    let m = Arc::new(tokio::sync::Mutex::new(()));
+                    map.insert(key.to_owned(), Arc::downgrade(&m));
+                    m
+                }
+            }
+        };
+        m.lock_owned().await
+    }
+}
+
+/// Layers of one pull downloaded at once.
+const PARALLEL_DOWNLOADS: usize = 3;
+
+/// At most this often (in bytes) a download reports progress.
+const PROGRESS_STEP: u64 = 256 << 10;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves the map consistent (entries are swapped whole).
@@ -255,6 +334,280 @@ impl ImageStore {
         let inner = self.inner.clone();
         let path = path.to_owned();
         blocking(move || inner.import(&path, wanted.as_deref(), normalized)).await
+    }
+
+    /// Pulls `reference` from its registry (see [`pull`]) and builds its root image, reporting to `progress`
+    /// as it goes. `credentials` replace the configured ones for the image's registry. Pulling an image
+    /// that is here already only adds the reference; blobs already in the store are not downloaded again.
+    pub async fn pull(
+        &self,
+        reference: &str,
+        credentials: Option<&Credentials>,
+        progress: &(dyn Fn(PullProgress) + Send + Sync),
+    ) -> Result<ImageRecord, ImageError> {
+        let name = reference::parse(reference)?;
+        // Blobs this pull fetches belong to no record until it commits: prune waits.
+        let _gc = self.inner.gc.read().await;
+        let wrap = |source| ImageError::Pull { reference: name.normalized(), source: Box::new(source) };
+        let (session, top) = Session::open(&self.inner.cfg.registries, &name, credentials).await.map_err(wrap)?;
+        let content = |source| wrap(PullError::Content { registry: session.host().to_owned(), source });
+        let manifest = self.platform_manifest(&name, &session, top).await?;
+        let parsed = oci::parse_manifest(&manifest.bytes).map_err(content)?;
+        let (config_digest, config_size) = oci::config_descriptor(&parsed).map_err(content)?;
+        if config_size > MAX_JSON_BYTES {
+            return Err(content(LayoutError::TooLarge {
+                what: "the image config".into(),
+                size: config_size,
+                limit: MAX_JSON_BYTES,
+            }));
+        }
+        self.fetch_blob(&name, &session, "the image config", &config_digest, config_size, &|_, _| {}).await?;
+        let input = InputDir::open(&self.inner.cfg.dir).map_err(io_err("opening", &self.inner.cfg.dir))?;
+        let config_bytes = input.read_blob("the image config", &config_digest, config_size).map_err(content)?;
+        let (config, diff_ids) = layout::parse_config(&config_bytes, parsed.layers().len()).map_err(content)?;
+        let layers = oci::layer_plans(&parsed, diff_ids).map_err(content)?;
+        self.put_blob(&manifest.bytes, &manifest.digest).await?;
+        let plan = ImagePlan { id: manifest.digest.clone(), config, layers, references: Vec::new() };
+        let blobs: Vec<String> = [manifest.digest.digest(), config_digest.digest()]
+            .into_iter()
+            .chain(plan.layers.iter().filter_map(|l| l.blob.as_ref().map(|(d, _)| d.digest())))
+            .collect();
+        progress(PullProgress::Resolved {
+            id: plan.id.digest(),
+            layers: plan.layers.iter().filter_map(|l| l.blob.as_ref().map(|(d, s)| (d.digest(), *s))).collect(),
+        });
+
+        let mut references = Vec::new();
+        if name.tag.is_some() {
+            references.push(ImageName { digest: None, ..name.clone() }.normalized());
+        }
+        if name.digest.is_some() {
+            references.push(ImageName { tag: None, ..name.clone() }.normalized());
+        }
+        let hex = plan.id.hex().to_owned();
+        let _build = self.inner.build_locks.lock(&hex).await;
+        if self.inner.is_present(&hex) {
+            tracing::info!(image = %plan.id.digest(), "image already present; adding the reference");
+            let inner = self.inner.clone();
+            return blocking(move || inner.commit(None, &hex, references)).await;
+        }
+        // The build starts now and applies each layer as soon as its blob is in the store, while later
+        // layers download (a few at once): unpacking overlaps the network, and every layer is still
+        // verified before it is used.
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<bool>();
+        let inner = self.inner.clone();
+        let label = PathBuf::from(name.normalized());
+        let layers = plan.layers.clone();
+        let build = tokio::task::spawn_blocking(move || {
+            let input = InputDir::open(&inner.cfg.dir).map_err(io_err("opening", &inner.cfg.dir))?;
+            let work = tempfile::Builder::new()
+                .prefix("pull-")
+                .tempdir_in(&inner.tmp)
+                .map_err(io_err("creating a work directory in", &inner.tmp))?;
+            // Downloads report in layer order: one `true` per layer, or `false` when one failed.
+            let mut wait_for_layer = |_| match ready_rx.recv() {
+                Ok(true) => Ok(()),
+                Ok(false) | Err(_) => Err(ImageError::Task("stopped: a layer download failed".into())),
+            };
+            let size_bytes = inner.build(&label, &input, &plan, work.path(), &mut wait_for_layer)?;
+            let rec = ImageRecord {
+                id: plan.id.digest(),
+                references: Vec::new(),
+                size_bytes,
+                created_at: now(),
+                config: plan.config.clone(),
+                format: ImageFormat::Registry,
+                blobs,
+            };
+            let rec = inner.commit(Some(rec), &hex, references)?;
+            tracing::info!(image = %rec.id, references = ?rec.references, size_bytes, "pulled an image");
+            Ok(rec)
+        });
+        let (name_ref, session_ref) = (&name, &session);
+        let mut downloads = futures_util::stream::iter(layers.into_iter().enumerate())
+            .map(|(index, layer)| async move {
+                let Some((digest, size)) = layer.blob else { return Ok(()) };
+                let what = format!("layer {} ({})", index + 1, digest.digest());
+                let report = |done, cached| progress(PullProgress::Layer { index, done, total: size, cached });
+                self.fetch_blob(name_ref, session_ref, &what, &digest, size, &report).await
+            })
+            .buffered(PARALLEL_DOWNLOADS);
+        let mut build_ended = false;
+        while let Some(done) = downloads.next().await {
+            if let Err(e) = done {
+                let _ = ready_tx.send(false);
+                // The build stops at its next layer and removes its work directory before we return.
+                let _ = build.await;
+                return Err(e);
+            }
+            if ready_tx.send(true).is_err() {
+                // The build ended early: it refused a layer. Its error is the pull's.
+                build_ended = true;
+                break;
+            }
+        }
+        if !build_ended {
+            progress(PullProgress::Building);
+        }
+        build.await.map_err(|e| ImageError::Task(e.to_string()))?
+    }
+
+    /// The manifest for this node's platform: `top` itself, or the one an index or manifest list names.
+    async fn platform_manifest(
+        &self,
+        name: &ImageName,
+        session: &Session,
+        top: pull::RawManifest,
+    ) -> Result<pull::RawManifest, ImageError> {
+        let wrap = |source| ImageError::Pull { reference: name.normalized(), source: Box::new(source) };
+        let content = |source| wrap(PullError::Content { registry: session.host().to_owned(), source });
+        let probe: serde_json::Value = serde_json::from_slice(&top.bytes)
+            .map_err(|e| content(LayoutError::Json { what: "the manifest".into(), message: e.to_string() }))?;
+        if probe.get("manifests").is_none() {
+            return Ok(top);
+        }
+        let index = oci_spec::image::ImageIndex::from_reader(&top.bytes[..])
+            .map_err(|e| content(LayoutError::Json { what: "the image index".into(), message: e.to_string() }))?;
+        let chosen = index
+            .manifests()
+            .iter()
+            .find(|d| oci::is_manifest(d.media_type()) && oci::platform_matches(d))
+            .ok_or_else(|| {
+                let offered: Vec<String> = index
+                    .manifests()
+                    .iter()
+                    .filter_map(|d| d.platform().as_ref().map(|p| format!("{}/{}", p.os(), p.architecture())))
+                    .collect();
+                content(LayoutError::Unusable(format!(
+                    "the image index offers no image for linux/{} (it offers {offered:?}): pull an image built for \
+                     this platform",
+                    layout::host_arch()
+                )))
+            })?;
+        let digest = oci::descriptor_digest("the platform's manifest", chosen).map_err(content)?;
+        let m = session.manifest(Some(&digest.digest()), "the platform's manifest").await.map_err(wrap)?;
+        if m.bytes.len() as u64 != chosen.size() {
+            return Err(content(LayoutError::SizeMismatch {
+                what: "the platform's manifest".into(),
+                expected: chosen.size(),
+                actual: m.bytes.len() as u64,
+            }));
+        }
+        Ok(m)
+    }
+
+    /// Stores `bytes` (already hashed to `digest`) as a blob, unless it is there.
+    async fn put_blob(&self, bytes: &[u8], digest: &Sha256Hex) -> Result<(), ImageError> {
+        let inner = self.inner.clone();
+        let bytes = bytes.to_vec();
+        let digest = digest.clone();
+        let _blob = self.inner.blob_locks.lock(digest.hex()).await;
+        blocking(move || {
+            let dest = inner.blob_path(&digest);
+            if dest.is_file() {
+                return Ok(());
+            }
+            let mut tmp = tempfile::Builder::new()
+                .prefix("blob-")
+                .tempfile_in(&inner.tmp)
+                .map_err(io_err("creating a file in", &inner.tmp))?;
+            io::Write::write_all(&mut tmp, &bytes).map_err(io_err("writing", tmp.path()))?;
+            tmp.as_file().sync_all().map_err(io_err("syncing", tmp.path()))?;
+            tmp.persist(&dest).map_err(|e| io_err("moving a blob to", &dest)(e.error))?;
+            let parent = dest.parent().unwrap_or(&inner.cfg.dir);
+            sync_dir(parent).map_err(io_err("syncing", parent))
+        })
+        .await
+    }
+
+    /// Downloads blob `digest` of `size` bytes into the store unless it is there, checking size and digest
+    /// as it streams; `report(done, cached)` hears of the bytes in place.
+    async fn fetch_blob(
+        &self,
+        name: &ImageName,
+        session: &Session,
+        what: &str,
+        digest: &Sha256Hex,
+        size: u64,
+        report: &(dyn Fn(u64, bool) + Send + Sync),
+    ) -> Result<(), ImageError> {
+        let wrap = |source| ImageError::Pull { reference: name.normalized(), source: Box::new(source) };
+        let content = |source| wrap(PullError::Content { registry: session.host().to_owned(), source });
+        let dest = self.inner.blob_path(digest);
+        let _blob = self.inner.blob_locks.lock(digest.hex()).await;
+        if fs::metadata(&dest).is_ok_and(|m| m.is_file() && m.len() == size) {
+            report(size, true);
+            return Ok(());
+        }
+        let limit = self.inner.cfg.limits.max_total_bytes;
+        if size > limit {
+            return Err(content(LayoutError::TooLarge { what: what.to_owned(), size, limit }));
+        }
+        let mut stream = session.blob(what, digest, size).await.map_err(wrap)?;
+        let tmp = tempfile::Builder::new()
+            .prefix("blob-")
+            .tempfile_in(&self.inner.tmp)
+            .map_err(io_err("creating a file in", &self.inner.tmp))?;
+        let (file, tmp_path) = tmp.into_parts();
+        let mut file = tokio::fs::File::from_std(file);
+        let mut hasher = Sha256::new();
+        let mut done = 0u64;
+        let mut reported = 0u64;
+        report(0, false);
+        // oci-client checks the digest too, failing the stream's end: with every byte here, our own check
+        // says what is wrong more plainly than its error would.
+        let mut broken = None;
+        while let Some(chunk) = stream.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    broken = Some(e);
+                    break;
+                }
+            };
+            done += chunk.len() as u64;
+            if done > size {
+                return Err(content(LayoutError::SizeMismatch { what: what.to_owned(), expected: size, actual: done }));
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk).await.map_err(io_err("writing", &tmp_path))?;
+            if done - reported >= PROGRESS_STEP || done == size {
+                report(done, false);
+                reported = done;
+            }
+        }
+        let actual = Sha256Hex::from_hex(&hex::encode(hasher.finalize()))
+            .ok_or_else(|| ImageError::Task("sha256 gave no 64-digit hex".into()))?;
+        if done == size {
+            layout::verify(what, digest, &actual).map_err(content)?;
+        }
+        if let Some(source) = broken {
+            let registry = session.host().to_owned();
+            return Err(wrap(PullError::Download { registry, what: what.to_owned(), done, size, source }));
+        }
+        if done != size {
+            return Err(content(LayoutError::SizeMismatch { what: what.to_owned(), expected: size, actual: done }));
+        }
+        file.sync_all().await.map_err(io_err("syncing", &tmp_path))?;
+        drop(file);
+        let parent = self.inner.cfg.dir.join("blobs/sha256");
+        blocking(move || {
+            tmp_path.persist(&dest).map_err(|e| io_err("moving a blob to", &dest)(e.error))?;
+            sync_dir(&parent).map_err(io_err("syncing", &parent))
+        })
+        .await
+    }
+
+    /// Removes images that have no reference and that `in_use` says no workload uses (their root images
+    /// too), then every blob no remaining image lists (pulled images' manifests, configs and layers, and
+    /// blobs left by failed pulls). Waits for pulls in progress to finish.
+    pub async fn prune(
+        &self,
+        in_use: impl Fn(&ImageRecord) -> bool + Send + 'static,
+    ) -> Result<PruneReport, ImageError> {
+        let _gc = self.inner.gc.write().await;
+        let inner = self.inner.clone();
+        blocking(move || inner.prune(in_use)).await
     }
 
     /// Every image, by id.
@@ -373,6 +726,8 @@ impl Inner {
             Err(e) => return Err(io_err("removing leftovers in", &tmp)(e)),
         }
         fs::DirBuilder::new().mode(0o700).create(&tmp).map_err(io_err("creating", &tmp))?;
+        let blobs = dir.join("blobs/sha256");
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&blobs).map_err(io_err("creating", &blobs))?;
         let records = RecordStore::<ImageRecord>::open(dir.join("records")).map_err(ImageError::Store)?;
         let report = records.load_all().map_err(ImageError::Store)?;
         for c in &report.corrupt {
@@ -397,7 +752,24 @@ impl Inner {
                 fs::remove_file(entry.path()).map_err(io_err("removing", &entry.path()))?;
             }
         }
-        Ok(Inner { cfg, tmp, records, images: Mutex::new(images), commit: Mutex::new(()) })
+        Ok(Inner {
+            cfg,
+            tmp,
+            records,
+            images: Mutex::new(images),
+            commit: Mutex::new(()),
+            blob_locks: KeyedLocks::default(),
+            build_locks: KeyedLocks::default(),
+            gc: tokio::sync::RwLock::new(()),
+        })
+    }
+
+    fn blob_path(&self, digest: &Sha256Hex) -> PathBuf {
+        self.cfg.dir.join(layout::blob_path(digest))
+    }
+
+    fn is_present(&self, hex: &str) -> bool {
+        lock(&self.images).contains_key(hex) && self.erofs_path(hex).is_file()
     }
 
     fn erofs_path(&self, hex: &str) -> PathBuf {
@@ -447,7 +819,7 @@ impl Inner {
             tracing::info!(image = %plan.id.digest(), "image already present; adding its references");
             return self.commit(None, &hex, references);
         }
-        let size_bytes = self.build(path, &input, &plan, work.path())?;
+        let size_bytes = self.build(path, &input, &plan, work.path(), &mut |_| Ok(()))?;
         let rec = ImageRecord {
             id: plan.id.digest(),
             references: Vec::new(),
@@ -455,6 +827,7 @@ impl Inner {
             created_at: now(),
             config: plan.config.clone(),
             format,
+            blobs: Vec::new(),
         };
         let rec = self.commit(Some(rec), &hex, references)?;
         tracing::info!(image = %rec.id, references = ?rec.references, size_bytes, "imported an image");
@@ -479,7 +852,15 @@ impl Inner {
 
     /// Applies the layers to a staging tree in `work`, builds the root image and moves it in place.
     /// Returns the bytes of file content in the finished tree.
-    fn build(&self, path: &Path, input: &InputDir, plan: &ImagePlan, work: &Path) -> Result<u64, ImageError> {
+    /// `wait_for_layer(i)` returns once layer `i` (0-based) can be read, or fails to stop the build.
+    fn build(
+        &self,
+        path: &Path,
+        input: &InputDir,
+        plan: &ImagePlan,
+        work: &Path,
+        wait_for_layer: &mut dyn FnMut(usize) -> Result<(), ImageError>,
+    ) -> Result<u64, ImageError> {
         let staging = work.join("rootfs");
         fs::DirBuilder::new().mode(0o755).create(&staging).map_err(io_err("creating", &staging))?;
         // The root inode's mode comes from here; the umask must not narrow it.
@@ -492,6 +873,7 @@ impl Inner {
         let mut u = Unpacker::new(&staging, self.cfg.limits, StreamKind::Layer, preserve_owner)
             .map_err(io_err("opening", &staging))?;
         for (i, layer) in plan.layers.iter().enumerate() {
+            wait_for_layer(i)?;
             self.apply_layer(path, input, i + 1, layer, &mut u)?;
         }
         let stats = u.finish().map_err(|source| ImageError::Unpack {
@@ -595,6 +977,48 @@ impl Inner {
         Ok(rec)
     }
 
+    fn prune(&self, in_use: impl Fn(&ImageRecord) -> bool) -> Result<PruneReport, ImageError> {
+        let mut report = PruneReport::default();
+        let dangling: Vec<ImageRecord> =
+            lock(&self.images).values().filter(|r| r.references.is_empty()).cloned().collect();
+        for rec in dangling {
+            let size = fs::metadata(self.erofs_path(rec.hex())).map(|m| m.len()).unwrap_or(0);
+            // remove() refuses under the commit lock, so an image an import tagged meanwhile stays too.
+            match self.remove(&rec.id, |r| !r.references.is_empty() || in_use(r)) {
+                Ok(Some(r)) => {
+                    report.images.push(r.id);
+                    report.bytes += size;
+                }
+                Ok(None) | Err(ImageError::InUse { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let keep: std::collections::HashSet<String> = lock(&self.images)
+            .values()
+            .flat_map(|r| r.blobs.iter().filter_map(|d| d.strip_prefix("sha256:").map(str::to_owned)))
+            .collect();
+        let dir = self.cfg.dir.join("blobs/sha256");
+        for entry in fs::read_dir(&dir).map_err(io_err("listing", &dir))? {
+            let entry = entry.map_err(io_err("listing", &dir))?;
+            let name = entry.file_name();
+            if name.to_str().is_some_and(|n| keep.contains(n)) {
+                continue;
+            }
+            let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            fs::remove_file(entry.path()).map_err(io_err("removing", &entry.path()))?;
+            report.blobs += 1;
+            report.bytes += size;
+        }
+        sync_dir(&dir).map_err(io_err("syncing", &dir))?;
+        tracing::info!(
+            images = report.images.len(),
+            blobs = report.blobs,
+            bytes = report.bytes,
+            "pruned the image store"
+        );
+        Ok(report)
+    }
+
     fn remove(&self, image: &str, in_use: impl Fn(&ImageRecord) -> bool) -> Result<Option<ImageRecord>, ImageError> {
         let _commit = lock(&self.commit);
         let rec = match resolve(&lock(&self.images), image) {
@@ -631,7 +1055,17 @@ mod tests {
             created_at: 0,
             config: ImageConfig::default(),
             format: ImageFormat::Oci,
+            blobs: Vec::new(),
         }
+    }
+
+    #[test]
+    fn records_written_before_blobs_were_tracked_still_load() -> Result<(), serde_json::Error> {
+        let mut v = serde_json::to_value(rec(&"a".repeat(64), &["docker.io/library/busybox:latest"]))?;
+        v.as_object_mut().map(|o| o.remove("blobs"));
+        let old: ImageRecord = serde_json::from_value(v)?;
+        assert!(old.blobs.is_empty());
+        Ok(())
     }
 
     #[test]

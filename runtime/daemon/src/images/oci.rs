@@ -14,8 +14,10 @@ use super::layout::{
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// containerd's annotation with the full image name.
 const CONTAINERD_NAME: &str = "io.containerd.image.name";
-const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+/// Docker's schema 2 image manifest.
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// Docker's manifest list (an image index).
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 /// Nested indexes followed at most this deep.
@@ -30,7 +32,8 @@ fn json<T>(what: &str, r: Result<T, oci_spec::OciSpecError>) -> Result<T, Layout
     r.map_err(|e| LayoutError::Json { what: what.to_owned(), message: e.to_string() })
 }
 
-fn descriptor_digest(what: &str, d: &Descriptor) -> Result<Sha256Hex, LayoutError> {
+/// The sha256 digest of a descriptor (`what` names it in errors).
+pub fn descriptor_digest(what: &str, d: &Descriptor) -> Result<Sha256Hex, LayoutError> {
     Sha256Hex::parse(d.digest().as_ref(), what)
 }
 
@@ -40,11 +43,18 @@ struct Candidate {
     names: Vec<String>,
 }
 
-fn is_manifest(t: &MediaType) -> bool {
+/// True for an OCI or Docker image manifest.
+pub fn is_manifest(t: &MediaType) -> bool {
     matches!(t, MediaType::ImageManifest) || t.to_string() == DOCKER_MANIFEST
 }
 
-fn platform_matches(d: &Descriptor) -> bool {
+/// True for an OCI image index or a Docker manifest list.
+pub fn is_index(t: &MediaType) -> bool {
+    matches!(t, MediaType::ImageIndex) || t.to_string() == DOCKER_LIST
+}
+
+/// True when the descriptor names no platform, or this node's (linux and [`host_arch`]).
+pub fn platform_matches(d: &Descriptor) -> bool {
     d.platform().as_ref().is_none_or(|p| p.os().to_string() == "linux" && p.architecture().to_string() == host_arch())
 }
 
@@ -59,7 +69,7 @@ fn collect(dir: &InputDir, index: &ImageIndex, depth: usize, out: &mut Vec<Candi
             // Manifests for other platforms are not candidates.
             t if is_manifest(t) && platform_matches(d) => out.push(Candidate { descriptor: d.clone(), names }),
             t if is_manifest(t) => {}
-            t if matches!(t, MediaType::ImageIndex) || t.to_string() == DOCKER_LIST => {
+            t if is_index(t) => {
                 if depth >= MAX_INDEX_DEPTH {
                     return Err(LayoutError::Unusable(format!("image indexes nest more than {MAX_INDEX_DEPTH} deep")));
                 }
@@ -129,6 +139,23 @@ pub fn read(dir: &InputDir, wanted: Option<&str>) -> Result<ImagePlan, LayoutErr
     let id = descriptor_digest("the manifest", &chosen.descriptor)?;
     let bytes = dir.read_blob("the manifest", &id, chosen.descriptor.size())?;
     let manifest = json("the manifest", ImageManifest::from_reader(&bytes[..]))?;
+    let (config_digest, config_size) = config_descriptor(&manifest)?;
+    let config_bytes = dir.read_blob("the image config", &config_digest, config_size)?;
+    let (config, diff_ids) = parse_config(&config_bytes, manifest.layers().len())?;
+    let layers = layer_plans(&manifest, diff_ids)?;
+
+    // A bare tag ("latest") in ref.name is not a reference; a full name is.
+    let references = chosen.names.into_iter().filter(|n| n.contains('/') || n.contains(':')).collect();
+    Ok(ImagePlan { id, config, layers, references })
+}
+
+/// Parses an image manifest (OCI or Docker schema 2).
+pub fn parse_manifest(bytes: &[u8]) -> Result<ImageManifest, LayoutError> {
+    json("the manifest", ImageManifest::from_reader(bytes))
+}
+
+/// The digest and size of a manifest's config, after checking its media type.
+pub fn config_descriptor(manifest: &ImageManifest) -> Result<(Sha256Hex, u64), LayoutError> {
     let config_desc = manifest.config();
     match config_desc.media_type() {
         MediaType::ImageConfig => {}
@@ -137,11 +164,13 @@ pub fn read(dir: &InputDir, wanted: Option<&str>) -> Result<ImagePlan, LayoutErr
             return Err(LayoutError::MediaType { what: "the image config".into(), media_type: other.to_string() });
         }
     }
-    let config_digest = descriptor_digest("the image config", config_desc)?;
-    let config_bytes = dir.read_blob("the image config", &config_digest, config_desc.size())?;
-    let (config, diff_ids) = parse_config(&config_bytes, manifest.layers().len())?;
+    Ok((descriptor_digest("the image config", config_desc)?, config_desc.size()))
+}
 
-    let layers = manifest
+/// The layers of `manifest`, bottom first, as blobs of an OCI layout (`blobs/sha256/<hex>`), each with its
+/// compression from the media type and its diff id from the config.
+pub fn layer_plans(manifest: &ImageManifest, diff_ids: Vec<Sha256Hex>) -> Result<Vec<LayerPlan>, LayoutError> {
+    manifest
         .layers()
         .iter()
         .zip(diff_ids)
@@ -163,11 +192,7 @@ pub fn read(dir: &InputDir, wanted: Option<&str>) -> Result<ImagePlan, LayoutErr
                 diff_id,
             })
         })
-        .collect::<Result<Vec<_>, _>>()?;
-
-    // A bare tag ("latest") in ref.name is not a reference; a full name is.
-    let references = chosen.names.into_iter().filter(|n| n.contains('/') || n.contains(':')).collect();
-    Ok(ImagePlan { id, config, layers, references })
+        .collect()
 }
 
 #[cfg(test)]

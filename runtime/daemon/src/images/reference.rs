@@ -29,7 +29,8 @@ fn valid_tag(t: &str) -> bool {
         && b.iter().all(|&x| x.is_ascii_alphanumeric() || matches!(x, b'.' | b'_' | b'-'))
 }
 
-fn valid_domain(d: &str) -> bool {
+/// True for a registry host\[:port\] as references spell it.
+pub(crate) fn valid_domain(d: &str) -> bool {
     let (host, port) = match d.rsplit_once(':') {
         Some((h, p)) => (h, Some(p)),
         None => (d, None),
@@ -41,9 +42,48 @@ fn valid_domain(d: &str) -> bool {
         && port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|x| x.is_ascii_digit()))
 }
 
+/// A reference taken apart, normalised (see [`normalize`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageName {
+    /// Registry host\[:port\], e.g. "docker.io".
+    pub domain: String,
+    /// Repository path, e.g. "library/busybox".
+    pub path: String,
+    /// The tag; "latest" when neither a tag nor a digest was given.
+    pub tag: Option<String>,
+    /// "sha256:<64 hex>", when given.
+    pub digest: Option<String>,
+}
+
+impl ImageName {
+    /// The normalised string form (`domain/path:tag`, `domain/path@digest` or `domain/path:tag@digest`).
+    pub fn normalized(&self) -> String {
+        let mut out = format!("{}/{}", self.domain, self.path);
+        if let Some(t) = &self.tag {
+            out.push(':');
+            out.push_str(t);
+        }
+        if let Some(d) = &self.digest {
+            out.push('@');
+            out.push_str(d);
+        }
+        out
+    }
+
+    /// `domain/path` (the repository, without tag or digest).
+    pub fn repository(&self) -> String {
+        format!("{}/{}", self.domain, self.path)
+    }
+}
+
 /// Normalises `reference` to `domain/path:tag` (or `domain/path@sha256:...`, with the tag if one was given).
 /// A missing domain is docker.io, a one-component docker.io path gets `library/`, a missing tag is `latest`.
 pub fn normalize(reference: &str) -> Result<String, ReferenceError> {
+    parse(reference).map(|n| n.normalized())
+}
+
+/// Takes `reference` apart, normalising it as [`normalize`] does.
+pub fn parse(reference: &str) -> Result<ImageName, ReferenceError> {
     let err = |reason| ReferenceError { reference: reference.to_owned(), reason };
     if reference.is_empty() {
         return Err(err("it is empty"));
@@ -83,20 +123,12 @@ pub fn normalize(reference: &str) -> Result<String, ReferenceError> {
         return Err(err("name components must be lowercase letters, digits and . _ - (not at either end)"));
     }
     let path = if domain == "docker.io" && !path.contains('/') { format!("library/{path}") } else { path.to_owned() };
-    let mut out = format!("{domain}/{path}");
-    match (tag, digest) {
-        (Some(t), _) => {
-            out.push(':');
-            out.push_str(t);
-        }
-        (None, None) => out.push_str(":latest"),
-        (None, Some(_)) => {}
-    }
-    if let Some(d) = digest {
-        out.push('@');
-        out.push_str(d);
-    }
-    Ok(out)
+    let tag = match (tag, digest) {
+        (Some(t), _) => Some(t.to_owned()),
+        (None, None) => Some("latest".to_owned()),
+        (None, Some(_)) => None,
+    };
+    Ok(ImageName { domain: domain.to_owned(), path, tag, digest: digest.map(str::to_owned) })
 }
 
 #[cfg(test)]
@@ -129,5 +161,18 @@ mod tests {
         }
         let e = normalize("UPPER").err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("\"UPPER\"") && e.contains("lowercase"), "{e}");
+    }
+
+    #[test]
+    fn parts_of_a_reference() -> Result<(), ReferenceError> {
+        let d = format!("sha256:{}", "b".repeat(64));
+        let n = parse(&format!("127.0.0.1:5000/a/b:v1@{d}"))?;
+        assert_eq!((n.domain.as_str(), n.path.as_str()), ("127.0.0.1:5000", "a/b"));
+        assert_eq!((n.tag.as_deref(), n.digest.as_deref()), (Some("v1"), Some(d.as_str())));
+        assert_eq!(n.repository(), "127.0.0.1:5000/a/b");
+        let n = parse("busybox")?;
+        assert_eq!(n.tag.as_deref(), Some("latest"));
+        assert_eq!(n.digest, None);
+        Ok(())
     }
 }

@@ -1,5 +1,8 @@
 //! Test fixtures (feature `test-support`): a real OCI image layout around a static busybox, for the
-//! daemon's and the CLI's tests.
+//! daemon's and the CLI's tests, and a real registry to pull from ([`registry`]).
+
+#[cfg(feature = "test-support")]
+pub mod registry;
 
 use std::fs;
 use std::io::{self, Write};
