@@ -61,6 +61,8 @@ pub struct BootConfig {
     pub run_dir: PathBuf,
     /// Copy the serial console to stderr as it arrives.
     pub echo_serial: bool,
+    /// Extra Xen command-line options, appended after the defaults (diagnosis of the bed itself).
+    pub xen_extra_args: Vec<String>,
 }
 
 /// Errors that stop a boot before there is an outcome to report.
@@ -106,6 +108,7 @@ pub fn qemu_args(cfg: &BootConfig) -> Result<Vec<OsString>, BootError> {
         "console=com1 com1=115200,8n1 dom0_mem={m}M,max:{m}M dom0_max_vcpus=1 noreboot",
         m = cfg.dom0_memory_mib
     );
+    let xen_args = std::iter::once(xen_args).chain(cfg.xen_extra_args.iter().cloned()).collect::<Vec<_>>().join(" ");
     // Multiboot module lines are comma-separated, so dom0's arguments must not contain commas. Xen strips
     // the first word of each module line (it stands for the file name).
     let dom0_args = format!("console=hvc0 earlyprintk=xen quiet loglevel=4 bulkhead.timeout={}", cfg.timeout.as_secs());
@@ -457,6 +460,7 @@ mod tests {
             boot_timeout: Duration::from_secs(300),
             run_dir: "/r".into(),
             echo_serial: false,
+            xen_extra_args: Vec::new(),
         }
     }
 
