@@ -107,8 +107,9 @@ pub fn qemu_args(cfg: &BootConfig) -> Result<Vec<OsString>, BootError> {
     // spec-ctrl=eager-fpu: Xen switches every vCPU's FPU/SSE/AVX state on each context switch instead of
     // lazily (CR0.TS + #NM), its default on the AMD CPU QEMU's TCG `-cpu max` presents. With lazy switching,
     // dom0 processes had their registers corrupted while other domains ran (segfaults, GP faults, glibc heap
-    // aborts, wrong sha256sums; ci/scenarios/concurrent-pv-boots.sh measures it): emulated machines only, so
-    // TCG apparently misses a #NM somewhere. Real hardware needs nothing here.
+    // aborts, wrong sha256sums; ci/scenarios/concurrent-pv-boots.sh measures it). Emulated machines only: lazy
+    // switching with XSAVE corrupted (also without AVX, XSAVEOPT or XGETBV1), lazy switching on a CPU without
+    // XSAVE (FXSAVE) did not, so TCG's XSAVE/XRSTOR under CR0.TS is the suspect. Real hardware needs nothing.
     let xen_args = format!(
         "console=com1 com1=115200,8n1 dom0_mem={m}M,max:{m}M dom0_max_vcpus=1 noreboot spec-ctrl=eager-fpu",
         m = cfg.dom0_memory_mib
