@@ -46,6 +46,9 @@ struct Args {
     /// Copy the serial console to stderr.
     #[arg(long)]
     echo_serial: bool,
+    /// An extra Xen command-line option (repeatable), appended after the defaults.
+    #[arg(long = "xen-arg")]
+    xen_args: Vec<String>,
     /// QEMU binary.
     #[arg(long, default_value = "qemu-system-x86_64")]
     qemu: PathBuf,
@@ -81,6 +84,7 @@ fn real_main() -> anyhow::Result<i32> {
         boot_timeout: Duration::from_secs(a.boot_timeout),
         run_dir: a.run_dir.clone(),
         echo_serial: a.echo_serial,
+        xen_extra_args: a.xen_args,
     };
     let result = qemu::run(&cfg).context("booting the test bed");
     if a.consume_initrd {

@@ -1,12 +1,11 @@
 #!/bin/bash
 # Five zones launched at once from one image, all run and are destroyed, and nothing is left behind.
 #
-# NOT RUN BY CI YET: in the test bed this crashes bulkheadd (a corrupted heap: segfaults in h2's stream
-# table, "polled after complete", garbage gRPC frames) a few seconds after the five domains start, before
-# their inits connect; sequential launches in workloads.sh pass. The cause is the bed, not bulkheadd:
-# ci/scenarios/concurrent-pv-boots.sh corrupts other dom0 processes (xl, the CLI) with plain concurrent
-# `xl create`s while bulkheadd idles. Reproduce with the same inputs as
-# testbed_workloads.rs (scenario-lib.sh and busybox-oci.tar added to the bed):
+# Run by testbed_workloads.rs. It used to crash bulkheadd (a corrupted heap: segfaults in h2's stream table,
+# "polled after complete", garbage gRPC frames) a few seconds after the five domains started: the bed's Xen
+# switched FPU state lazily, which corrupted dom0 processes under QEMU's TCG (ci/scenarios/concurrent-pv-boots.sh
+# measures it; the fix is spec-ctrl=eager-fpu in ci/harness/src/qemu.rs). By hand, with the test's inputs
+# (scenario-lib.sh and busybox-oci.tar added to the bed):
 #   ci/testbed run --add runtime/daemon/tests/scenarios/lib.sh:/root/scenario-lib.sh \
 #     --add busybox-oci.tar:/root/busybox-oci.tar runtime/daemon/tests/scenarios/concurrent-zones.sh
 set -Eeuo pipefail
