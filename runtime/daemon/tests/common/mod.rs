@@ -13,8 +13,7 @@ pub fn scenario(name: &str) -> PathBuf {
 
 /// Runs scenario `name` in the bed with `lib.sh` as /root/scenario-lib.sh and the `extra` files added, and
 /// asserts it exited 0 and printed "scenario ok". Its "figure: " and "failure reason: " lines are printed
-/// (shown with --nocapture, kept in the test output for the record), and so is every RETRY of an observer:
-/// a retried observer is an unexplained crash in dom0 and is never silent. Returns its stdout.
+/// (shown with --nocapture, kept in the test output for the record). Returns its stdout.
 pub fn run_scenario(name: &str, extra: &[(&Path, &str)], timeout: Duration) -> String {
     let mut s = Scenario::new(scenario(name)).add(scenario("lib.sh"), "/root/scenario-lib.sh").timeout(timeout);
     for (src, dest) in extra {
@@ -29,9 +28,6 @@ pub fn run_scenario(name: &str, extra: &[(&Path, &str)], timeout: Duration) -> S
     assert!(out.lines().any(|l| l == "scenario ok"), "{out}");
     for line in out.lines().filter(|l| l.starts_with("figure: ") || l.starts_with("failure reason: ")) {
         println!("{line}");
-    }
-    for line in r.stderr_lossy().lines().filter(|l| l.starts_with("RETRY: ")) {
-        eprintln!("{line}");
     }
     out
 }

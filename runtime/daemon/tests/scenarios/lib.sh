@@ -23,23 +23,10 @@ fail() {
   echo "FAILED: $*" >&2
   exit 1
 }
-# Observers (reading state, not changing it) are retried when one of their processes fails: a rare, not yet
-# explained crash of a plumbing process (sed, or xl) around zone start-up and the daemon's kill -9 in this
-# emulated dom0 must not decide the scenario. Every retry is reported; the daemon's own commands are never retried.
-observe() { # observe FUNCTION ARGS... -> FUNCTION's output, retried up to 3 times on failure
-  local out rc try
-  for try in 1 2 3; do
-    if out=$("$@"); then printf '%s\n' "$out"; return 0; else rc=$?; fi
-    echo "RETRY: observer '$*' failed with exit $rc (attempt $try)" >&2
-  done
-  return "$rc"
-}
-field_once() {
+field() { # field ZONE KEY -> value from `bulkhead zone get -o json`
   bulkhead zone get "$1" -o json | sed -n "s/^  \"$2\": \"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}$/\1/p"
 }
-field() { observe field_once "$@"; } # field ZONE KEY -> value from `bulkhead zone get -o json`
-ours_once() { xl list | awk '$1 ~ /^bulkhead-/ { print $1 }' | LC_ALL=C sort | paste -sd, -; }
-ours() { observe ours_once; } # our domains as xl lists them, comma-separated
+ours() { xl list | awk '$1 ~ /^bulkhead-/ { print $1 }' | LC_ALL=C sort | paste -sd, -; } # our domains, comma-separated
 wait_state() { # wait_state ZONE STATE [TRIES]: polls every 0.2 s
   local st=
   for _ in $(seq "${3:-300}"); do

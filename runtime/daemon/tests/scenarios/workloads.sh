@@ -1,8 +1,7 @@
 #!/bin/bash
 # Workloads from an imported image in real zones, through bulkheadd and the CLI: output and exit codes reach
 # the CLI, exec with and without a terminal, logs -f, SIGKILL, a kill -9 of the daemon with workloads running,
-# and nothing left behind. Five zones launched at
-# once are in concurrent-zones.sh, which does not pass yet (see there).
+# and nothing left behind. Five zones launched at once are in concurrent-zones.sh.
 # The test adds a busybox OCI layout (tar) as /root/busybox-oci.tar. Prints "scenario ok" at the end.
 set -Eeuo pipefail
 
