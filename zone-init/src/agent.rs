@@ -179,8 +179,8 @@ impl Agent {
         self.welcomed
     }
 
-    /// The host went away: nothing more is sent until a new host welcomes us. Exec sessions end with the
-    /// host that ran them (nobody is left to talk to them); workloads carry on.
+    /// The host went away. Exec sessions end with the host that ran them (nobody is left to talk to them);
+    /// workloads carry on, their output waiting in their pipes for the next host.
     pub fn on_disconnect(&mut self) {
         self.welcomed = false;
         for (id, p) in &self.processes {

@@ -163,6 +163,8 @@ pub struct Channel {
     path: String,
     rx: BytesMut,
     tx: Outgoing,
+    /// Messages a [`flush`](Channel::flush) received, returned by the next [`pump`](Channel::pump).
+    held: Vec<HostToZone>,
     /// What each ring read lands in, reused across pumps.
     read_buf: Vec<u8>,
 }
@@ -177,6 +179,7 @@ impl Channel {
             path: path.to_owned(),
             rx: BytesMut::new(),
             tx: Outgoing::default(),
+            held: Vec::new(),
             read_buf: vec![0u8; READ_CHUNK],
         })
     }
@@ -232,11 +235,19 @@ impl Channel {
         self.tx.bytes.len()
     }
 
+    /// Sends what is queued (as [`pump`](Channel::pump) does) and keeps whatever arrives meanwhile for the next
+    /// `pump`: an answer that comes at once (the welcome after the hello) is not lost.
+    pub fn flush(&mut self) -> Result<(), ChannelError> {
+        let received = self.pump()?;
+        self.held = received;
+        Ok(())
+    }
+
     /// Consumes pending events, writes what fits of the queue, reads what arrived, and returns the complete
     /// messages. Leaves notifications armed, so the fd wakes the caller when more can move.
     pub fn pump(&mut self) -> Result<Vec<HostToZone>, ChannelError> {
         self.vchan.drain_events().map_err(ChannelError::Io)?;
-        let mut received = Vec::new();
+        let mut received = std::mem::take(&mut self.held);
         for _ in 0..PUMP_PASSES {
             let mut moved = false;
             while !self.tx.bytes.is_empty() {

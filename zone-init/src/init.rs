@@ -96,8 +96,9 @@ pub fn run() -> Result<Infallible, InitError> {
     }
     let mut agent = Agent::new(Layout::zone());
     loop {
-        // Workload output is read only with a welcoming host to send it to, and only while it keeps up.
-        let read_output = host.as_ref().is_some_and(|h| agent.welcomed() && h.wants_output());
+        // Workload output is read only with a host to send it to, and only while it keeps up. (It may go out
+        // before the welcome: the daemon routes a reconnecting zone's workloads before it reads past the hello.)
+        let read_output = host.as_ref().is_some_and(Host::wants_output);
         let timeout = host.as_ref().map_or(PollTimeout::NONE, Host::until_probe);
         wait_for_events(&signals, host.as_ref(), if read_output { agent.poll_fds() } else { Vec::new() }, timeout)?;
         for event in signals.pending()? {
@@ -181,7 +182,7 @@ impl Host {
             }
         };
         let mut ch = Channel::reconnect(&mut None, path, &hello).map_err(InitError::Channel)?;
-        ch.pump().map_err(InitError::Channel)?;
+        ch.flush().map_err(InitError::Channel)?;
         say!("host channel: hello sent on {path}");
         let next_probe = Instant::now();
         Ok(Host { path: path.to_owned(), hello, channel: Some(ch), unsent: None, probe, next_probe })
@@ -221,7 +222,7 @@ impl Host {
                 // The old end goes first: nothing of it may touch a ring once the new one is mapped.
                 self.lose(agent);
                 match Channel::reconnect(&mut self.unsent, &self.path, &self.hello)
-                    .and_then(|mut ch| ch.pump().map(|_| ch))
+                    .and_then(|mut ch| ch.flush().map(|()| ch))
                 {
                     Ok(ch) => {
                         say!("host channel: bulkheadd restarted; hello sent again on {}", self.path);
