@@ -52,7 +52,7 @@ pub enum ChannelError {
     Closed,
     /// Looking in xenstore for a (re)started bulkheadd.
     #[error("reading xenstore {path} for bulkheadd's channel")]
-    Watch {
+    Probe {
         /// The watched path.
         path: String,
         /// The cause.
@@ -130,7 +130,7 @@ impl ServerProbe {
 
     /// The id of the server published now, if one is.
     fn published(&self) -> Result<Option<Vec<u8>>, ChannelError> {
-        let fail = |source| ChannelError::Watch { path: self.path.clone(), source };
+        let fail = |source| ChannelError::Probe { path: self.path.clone(), source };
         Xenstore::open().map_err(fail)?.try_read(&format!("{}/{CHANNEL_SERVER_ID_NODE}", self.path)).map_err(fail)
     }
 

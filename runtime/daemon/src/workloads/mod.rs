@@ -368,18 +368,10 @@ impl<H: Hypervisor> WorkloadManager<H> {
                 let mut state = self.state.lock().await;
                 if let Some(r) = state.records.get_mut(&rec.id)
                     && r.state == WorkloadState::Created
-                {
                     // Started while the answer was lost with the old daemon.
-                    let mut next = r.clone();
-                    next.state = WorkloadState::Running;
-                    next.pid = pid;
-                    next.started_at = now();
-                    match self.persist(&next) {
-                        Ok(()) => *r = next,
-                        Err(e) => {
-                            tracing::error!(workload = %rec.id, error = %e, "recording a workload as running failed")
-                        }
-                    }
+                    && let Err(e) = self.record_running(r, pid)
+                {
+                    tracing::error!(workload = %rec.id, error = %e, "recording a workload as running failed");
                 }
             }
             WorkloadPhase::Exited { status } => {
@@ -388,6 +380,17 @@ impl<H: Hypervisor> WorkloadManager<H> {
                 }
             }
         }
+    }
+
+    /// Records a created workload as running with `pid`: on disk first, then in `r`.
+    fn record_running(&self, r: &mut WorkloadRecord, pid: u32) -> Result<(), WorkloadError> {
+        let mut next = r.clone();
+        next.state = WorkloadState::Running;
+        next.pid = pid;
+        next.started_at = now();
+        self.persist(&next)?;
+        *r = next;
+        Ok(())
     }
 
     /// A fresh runtime for workload `id`, appending to its log.
@@ -571,12 +574,7 @@ impl<H: Hypervisor> WorkloadManager<H> {
                 let r = state.records.get_mut(&rec.id).ok_or_else(|| WorkloadError::NotFound(rec.id.clone()))?;
                 // The exit may have been recorded already (a process that ends at once).
                 if r.state == WorkloadState::Created {
-                    let mut next = r.clone();
-                    next.state = WorkloadState::Running;
-                    next.pid = pid;
-                    next.started_at = now();
-                    self.persist(&next)?;
-                    *r = next;
+                    self.record_running(r, pid)?;
                 } else if r.started_at == 0 {
                     r.started_at = r.finished_at;
                     r.pid = pid;
