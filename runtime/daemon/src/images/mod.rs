@@ -113,6 +113,19 @@ pub struct ImageRecord {
 }
 
 impl ImageRecord {
+    /// The record of an image just built from `plan`, before references are added.
+    fn built(plan: &ImagePlan, size_bytes: u64, format: ImageFormat, blobs: Vec<String>) -> Self {
+        ImageRecord {
+            id: plan.id.digest(),
+            references: Vec::new(),
+            size_bytes,
+            created_at: now(),
+            config: plan.config.clone(),
+            format,
+            blobs,
+        }
+    }
+
     /// The hex part of the id (the file and record names).
     pub fn hex(&self) -> &str {
         self.id.strip_prefix("sha256:").unwrap_or(&self.id)
@@ -410,15 +423,7 @@ impl ImageStore {
                 Ok(false) | Err(_) => Err(ImageError::Task("stopped: a layer download failed".into())),
             };
             let size_bytes = inner.build(&label, &input, &plan, work.path(), &mut wait_for_layer)?;
-            let rec = ImageRecord {
-                id: plan.id.digest(),
-                references: Vec::new(),
-                size_bytes,
-                created_at: now(),
-                config: plan.config.clone(),
-                format: ImageFormat::Registry,
-                blobs,
-            };
+            let rec = ImageRecord::built(&plan, size_bytes, ImageFormat::Registry, blobs);
             let rec = inner.commit(Some(rec), &hex, references)?;
             tracing::info!(image = %rec.id, references = ?rec.references, size_bytes, "pulled an image");
             Ok(rec)
@@ -820,15 +825,7 @@ impl Inner {
             return self.commit(None, &hex, references);
         }
         let size_bytes = self.build(path, &input, &plan, work.path(), &mut |_| Ok(()))?;
-        let rec = ImageRecord {
-            id: plan.id.digest(),
-            references: Vec::new(),
-            size_bytes,
-            created_at: now(),
-            config: plan.config.clone(),
-            format,
-            blobs: Vec::new(),
-        };
+        let rec = ImageRecord::built(&plan, size_bytes, format, Vec::new());
         let rec = self.commit(Some(rec), &hex, references)?;
         tracing::info!(image = %rec.id, references = ?rec.references, size_bytes, "imported an image");
         Ok(rec)
