@@ -366,6 +366,7 @@ mod tests {
                 hostname: None,
                 labels: BTreeMap::new(),
                 annotations: BTreeMap::new(),
+                client_state: String::new(),
             })
         }
 

@@ -21,6 +21,8 @@ const RESERVED_KERNEL_ARGS_LEN: usize = 256;
 /// The one `bulkhead.` kernel argument a zone spec may carry: the zone init's self-tests.
 const SELFTEST_KERNEL_ARG: &str = "bulkhead.selftest=";
 const MAX_LABELS: usize = 64;
+/// Largest client record kept with a zone or workload (Kubernetes caps a pod's annotations at 256 KiB).
+pub const MAX_CLIENT_STATE_LEN: usize = 256 << 10;
 const MAX_LABEL_KEY_LEN: usize = 253;
 const MAX_LABEL_VALUE_LEN: usize = 4096;
 
@@ -56,6 +58,9 @@ pub enum SpecError {
     /// A kernel argument uses the daemon's own namespace.
     #[error("kernel argument {0:?} uses the reserved prefix bulkhead. (only bulkhead.selftest= is allowed)")]
     ReservedKernelArg(String),
+    /// The client's record is too large.
+    #[error("client_state takes {0} bytes; at most {MAX_CLIENT_STATE_LEN} are kept")]
+    ClientState(usize),
     /// Too many labels or annotations, or one too long.
     #[error(
         "{field}: at most {MAX_LABELS} entries, keys up to {MAX_LABEL_KEY_LEN} bytes, values up to {MAX_LABEL_VALUE_LEN}"
@@ -180,6 +185,9 @@ pub struct ZoneSpec {
     pub labels: BTreeMap<String, String>,
     /// Annotations (free-form).
     pub annotations: BTreeMap<String, String>,
+    /// The client's opaque record of the zone (see the API's `client_state`).
+    #[serde(default)]
+    pub client_state: String,
 }
 
 impl ZoneSpec {
@@ -217,6 +225,9 @@ impl ZoneSpec {
             && !is_dns_label(h)
         {
             return Err(SpecError::Hostname(h.clone()));
+        }
+        if self.client_state.len() > MAX_CLIENT_STATE_LEN {
+            return Err(SpecError::ClientState(self.client_state.len()));
         }
         for (field, map) in [("labels", &self.labels), ("annotations", &self.annotations)] {
             let too_big = map.len() > MAX_LABELS
@@ -386,6 +397,7 @@ mod tests {
             hostname: None,
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
+            client_state: String::new(),
         }
     }
 

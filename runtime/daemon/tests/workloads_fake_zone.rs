@@ -15,7 +15,7 @@ use bulkheadd::images::testing::write_busybox_layout;
 use bulkheadd::images::{ImageStore, ImageStoreConfig};
 use bulkheadd::manager::{ManagerConfig, ZoneManager};
 use bulkheadd::store::RecordStore;
-use bulkheadd::workloads::{ExecRequest, WorkloadManager, WorkloadRequest, WorkloadState};
+use bulkheadd::workloads::{ExecRequest, WorkloadManager, WorkloadMeta, WorkloadRequest, WorkloadState};
 use bulkheadd::zone::{HostVirtCaps, VirtMode, ZoneName, ZoneSpec, ZoneState};
 use futures_util::{SinkExt, StreamExt};
 use tokio_util::codec::Framed;
@@ -139,6 +139,7 @@ fn zone_spec(zone: &str) -> Result<ZoneSpec, Box<dyn std::error::Error>> {
         hostname: None,
         labels: BTreeMap::new(),
         annotations: BTreeMap::new(),
+        client_state: String::new(),
     })
 }
 
@@ -152,7 +153,10 @@ async fn output_and_exit_codes_reach_the_log_and_waiters() -> TestResult {
         return Ok(());
     }
     let node = node_with_ready_zone("web").await?;
-    let w = node.workloads.create("web", "main", "busybox:test", command(&["/bin/echo", "7"]), BTreeMap::new()).await?;
+    let w = node
+        .workloads
+        .create("web", "main", "busybox:test", command(&["/bin/echo", "7"]), WorkloadMeta::default())
+        .await?;
     assert_eq!(w.state, WorkloadState::Created);
     assert_eq!(w.spec.root_device, "xvdb");
     let domid = node.zones.get("web").await?.domid.ok_or("no domid")?;
@@ -172,9 +176,10 @@ async fn output_and_exit_codes_reach_the_log_and_waiters() -> TestResult {
     assert!(text.contains(&(OutputFd::Stderr, "err\n".to_owned())), "{text:?}");
 
     // A second workload of the same image shares the disk; names are unique per zone.
-    let again = node.workloads.create("web", "main", "busybox:test", command(&["x"]), BTreeMap::new()).await;
+    let again = node.workloads.create("web", "main", "busybox:test", command(&["x"]), WorkloadMeta::default()).await;
     assert!(again.is_err(), "duplicate name accepted");
-    let w2 = node.workloads.create("web", "side", "busybox:test", command(&["x", "run"]), BTreeMap::new()).await?;
+    let w2 =
+        node.workloads.create("web", "side", "busybox:test", command(&["x", "run"]), WorkloadMeta::default()).await?;
     assert_eq!(w2.spec.root_device, "xvdb");
     node.workloads.start(&w2.id).await?;
     assert_eq!(node.workloads.get(&w2.id).await?.state, WorkloadState::Running);
@@ -209,6 +214,47 @@ async fn output_and_exit_codes_reach_the_log_and_waiters() -> TestResult {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_client_log_path_is_written_reopened_after_rotation_and_left_to_the_client() -> TestResult {
+    if !privileged() {
+        return Ok(());
+    }
+    let node = node_with_ready_zone("web").await?;
+    let logs = tempfile::tempdir()?;
+    let path = logs.path().join("main").join("0.log");
+    std::fs::create_dir_all(path.parent().ok_or("no parent")?)?;
+    let meta = WorkloadMeta { client_state: "{}".into(), log_path: Some(path.clone()), ..WorkloadMeta::default() };
+    let w = node.workloads.create("web", "main", "busybox:test", command(&["/bin/top", "run"]), meta).await?;
+    assert_eq!(node.workloads.log_path(&w), path);
+    node.workloads.start(&w.id).await?;
+    // The scripted zone prints two lines when the workload starts: wait for both in the CRI format.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = std::fs::read_to_string(&path)?;
+        if text.lines().count() >= 2 || tokio::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(text.lines().any(|l| l.ends_with(" stdout F out:/bin/top")), "{text}");
+    assert!(text.lines().any(|l| l.ends_with(" stderr F err")), "{text}");
+
+    // A rotator renames the file; reopening creates it anew at the same path.
+    let rotated = path.with_extension("log.1");
+    std::fs::rename(&path, &rotated)?;
+    node.workloads.reopen_log(&w.id).await?;
+    assert_eq!(std::fs::read_to_string(&path)?, "");
+
+    // Once exited there is nothing to reopen; removal leaves the client's files alone.
+    node.workloads.signal(&w.id, 9).await?;
+    node.workloads.wait(&w.id).await?;
+    assert!(node.workloads.reopen_log(&w.id).await.is_err());
+    node.workloads.remove(&w.id).await?;
+    assert!(path.exists() && rotated.exists());
+    assert!(node.workloads.reopen_log(&w.id).await.is_err(), "a removed workload is unknown");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_workload_for_a_booting_zone_is_created_once_the_zone_is_ready() -> TestResult {
     if !privileged() {
         return Ok(());
@@ -217,7 +263,7 @@ async fn a_workload_for_a_booting_zone_is_created_once_the_zone_is_ready() -> Te
     let domid = node.zones.get("early").await?.domid.ok_or("no domid")?;
     let workloads = node.workloads.clone();
     let create = tokio::spawn(async move {
-        workloads.create("early", "main", "busybox:test", command(&["x", "run"]), BTreeMap::new()).await
+        workloads.create("early", "main", "busybox:test", command(&["x", "run"]), WorkloadMeta::default()).await
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(node.zones.get("early").await?.state, ZoneState::Starting);
@@ -233,7 +279,7 @@ async fn a_workload_for_a_booting_zone_is_created_once_the_zone_is_ready() -> Te
     node.zones.start(&other.id).await?;
     let workloads = node.workloads.clone();
     let create = tokio::spawn(async move {
-        workloads.create("doomed", "main", "busybox:test", command(&["x"]), BTreeMap::new()).await
+        workloads.create("doomed", "main", "busybox:test", command(&["x"]), WorkloadMeta::default()).await
     });
     let doomed = node.zones.get("doomed").await?.domid.ok_or("no domid")?;
     let io = node.zones.hypervisor().take_zone_end(doomed).ok_or("no channel")?;
@@ -250,7 +296,8 @@ async fn a_workload_on_a_zone_that_goes_away_is_reported_lost() -> TestResult {
         return Ok(());
     }
     let node = node_with_ready_zone("gone").await?;
-    let w = node.workloads.create("gone", "main", "busybox:test", command(&["x", "run"]), BTreeMap::new()).await?;
+    let w =
+        node.workloads.create("gone", "main", "busybox:test", command(&["x", "run"]), WorkloadMeta::default()).await?;
     node.workloads.start(&w.id).await?;
     node.zones.stop("gone", Duration::from_secs(1)).await?;
     let done = tokio::time::timeout(Duration::from_secs(10), node.workloads.wait(&w.id)).await??;
@@ -303,7 +350,7 @@ async fn workloads_survive_a_daemon_restart_and_catch_up_with_their_zone() -> Te
     let create = |name: &'static str, argv: &'static [&'static str]| {
         let workloads = node.workloads.clone();
         async move {
-            let w = workloads.create("keep", name, "busybox:test", command(argv), BTreeMap::new()).await?;
+            let w = workloads.create("keep", name, "busybox:test", command(argv), WorkloadMeta::default()).await?;
             workloads.start(&w.id).await?;
             Ok::<_, Box<dyn std::error::Error>>(w)
         }
@@ -366,7 +413,8 @@ async fn workloads_survive_a_daemon_restart_and_catch_up_with_their_zone() -> Te
     assert!(text.contains("out:x\n") && text.contains("held\n"), "{text:?}");
     assert_eq!(workloads.get(&done.id).await?.exit, Some(ExitStatus::Code(5)));
     // The image disk is known again: a new workload of the same image reuses it.
-    let again = workloads.create("keep", "again", "busybox:test", command(&["x", "run"]), BTreeMap::new()).await?;
+    let again =
+        workloads.create("keep", "again", "busybox:test", command(&["x", "run"]), WorkloadMeta::default()).await?;
     assert_eq!(again.spec.root_device, runs.spec.root_device);
     Ok(())
 }

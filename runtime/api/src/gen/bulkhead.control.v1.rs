@@ -31,6 +31,10 @@ pub struct ZoneSpec {
         ::prost::alloc::string::String,
         ::prost::alloc::string::String,
     >,
+    /// Opaque to the daemon (at most 256 KiB): a client's own record of why it made the zone, persisted with it
+    /// so the client can stay stateless. bulkhead-cri keeps the pod sandbox's CRI config here.
+    #[prost(string, tag = "11")]
+    pub client_state: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ZoneStatus {
@@ -238,6 +242,14 @@ pub struct WorkloadSpec {
         ::prost::alloc::string::String,
         ::prost::alloc::string::String,
     >,
+    /// Opaque to the daemon (at most 256 KiB), as ZoneSpec.client_state; bulkhead-cri keeps the container's
+    /// CRI config here.
+    #[prost(string, tag = "13")]
+    pub client_state: ::prost::alloc::string::String,
+    /// Where the daemon writes the workload's output log (CRI log format), an absolute path on the node; empty =
+    /// the daemon's own log directory. Its directory must exist. See ReopenWorkloadLog for rotation.
+    #[prost(string, tag = "14")]
+    pub log_path: ::prost::alloc::string::String,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ExitStatus {
@@ -274,6 +286,9 @@ pub struct WorkloadStatus {
     /// The image's resolved digest.
     #[prost(string, tag = "10")]
     pub image_digest: ::prost::alloc::string::String,
+    /// The output log the daemon writes (WorkloadSpec.log_path, or its own).
+    #[prost(string, tag = "11")]
+    pub log_path: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct CreateWorkloadRequest {
@@ -349,6 +364,13 @@ pub struct RemoveWorkloadRequest {
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct RemoveWorkloadResponse {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReopenWorkloadLogRequest {
+    #[prost(string, tag = "1")]
+    pub workload_id: ::prost::alloc::string::String,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReopenWorkloadLogResponse {}
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct TerminalSize {
     #[prost(uint32, tag = "1")]
@@ -1972,6 +1994,37 @@ pub mod workload_service_client {
                 .insert(GrpcMethod::new("bulkhead.control.v1.WorkloadService", "Logs"));
             self.inner.server_streaming(req, path, codec).await
         }
+        /// Closes the workload's output log and opens its path anew, creating the file: after a log rotator renamed
+        /// it (kubelet's ReopenContainerLog). FAILED_PRECONDITION once the workload has exited.
+        pub async fn reopen_workload_log(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ReopenWorkloadLogRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ReopenWorkloadLogResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/bulkhead.control.v1.WorkloadService/ReopenWorkloadLog",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(
+                    GrpcMethod::new(
+                        "bulkhead.control.v1.WorkloadService",
+                        "ReopenWorkloadLog",
+                    ),
+                );
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -2072,6 +2125,15 @@ pub mod workload_service_server {
             &self,
             request: tonic::Request<super::LogsRequest>,
         ) -> std::result::Result<tonic::Response<Self::LogsStream>, tonic::Status>;
+        /// Closes the workload's output log and opens its path anew, creating the file: after a log rotator renamed
+        /// it (kubelet's ReopenContainerLog). FAILED_PRECONDITION once the workload has exited.
+        async fn reopen_workload_log(
+            &self,
+            request: tonic::Request<super::ReopenWorkloadLogRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ReopenWorkloadLogResponse>,
+            tonic::Status,
+        >;
     }
     #[derive(Debug)]
     pub struct WorkloadServiceServer<T> {
@@ -2605,6 +2667,52 @@ pub mod workload_service_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/bulkhead.control.v1.WorkloadService/ReopenWorkloadLog" => {
+                    #[allow(non_camel_case_types)]
+                    struct ReopenWorkloadLogSvc<T: WorkloadService>(pub Arc<T>);
+                    impl<
+                        T: WorkloadService,
+                    > tonic::server::UnaryService<super::ReopenWorkloadLogRequest>
+                    for ReopenWorkloadLogSvc<T> {
+                        type Response = super::ReopenWorkloadLogResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ReopenWorkloadLogRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as WorkloadService>::reopen_workload_log(&inner, request)
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ReopenWorkloadLogSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)

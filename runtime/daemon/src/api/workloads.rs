@@ -1,5 +1,6 @@
 //! `bulkhead.control.v1.WorkloadService`.
 
+use std::path::{Component, Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -11,7 +12,8 @@ use tonic::{Request, Response, Status, Streaming};
 use super::message_chain;
 use crate::hypervisor::Hypervisor;
 use crate::workloads::spec::{self, WorkloadRequest};
-use crate::workloads::{ExecRequest, WorkloadError, WorkloadManager, WorkloadRecord, WorkloadState};
+use crate::workloads::{ExecRequest, WorkloadError, WorkloadManager, WorkloadMeta, WorkloadRecord, WorkloadState};
+use crate::zone::MAX_CLIENT_STATE_LEN;
 
 /// The service, over a shared workload manager.
 #[derive(Debug)]
@@ -23,6 +25,10 @@ impl<H: Hypervisor> WorkloadApi<H> {
     /// Serves `workloads`.
     pub fn new(workloads: Arc<WorkloadManager<H>>) -> Self {
         WorkloadApi { workloads }
+    }
+
+    fn status(&self, r: &WorkloadRecord) -> pb::WorkloadStatus {
+        status_to_pb(r, &self.workloads.log_path(r))
     }
 }
 
@@ -67,6 +73,32 @@ fn user_from_pb(u: Option<pb::User>) -> Result<Option<User>, Status> {
     }
 }
 
+fn client_state(s: String) -> Result<String, Status> {
+    if s.len() > MAX_CLIENT_STATE_LEN {
+        return Err(Status::invalid_argument(format!(
+            "client_state takes {} bytes; at most {MAX_CLIENT_STATE_LEN} are kept",
+            s.len()
+        )));
+    }
+    Ok(s)
+}
+
+/// A client's log path: absolute and plain (no `..`), so it names what it seems to.
+fn log_path(s: String) -> Result<Option<PathBuf>, Status> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let p = PathBuf::from(s);
+    let plain = p.is_absolute() && p.components().all(|c| !matches!(c, Component::ParentDir | Component::CurDir));
+    if !plain || p.file_name().is_none() {
+        return Err(Status::invalid_argument(format!(
+            "log_path {} must be an absolute path to a file, without . or .. components",
+            p.display()
+        )));
+    }
+    Ok(Some(p))
+}
+
 fn env_from_pb(env: Vec<pb::EnvVar>) -> Vec<EnvVar> {
     env.into_iter().map(|e| EnvVar { name: e.name, value: e.value }).collect()
 }
@@ -89,8 +121,8 @@ fn fd_to_pb(fd: OutputFd) -> pb::OutputFd {
     }
 }
 
-/// The status clients see for a record.
-pub fn status_to_pb(r: &WorkloadRecord) -> pb::WorkloadStatus {
+/// The status clients see for a record whose log is at `log_path`.
+pub fn status_to_pb(r: &WorkloadRecord, log_path: &Path) -> pb::WorkloadStatus {
     let s = &r.spec;
     pb::WorkloadStatus {
         id: r.id.clone(),
@@ -118,6 +150,8 @@ pub fn status_to_pb(r: &WorkloadRecord) -> pb::WorkloadStatus {
             }),
             readonly_rootfs: s.readonly_rootfs,
             labels: r.labels.clone().into_iter().collect(),
+            client_state: r.client_state.clone(),
+            log_path: r.log_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
         }),
         state: match r.state {
             WorkloadState::Created => pb::WorkloadState::Created,
@@ -131,6 +165,7 @@ pub fn status_to_pb(r: &WorkloadRecord) -> pb::WorkloadStatus {
         started_at: r.started_at,
         finished_at: r.finished_at,
         image_digest: r.image_id.clone(),
+        log_path: log_path.display().to_string(),
     }
 }
 
@@ -160,8 +195,13 @@ impl<H: Hypervisor> pb::workload_service_server::WorkloadService for WorkloadApi
             limits,
             readonly_rootfs: s.readonly_rootfs,
         };
-        let rec = self.workloads.create(&req.zone, &s.name, &s.image, request, s.labels.into_iter().collect()).await?;
-        Ok(Response::new(pb::CreateWorkloadResponse { workload: Some(status_to_pb(&rec)) }))
+        let meta = WorkloadMeta {
+            labels: s.labels.into_iter().collect(),
+            client_state: client_state(s.client_state)?,
+            log_path: log_path(s.log_path)?,
+        };
+        let rec = self.workloads.create(&req.zone, &s.name, &s.image, request, meta).await?;
+        Ok(Response::new(pb::CreateWorkloadResponse { workload: Some(self.status(&rec)) }))
     }
 
     async fn start_workload(
@@ -169,7 +209,7 @@ impl<H: Hypervisor> pb::workload_service_server::WorkloadService for WorkloadApi
         req: Request<pb::StartWorkloadRequest>,
     ) -> Result<Response<pb::StartWorkloadResponse>, Status> {
         let rec = self.workloads.start(&req.into_inner().workload_id).await?;
-        Ok(Response::new(pb::StartWorkloadResponse { workload: Some(status_to_pb(&rec)) }))
+        Ok(Response::new(pb::StartWorkloadResponse { workload: Some(self.status(&rec)) }))
     }
 
     async fn signal_workload(
@@ -189,7 +229,7 @@ impl<H: Hypervisor> pb::workload_service_server::WorkloadService for WorkloadApi
         req: Request<pb::WaitWorkloadRequest>,
     ) -> Result<Response<pb::WaitWorkloadResponse>, Status> {
         let rec = self.workloads.wait(&req.into_inner().workload_id).await?;
-        Ok(Response::new(pb::WaitWorkloadResponse { workload: Some(status_to_pb(&rec)) }))
+        Ok(Response::new(pb::WaitWorkloadResponse { workload: Some(self.status(&rec)) }))
     }
 
     async fn get_workload(
@@ -197,7 +237,7 @@ impl<H: Hypervisor> pb::workload_service_server::WorkloadService for WorkloadApi
         req: Request<pb::GetWorkloadRequest>,
     ) -> Result<Response<pb::GetWorkloadResponse>, Status> {
         let rec = self.workloads.get(&req.into_inner().workload_id).await?;
-        Ok(Response::new(pb::GetWorkloadResponse { workload: Some(status_to_pb(&rec)) }))
+        Ok(Response::new(pb::GetWorkloadResponse { workload: Some(self.status(&rec)) }))
     }
 
     async fn list_workloads(
@@ -212,7 +252,7 @@ impl<H: Hypervisor> pb::workload_service_server::WorkloadService for WorkloadApi
             .await
             .iter()
             .filter(|r| req.label_selector.iter().all(|(k, v)| r.labels.get(k) == Some(v)))
-            .map(status_to_pb)
+            .map(|r| self.status(r))
             .collect();
         Ok(Response::new(pb::ListWorkloadsResponse { workloads }))
     }
@@ -310,6 +350,14 @@ impl<H: Hypervisor> pb::workload_service_server::WorkloadService for WorkloadApi
     }
 
     type LogsStream = BoxStream<pb::LogsResponse>;
+
+    async fn reopen_workload_log(
+        &self,
+        req: Request<pb::ReopenWorkloadLogRequest>,
+    ) -> Result<Response<pb::ReopenWorkloadLogResponse>, Status> {
+        self.workloads.reopen_log(&req.into_inner().workload_id).await?;
+        Ok(Response::new(pb::ReopenWorkloadLogResponse {}))
+    }
 
     async fn logs(&self, req: Request<pb::LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
         let req = req.into_inner();

@@ -96,6 +96,7 @@ pub fn spec_from_pb(s: Option<pb::ZoneSpec>) -> Result<ZoneSpec, Status> {
         hostname: (!s.hostname.is_empty()).then_some(s.hostname),
         labels: s.labels.into_iter().collect(),
         annotations: s.annotations.into_iter().collect(),
+        client_state: s.client_state,
     })
 }
 
@@ -112,6 +113,7 @@ fn spec_to_pb(s: &ZoneSpec) -> pb::ZoneSpec {
         hostname: s.hostname.clone().unwrap_or_default(),
         labels: s.labels.clone().into_iter().collect(),
         annotations: s.annotations.clone().into_iter().collect(),
+        client_state: s.client_state.clone(),
     }
 }
 
@@ -273,6 +275,7 @@ mod tests {
             hostname: String::new(),
             labels: [("app".to_owned(), "web".to_owned())].into_iter().collect(),
             annotations: Default::default(),
+            client_state: r#"{"pod":"web"}"#.into(),
         };
         let spec = spec_from_pb(Some(pb_spec.clone()))?;
         assert_eq!(spec.kernel, Some(PathBuf::from("/k")));

@@ -51,6 +51,17 @@ pub enum WorkloadState {
     Exited,
 }
 
+/// What the daemon keeps for a workload's client besides the spec.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkloadMeta {
+    /// Labels (selectable).
+    pub labels: BTreeMap<String, String>,
+    /// The client's opaque record.
+    pub client_state: String,
+    /// Where to write the output log; `None` = the daemon's own log directory.
+    pub log_path: Option<PathBuf>,
+}
+
 /// The persisted record of one workload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkloadRecord {
@@ -70,6 +81,12 @@ pub struct WorkloadRecord {
     pub spec: WorkloadSpec,
     /// Labels.
     pub labels: BTreeMap<String, String>,
+    /// The client's opaque record (see the API's `client_state`).
+    #[serde(default)]
+    pub client_state: String,
+    /// The output log the client asked for; `None` = the daemon's own log directory.
+    #[serde(default)]
+    pub log_path: Option<PathBuf>,
     /// State.
     pub state: WorkloadState,
     /// Pid inside the zone while running.
@@ -318,7 +335,7 @@ impl<H: Hypervisor> WorkloadManager<H> {
                 if rec.state == WorkloadState::Exited {
                     continue;
                 }
-                let rt = match self.runtime(&rec.id) {
+                let rt = match self.runtime(&rec) {
                     Ok(rt) => rt,
                     Err(e) => {
                         tracing::error!(workload = %rec.id, error = %e, "reopening a workload's log failed");
@@ -393,9 +410,9 @@ impl<H: Hypervisor> WorkloadManager<H> {
         Ok(())
     }
 
-    /// A fresh runtime for workload `id`, appending to its log.
-    fn runtime(&self, id: &str) -> Result<Arc<Runtime>, WorkloadError> {
-        let log_path = self.log_path(id);
+    /// A fresh runtime for workload `rec`, appending to its log.
+    fn runtime(&self, rec: &WorkloadRecord) -> Result<Arc<Runtime>, WorkloadError> {
+        let log_path = self.log_path(rec);
         let log = LogWriter::open(&log_path).map_err(|source| WorkloadError::Log { path: log_path, source })?;
         Ok(Arc::new(Runtime {
             calls: Mutex::new(()),
@@ -410,8 +427,17 @@ impl<H: Hypervisor> WorkloadManager<H> {
         StreamId(self.next_stream.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
     }
 
-    fn log_path(&self, id: &str) -> PathBuf {
-        self.logs_dir.join(format!("{id}.log"))
+    /// Where `rec`'s output log is: the client's path, or the daemon's own log directory.
+    pub fn log_path(&self, rec: &WorkloadRecord) -> PathBuf {
+        rec.log_path.clone().unwrap_or_else(|| self.logs_dir.join(format!("{}.log", rec.id)))
+    }
+
+    /// Deletes `rec`'s log if it is the daemon's own; a log at a client's path is the client's to delete
+    /// (kubelet removes container logs itself).
+    fn remove_own_log(&self, rec: &WorkloadRecord) {
+        if rec.log_path.is_none() {
+            let _ = std::fs::remove_file(self.log_path(rec));
+        }
     }
 
     fn persist(&self, r: &WorkloadRecord) -> Result<(), WorkloadError> {
@@ -487,7 +513,7 @@ impl<H: Hypervisor> WorkloadManager<H> {
         name: &str,
         image: &str,
         req: WorkloadRequest,
-        labels: BTreeMap<String, String>,
+        meta: WorkloadMeta,
     ) -> Result<WorkloadRecord, WorkloadError> {
         let (z, domid) = self.live_zone(zone).await?;
         let zone_name = z.spec.name.to_string();
@@ -512,7 +538,9 @@ impl<H: Hypervisor> WorkloadManager<H> {
             image: image.to_owned(),
             image_id: img.id.clone(),
             spec: wire_spec.clone(),
-            labels,
+            labels: meta.labels,
+            client_state: meta.client_state,
+            log_path: meta.log_path,
             state: WorkloadState::Created,
             pid: 0,
             exit: None,
@@ -521,7 +549,7 @@ impl<H: Hypervisor> WorkloadManager<H> {
             started_at: 0,
             finished_at: 0,
         };
-        let rt = self.runtime(&rec.id)?;
+        let rt = self.runtime(&rec)?;
         let messages = link.subscribe(stream);
         tokio::spawn(pump(Arc::downgrade(self), rec.id.clone(), rt.clone(), messages));
         self.persist(&rec)?;
@@ -541,7 +569,7 @@ impl<H: Hypervisor> WorkloadManager<H> {
                 state.records.remove(&rec.id);
                 state.runtimes.remove(&rec.id);
                 let _ = self.store.remove(&rec.id);
-                let _ = std::fs::remove_file(self.log_path(&rec.id));
+                self.remove_own_log(&rec);
                 Err(unexpected(other))
             }
         }
@@ -677,7 +705,7 @@ impl<H: Hypervisor> WorkloadManager<H> {
         state.records.remove(&rec.id);
         state.runtimes.remove(&rec.id);
         drop(state);
-        let _ = std::fs::remove_file(self.log_path(&rec.id));
+        self.remove_own_log(&rec);
         tracing::info!(workload = %rec.id, "workload removed");
         Ok(())
     }
@@ -695,7 +723,7 @@ impl<H: Hypervisor> WorkloadManager<H> {
             let rec = find(&state.records, id).cloned().ok_or_else(|| WorkloadError::NotFound(id.to_owned()))?;
             (rec.clone(), state.runtimes.get(&rec.id).cloned())
         };
-        let path = self.log_path(&rec.id);
+        let path = self.log_path(&rec);
         let read =
             |path: PathBuf| logs::read(&path, since, tail_lines).map_err(|source| WorkloadError::Log { path, source });
         match rt.filter(|_| follow && rec.state != WorkloadState::Exited) {
@@ -709,6 +737,33 @@ impl<H: Hypervisor> WorkloadManager<H> {
             }
             None => Ok(LogStream { history: read(path)?, live: None, exit: None }),
         }
+    }
+
+    /// Closes workload `id`'s output log and opens its path anew, creating the file: a log rotator (kubelet)
+    /// has renamed the old one.
+    pub async fn reopen_log(&self, id: &str) -> Result<(), WorkloadError> {
+        let (rec, rt) = {
+            let state = self.state.lock().await;
+            let rec = find(&state.records, id).cloned().ok_or_else(|| WorkloadError::NotFound(id.to_owned()))?;
+            let rt = state.runtimes.get(&rec.id).cloned();
+            (rec, rt)
+        };
+        let rt = match (rec.state, rt) {
+            (WorkloadState::Exited, _) => {
+                return Err(WorkloadError::WrongState {
+                    id: rec.id,
+                    state: rec.state,
+                    what: "it has exited, so nothing more is written to its log",
+                });
+            }
+            (_, None) => return Err(WorkloadError::ChannelClosed),
+            (_, Some(rt)) => rt,
+        };
+        let path = self.log_path(&rec);
+        let fresh = LogWriter::open(&path).map_err(|source| WorkloadError::Log { path: path.clone(), source })?;
+        *rt.log.lock().map_err(|_| WorkloadError::ChannelClosed)? = fresh;
+        tracing::info!(workload = %rec.id, path = %path.display(), "workload log reopened");
+        Ok(())
     }
 
     /// Starts an extra process in a running workload.
@@ -746,15 +801,15 @@ impl<H: Hypervisor> WorkloadManager<H> {
     /// Forgets every workload of a destroyed zone: records, logs and disk slots.
     pub async fn forget_zone(&self, zone_id: &str) {
         let mut state = self.state.lock().await;
-        let ids: Vec<String> = state.records.values().filter(|r| r.zone_id == zone_id).map(|r| r.id.clone()).collect();
-        for id in ids {
-            if let Err(e) = self.store.remove(&id) {
-                tracing::warn!(workload = %id, error = %e, "removing the record of a destroyed zone's workload failed");
+        let gone: Vec<WorkloadRecord> = state.records.values().filter(|r| r.zone_id == zone_id).cloned().collect();
+        for rec in gone {
+            if let Err(e) = self.store.remove(&rec.id) {
+                tracing::warn!(workload = %rec.id, error = %e, "removing the record of a destroyed zone's workload failed");
                 continue;
             }
-            state.records.remove(&id);
-            state.runtimes.remove(&id);
-            let _ = std::fs::remove_file(self.log_path(&id));
+            state.records.remove(&rec.id);
+            state.runtimes.remove(&rec.id);
+            self.remove_own_log(&rec);
         }
         state.disks.retain(|(z, _, _), _| z != zone_id);
     }
