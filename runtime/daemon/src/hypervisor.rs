@@ -233,6 +233,8 @@ pub mod fake {
         fail_next_destroy: Option<String>,
         /// The zone ends of served channels, until a test takes them.
         zone_ends: BTreeMap<u32, tokio::io::DuplexStream>,
+        /// Every served channel gets a [`scripted_zone`] at its zone end instead.
+        scripted_zones: bool,
     }
 
     /// Holds `wait_shutdown` at its start until the test says go: lets a test act while a wait is pending.
@@ -260,6 +262,11 @@ pub mod fake {
                 inner: Mutex::new(Inner { next_domid: 1, ..Inner::default() }),
                 wait_gate: Mutex::new(None),
             }
+        }
+
+        /// From now on every zone boots a [`scripted_zone`] init: for tests of the layers above the daemon.
+        pub fn run_scripted_zones(&self) {
+            self.with(|i| i.scripted_zones = true);
         }
 
         /// The next `wait_shutdown` stops at the returned gate until resumed.
@@ -477,10 +484,88 @@ pub mod fake {
                 if !i.domains.contains_key(&domid) {
                     return Err(HypervisorError::Channel { domid, reason: "no such domain".into() });
                 }
-                i.zone_ends.insert(domid, zone_end);
+                if i.scripted_zones {
+                    tokio::spawn(scripted_zone::run(zone_end));
+                } else {
+                    i.zone_ends.insert(domid, zone_end);
+                }
                 Ok(())
             })?;
             Ok(Box::new(daemon_end))
+        }
+    }
+
+    /// A zone init in a few lines, for tests of everything above the channel: it says hello and runs every
+    /// workload as: print "out:<argv[0]>\n" on stdout and "err\n" on stderr, then exit with the code in the
+    /// last argument (or stay running if it is "run"); execs print their argv and exit 3.
+    pub mod scripted_zone {
+        use std::collections::BTreeMap;
+
+        use bulkhead_wire::{ExitStatus, HostToZone, OutputFd, PROTOCOL_VERSION, ZoneCodec, ZoneToHost};
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_util::codec::Framed;
+
+        /// What a zone init says first.
+        pub fn hello() -> ZoneToHost {
+            ZoneToHost::Hello {
+                protocol_version: PROTOCOL_VERSION,
+                init_version: "test".into(),
+                kernel_release: "test".into(),
+                boot_time_ms: 1,
+            }
+        }
+
+        /// A zone init that says hello and runs every workload as: print "out:<argv[0]>\n" on stdout and
+        /// "err\n" on stderr, then exit with the code in the last argument (or stay running if it is "run").
+        pub async fn run(io: tokio::io::DuplexStream) {
+            let mut zone = Framed::new(io, ZoneCodec::new());
+            if zone.send(hello()).await.is_err() {
+                return;
+            }
+            let mut specs = BTreeMap::new();
+            while let Some(Ok(msg)) = zone.next().await {
+                let replies = match msg {
+                    HostToZone::CreateWorkload { id, spec } => {
+                        specs.insert(id, spec);
+                        vec![ZoneToHost::WorkloadCreated { id }]
+                    }
+                    HostToZone::StartWorkload { id } => {
+                        let Some(spec) = specs.get(&id) else { continue };
+                        let mut r = vec![
+                            ZoneToHost::WorkloadStarted { id, pid: 1 },
+                            ZoneToHost::Output {
+                                stream_id: id,
+                                fd: OutputFd::Stdout,
+                                data: format!("out:{}\n", spec.argv[0]).into(),
+                            },
+                            ZoneToHost::Output { stream_id: id, fd: OutputFd::Stderr, data: "err\n".into() },
+                        ];
+                        match spec.argv.last().map(String::as_str) {
+                            Some("run") => {}
+                            last => {
+                                let code = last.and_then(|c| c.parse().ok()).unwrap_or(0);
+                                r.push(ZoneToHost::Exited { stream_id: id, status: ExitStatus::Code(code) });
+                            }
+                        }
+                        r
+                    }
+                    HostToZone::Signal { id, signal } => {
+                        vec![ZoneToHost::Exited { stream_id: id, status: ExitStatus::Signaled { signal, core_dumped: false } }]
+                    }
+                    HostToZone::Exec { exec_id, argv, .. } => vec![
+                        ZoneToHost::ExecStarted { exec_id, pid: 2 },
+                        ZoneToHost::Output { stream_id: exec_id, fd: OutputFd::Stdout, data: argv.join(" ").into() },
+                        ZoneToHost::Exited { stream_id: exec_id, status: ExitStatus::Code(3) },
+                    ],
+                    HostToZone::RemoveWorkload { id } => vec![ZoneToHost::WorkloadRemoved { id }],
+                    _ => vec![],
+                };
+                for r in replies {
+                    if zone.send(r).await.is_err() {
+                        return;
+                    }
+                }
+            }
         }
     }
 }

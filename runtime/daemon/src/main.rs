@@ -7,14 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use bulkhead_api::control::v1::image_service_server::ImageServiceServer;
-use bulkhead_api::control::v1::workload_service_server::WorkloadServiceServer;
-use bulkhead_api::control::v1::zone_service_server::ZoneServiceServer;
-use bulkheadd::api::bind_control_socket;
-use bulkheadd::api::images::{ImageApi, InUseCheck};
-use bulkheadd::api::workloads::WorkloadApi;
-use bulkheadd::api::zones::DestroyHook;
-use bulkheadd::api::zones::ZoneApi;
+use bulkheadd::api::{bind_control_socket, services};
 use bulkheadd::config::{Config, DEFAULT_CONFIG_PATH};
 use bulkheadd::images::{ImageStore, ImageStoreConfig};
 use bulkheadd::manager::ZoneManager;
@@ -78,17 +71,6 @@ async fn serve(cfg: Config, hv: LibxlHypervisor) -> anyhow::Result<()> {
         .with_context(|| format!("loading workloads from {}", cfg.state_dir.display()))?;
     // Zones that ran through a daemon restart reconnect now; their workloads are routed before they do.
     manager.resume().await;
-    let in_use: InUseCheck = {
-        let workloads = workloads.clone();
-        Arc::new(move |image| workloads.uses_image(&image.id))
-    };
-    let destroy_hook: DestroyHook = {
-        let workloads = workloads.clone();
-        Arc::new(move |zone_id| {
-            let workloads = workloads.clone();
-            Box::pin(async move { workloads.forget_zone(&zone_id).await })
-        })
-    };
     let incoming = bind_control_socket(&cfg.control_socket)
         .with_context(|| format!("binding the control socket {}", cfg.control_socket.display()))?;
 
@@ -108,9 +90,7 @@ async fn serve(cfg: Config, hv: LibxlHypervisor) -> anyhow::Result<()> {
     };
     tracing::info!(socket = %cfg.control_socket.display(), "serving the control API");
     let served = tonic::transport::Server::builder()
-        .add_service(ZoneServiceServer::new(ZoneApi::new(manager).with_destroy_hook(destroy_hook)))
-        .add_service(ImageServiceServer::new(ImageApi::with_in_use(images, in_use)))
-        .add_service(WorkloadServiceServer::new(WorkloadApi::new(workloads)))
+        .add_routes(services(manager.clone(), images, workloads))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     stop.cancel();

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bulkhead_wire::{
-    ExitStatus, HostToZone, OutputFd, PROTOCOL_VERSION, StreamId, WorkloadPhase, ZoneCodec, ZoneToHost,
+    ExitStatus, HostToZone, OutputFd, StreamId, WorkloadPhase, ZoneCodec, ZoneToHost,
 };
-use bulkheadd::hypervisor::fake::FakeHypervisor;
+use bulkheadd::hypervisor::fake::{FakeHypervisor, scripted_zone};
 use bulkheadd::images::layout::Compression;
 use bulkheadd::images::testing::write_busybox_layout;
 use bulkheadd::images::{ImageStore, ImageStoreConfig};
@@ -26,69 +26,6 @@ fn privileged() -> bool {
     bulkheadd::images::testing::root_or_skip("the image import chowns")
 }
 
-/// What a zone init says first.
-fn hello() -> ZoneToHost {
-    ZoneToHost::Hello {
-        protocol_version: PROTOCOL_VERSION,
-        init_version: "test".into(),
-        kernel_release: "test".into(),
-        boot_time_ms: 1,
-    }
-}
-
-/// A zone init that says hello and runs every workload as: print "out:<argv[0]>\n" on stdout and
-/// "err\n" on stderr, then exit with the code in the last argument (or stay running if it is "run").
-async fn scripted_zone(io: tokio::io::DuplexStream) {
-    let mut zone = Framed::new(io, ZoneCodec::new());
-    if zone.send(hello()).await.is_err() {
-        return;
-    }
-    let mut specs = BTreeMap::new();
-    while let Some(Ok(msg)) = zone.next().await {
-        let replies = match msg {
-            HostToZone::CreateWorkload { id, spec } => {
-                specs.insert(id, spec);
-                vec![ZoneToHost::WorkloadCreated { id }]
-            }
-            HostToZone::StartWorkload { id } => {
-                let Some(spec) = specs.get(&id) else { continue };
-                let mut r = vec![
-                    ZoneToHost::WorkloadStarted { id, pid: 1 },
-                    ZoneToHost::Output {
-                        stream_id: id,
-                        fd: OutputFd::Stdout,
-                        data: format!("out:{}\n", spec.argv[0]).into(),
-                    },
-                    ZoneToHost::Output { stream_id: id, fd: OutputFd::Stderr, data: "err\n".into() },
-                ];
-                match spec.argv.last().map(String::as_str) {
-                    Some("run") => {}
-                    last => {
-                        let code = last.and_then(|c| c.parse().ok()).unwrap_or(0);
-                        r.push(ZoneToHost::Exited { stream_id: id, status: ExitStatus::Code(code) });
-                    }
-                }
-                r
-            }
-            HostToZone::Signal { id, signal } => {
-                vec![ZoneToHost::Exited { stream_id: id, status: ExitStatus::Signaled { signal, core_dumped: false } }]
-            }
-            HostToZone::Exec { exec_id, argv, .. } => vec![
-                ZoneToHost::ExecStarted { exec_id, pid: 2 },
-                ZoneToHost::Output { stream_id: exec_id, fd: OutputFd::Stdout, data: argv.join(" ").into() },
-                ZoneToHost::Exited { stream_id: exec_id, status: ExitStatus::Code(3) },
-            ],
-            HostToZone::RemoveWorkload { id } => vec![ZoneToHost::WorkloadRemoved { id }],
-            _ => vec![],
-        };
-        for r in replies {
-            if zone.send(r).await.is_err() {
-                return;
-            }
-        }
-    }
-}
-
 struct Node {
     zones: Arc<ZoneManager<FakeHypervisor>>,
     workloads: Arc<WorkloadManager<FakeHypervisor>>,
@@ -99,7 +36,7 @@ async fn node_with_ready_zone(zone: &str) -> Result<Node, Box<dyn std::error::Er
     let node = node_with_booting_zone(zone).await?;
     let domid = node.zones.get(zone).await?.domid.ok_or("no domid")?;
     let io = node.zones.hypervisor().take_zone_end(domid).ok_or("no channel")?;
-    tokio::spawn(scripted_zone(io));
+    tokio::spawn(scripted_zone::run(io));
     for _ in 0..500 {
         if node.zones.get(zone).await?.state == ZoneState::Ready {
             return Ok(node);
@@ -269,7 +206,7 @@ async fn a_workload_for_a_booting_zone_is_created_once_the_zone_is_ready() -> Te
     assert_eq!(node.zones.get("early").await?.state, ZoneState::Starting);
     assert!(!create.is_finished(), "the workload was created before the zone was ready");
     let io = node.zones.hypervisor().take_zone_end(domid).ok_or("no channel")?;
-    tokio::spawn(scripted_zone(io));
+    tokio::spawn(scripted_zone::run(io));
     let w = tokio::time::timeout(Duration::from_secs(10), create).await???;
     assert_eq!((w.state, w.spec.root_device.as_str()), (WorkloadState::Created, "xvdb"));
 
@@ -314,7 +251,7 @@ async fn reconnecting_zone(
     phases: BTreeMap<StreamId, WorkloadPhase>,
 ) {
     let mut zone = Framed::new(io, ZoneCodec::new());
-    for m in std::iter::once(hello()).chain(carried) {
+    for m in std::iter::once(scripted_zone::hello()).chain(carried) {
         if zone.send(m).await.is_err() {
             return;
         }

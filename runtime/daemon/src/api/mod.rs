@@ -8,12 +8,20 @@ pub mod zones;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::Arc;
+
+use bulkhead_api::control::v1::image_service_server::ImageServiceServer;
+use bulkhead_api::control::v1::workload_service_server::WorkloadServiceServer;
+use bulkhead_api::control::v1::zone_service_server::ZoneServiceServer;
 
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::Status;
 
-use crate::manager::ManagerError;
+use crate::hypervisor::Hypervisor;
+use crate::images::ImageStore;
+use crate::manager::{ManagerError, ZoneManager};
+use crate::workloads::WorkloadManager;
 
 /// The user-facing message of an error: its own text and its causes, on one line.
 pub(crate) fn message_chain(e: &dyn std::error::Error) -> String {
@@ -56,4 +64,27 @@ pub fn bind_control_socket(path: &Path) -> io::Result<UnixListenerStream> {
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(UnixListenerStream::new(listener))
+}
+
+/// Every service of the control API over the daemon's core, wired to each other: an image a workload uses
+/// cannot be removed, and a destroyed zone's workloads are forgotten.
+pub fn services<H: Hypervisor>(
+    zones: Arc<ZoneManager<H>>,
+    images: Arc<ImageStore>,
+    workloads: Arc<WorkloadManager<H>>,
+) -> tonic::service::Routes {
+    let in_use: images::InUseCheck = {
+        let workloads = workloads.clone();
+        Arc::new(move |image| workloads.uses_image(&image.id))
+    };
+    let destroy_hook: zones::DestroyHook = {
+        let workloads = workloads.clone();
+        Arc::new(move |zone_id| {
+            let workloads = workloads.clone();
+            Box::pin(async move { workloads.forget_zone(&zone_id).await })
+        })
+    };
+    tonic::service::Routes::new(ZoneServiceServer::new(zones::ZoneApi::new(zones).with_destroy_hook(destroy_hook)))
+        .add_service(ImageServiceServer::new(images::ImageApi::with_in_use(images, in_use)))
+        .add_service(WorkloadServiceServer::new(workloads::WorkloadApi::new(workloads)))
 }
