@@ -21,14 +21,35 @@ pub mod client {
 
     /// A channel to bulkheadd's control socket at `socket` (the daemon listens on a unix socket only).
     pub async fn connect_unix(socket: &Path) -> Result<Channel, tonic::transport::Error> {
-        let path = socket.to_owned();
-        // The URI is required by tonic but unused: the connector dials the socket.
+        endpoint().connect_with_connector(dialer(socket)).await
+    }
+
+    /// A channel that dials bulkheadd's socket at `socket` on first use and again after the daemon restarts:
+    /// for long-running clients (bulkhead-cri) that must start before the daemon and outlive its restarts.
+    pub fn connect_unix_lazy(socket: &Path) -> Channel {
+        endpoint().connect_with_connector_lazy(dialer(socket))
+    }
+
+    // The URI is required by tonic but unused: the connector dials the socket.
+    fn endpoint() -> Endpoint {
         Endpoint::from_static("http://localhost")
-            .connect_with_connector(tower::service_fn(move |_| {
-                let path = path.clone();
-                async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
-            }))
-            .await
+    }
+
+    fn dialer(
+        socket: &Path,
+    ) -> impl tower::Service<
+        tonic::transport::Uri,
+        Response = TokioIo<UnixStream>,
+        Error = std::io::Error,
+        Future = impl Future<Output = Result<TokioIo<UnixStream>, std::io::Error>> + Send,
+    > + Send
+    + Clone
+    + 'static {
+        let path = socket.to_owned();
+        tower::service_fn(move |_| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+        })
     }
 }
 

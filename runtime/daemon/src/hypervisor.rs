@@ -550,7 +550,10 @@ pub mod fake {
                         r
                     }
                     HostToZone::Signal { id, signal } => {
-                        vec![ZoneToHost::Exited { stream_id: id, status: ExitStatus::Signaled { signal, core_dumped: false } }]
+                        vec![ZoneToHost::Exited {
+                            stream_id: id,
+                            status: ExitStatus::Signaled { signal, core_dumped: false },
+                        }]
                     }
                     HostToZone::Exec { exec_id, argv, .. } => vec![
                         ZoneToHost::ExecStarted { exec_id, pid: 2 },

@@ -6,9 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bulkhead_wire::{
-    ExitStatus, HostToZone, OutputFd, StreamId, WorkloadPhase, ZoneCodec, ZoneToHost,
-};
+use bulkhead_wire::{ExitStatus, HostToZone, OutputFd, StreamId, WorkloadPhase, ZoneCodec, ZoneToHost};
 use bulkheadd::hypervisor::fake::{FakeHypervisor, scripted_zone};
 use bulkheadd::images::layout::Compression;
 use bulkheadd::images::testing::write_busybox_layout;

@@ -1,0 +1,97 @@
+//! `bulkhead-cri`: serves CRI v1 on a unix socket for kubelet, backed by bulkheadd.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use bulkhead_cri::{DEFAULT_DAEMON_SOCKET, DEFAULT_IMAGE_STORE, DEFAULT_SOCKET, Settings};
+use clap::Parser;
+use tokio::net::UnixListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_stream::wrappers::UnixListenerStream;
+
+#[derive(Debug, Parser)]
+#[command(name = "bulkhead-cri", version, about = "Bulkhead's CRI v1 server: runs each pod in its own Xen zone")]
+struct Args {
+    /// The socket kubelet connects to (--container-runtime-endpoint=unix://...).
+    #[arg(long, default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// bulkheadd's control socket.
+    #[arg(long, default_value = DEFAULT_DAEMON_SOCKET)]
+    daemon_socket: PathBuf,
+    /// bulkheadd's image store, whose disk use ImageFsInfo reports.
+    #[arg(long, default_value = DEFAULT_IMAGE_STORE)]
+    image_store: PathBuf,
+    /// Memory of a zone whose pod sets no memory limit, MiB (the RuntimeClass overhead is added).
+    #[arg(long, default_value_t = 256)]
+    default_memory_mib: u32,
+    /// How long RunPodSandbox waits for a zone to boot, seconds.
+    #[arg(long, default_value_t = 180)]
+    boot_timeout: u64,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BULKHEAD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bulkhead-cri: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("bulkhead-cri: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Binds kubelet's socket (root only: CRI can run anything on the node), replacing a stale one.
+fn bind(path: &std::path::Path) -> anyhow::Result<UnixListenerStream> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing the stale socket {}", path.display())),
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {}", path.display()))?;
+    Ok(UnixListenerStream::new(listener))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let mut settings = Settings { image_store: args.image_store, ..Settings::default() };
+    settings.runtime.defaults.memory_mib = args.default_memory_mib;
+    settings.runtime.boot_timeout = Duration::from_secs(args.boot_timeout);
+    let daemon = bulkhead_cri::daemon_channel(&args.daemon_socket);
+    let incoming = bind(&args.socket)?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    };
+    tracing::info!(socket = %args.socket.display(), daemon = %args.daemon_socket.display(), "serving CRI v1");
+    tonic::transport::Server::builder()
+        .add_routes(bulkhead_cri::services(daemon, settings))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .context("serving CRI")
+}

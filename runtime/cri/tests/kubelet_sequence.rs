@@ -1,0 +1,326 @@
+//! Kubelet's sequence of CRI calls over the real transports: a CRI client on bulkhead-cri's unix socket,
+//! bulkhead-cri on the daemon's control socket, the daemon's real image store (busybox imported) and
+//! workload manager, and zones that boot a scripted init on the in-memory hypervisor. The same sequence runs
+//! against real Xen zones in the test bed.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bulkheadd::hypervisor::fake::FakeHypervisor;
+use bulkheadd::images::layout::Compression;
+use bulkheadd::images::testing::{root_or_skip, write_busybox_layout};
+use bulkheadd::images::{ImageStore, ImageStoreConfig};
+use bulkheadd::manager::{ManagerConfig, ZoneManager};
+use bulkheadd::store::RecordStore;
+use bulkheadd::workloads::WorkloadManager;
+use bulkheadd::zone::HostVirtCaps;
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use tokio::net::UnixStream;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+struct Node {
+    runtime: RuntimeServiceClient<Channel>,
+    images: ImageServiceClient<Channel>,
+    dir: tempfile::TempDir,
+}
+
+fn serve(routes: tonic::service::Routes, socket: &Path) -> std::io::Result<()> {
+    let incoming = bulkheadd::api::bind_control_socket(socket)?;
+    tokio::spawn(tonic::transport::Server::builder().add_routes(routes).serve_with_incoming(incoming));
+    Ok(())
+}
+
+async fn connect(socket: PathBuf) -> Result<Channel, tonic::transport::Error> {
+    Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let socket = socket.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }
+        }))
+        .await
+}
+
+/// A daemon with busybox imported as `busybox:test`, and bulkhead-cri in front of it.
+async fn node() -> Result<Node, Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let hv = FakeHypervisor::new(HostVirtCaps { hvm: false, hap: false });
+    hv.run_scripted_zones();
+    let zones = Arc::new(
+        ZoneManager::open(hv, RecordStore::open(dir.path().join("zones"))?, ManagerConfig::new("/k", "/i")).await?,
+    );
+    let store_dir = dir.path().join("images");
+    let images = Arc::new(ImageStore::open(ImageStoreConfig::new(&store_dir)).await?);
+    let layout = dir.path().join("layout");
+    std::fs::create_dir_all(&layout)?;
+    write_busybox_layout(&layout, Path::new("/bin/busybox"), Compression::Gzip)?;
+    images.import(&layout, Some("busybox:test")).await?;
+    let workloads = WorkloadManager::open(zones.clone(), images.clone(), dir.path())?;
+    let control = dir.path().join("run/control.sock");
+    serve(bulkheadd::api::services(zones, images, workloads), &control)?;
+
+    let mut settings = bulkhead_cri::Settings { image_store: store_dir, ..Default::default() };
+    settings.runtime.defaults.memory_mib = 64;
+    settings.runtime.boot_timeout = Duration::from_secs(20);
+    let cri_socket = dir.path().join("run/cri.sock");
+    serve(bulkhead_cri::services(bulkhead_cri::daemon_channel(&control), settings), &cri_socket)?;
+    let channel = connect(cri_socket).await?;
+    Ok(Node { runtime: RuntimeServiceClient::new(channel.clone()), images: ImageServiceClient::new(channel), dir })
+}
+
+fn sandbox_config(logs: &Path, name: &str) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: logs.display().to_string(),
+        labels: [("app".to_owned(), name.to_owned())].into_iter().collect(),
+        annotations: [("note".to_owned(), "kept".to_owned())].into_iter().collect(),
+        ..Default::default()
+    }
+}
+
+/// A container the scripted zone runs: it prints "out:<argv0>" and "err", then exits with the last argument
+/// (or keeps running for "run").
+fn container_config(name: &str, argv: &[&str]) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata { name: name.into(), attempt: 0 }),
+        image: Some(cri::ImageSpec { image: "busybox:test".into(), ..Default::default() }),
+        command: argv.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}/0.log"),
+        labels: [("container".to_owned(), name.to_owned())].into_iter().collect(),
+        ..Default::default()
+    }
+}
+
+async fn status(node: &mut Node, id: &str) -> Result<cri::ContainerStatus, Box<dyn std::error::Error>> {
+    let req = cri::ContainerStatusRequest { container_id: id.into(), verbose: false };
+    Ok(node.runtime.container_status(req).await?.into_inner().status.ok_or("no status")?)
+}
+
+async fn wait_state(
+    node: &mut Node,
+    id: &str,
+    state: cri::ContainerState,
+) -> Result<cri::ContainerStatus, Box<dyn std::error::Error>> {
+    for _ in 0..500 {
+        let s = status(node, id).await?;
+        if s.state() == state {
+            return Ok(s);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Err(format!("container {id} never reached {state:?}").into())
+}
+
+fn code<T: std::fmt::Debug>(r: Result<T, tonic::Status>) -> (Code, String) {
+    match r {
+        Ok(v) => (Code::Ok, format!("{v:?}")),
+        Err(e) => (e.code(), e.message().to_owned()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubelets_sequence_runs_a_pod_of_two_containers_and_cleans_up_idempotently() -> TestResult {
+    if !root_or_skip("the image import chowns") {
+        return Ok(());
+    }
+    let mut node = node().await?;
+    let logs = node.dir.path().join("pods/default_web");
+
+    let version = node.runtime.version(cri::VersionRequest { version: "v1".into() }).await?.into_inner();
+    assert_eq!((version.runtime_name.as_str(), version.runtime_api_version.as_str()), ("bulkhead", "v1"));
+    let st = node.runtime.status(cri::StatusRequest { verbose: false }).await?.into_inner();
+    let conditions = st.status.ok_or("no status")?.conditions;
+    let ready = |t: &str| conditions.iter().find(|c| c.r#type == t).map(|c| (c.status, c.reason.clone()));
+    assert_eq!(ready("RuntimeReady"), Some((true, String::new())));
+    assert_eq!(ready("NetworkReady"), Some((false, "NoPodNetwork".into())));
+
+    // The image is there under its tag; an unknown one is absent, not an error.
+    let spec = |i: &str| Some(cri::ImageSpec { image: i.into(), ..Default::default() });
+    let img = node.images.image_status(cri::ImageStatusRequest { image: spec("busybox:test"), verbose: false }).await?;
+    let image = img.into_inner().image.ok_or("busybox:test not found")?;
+    assert!(image.id.starts_with("sha256:"), "{}", image.id);
+    let none = node.images.image_status(cri::ImageStatusRequest { image: spec("nothere:1"), verbose: false }).await?;
+    assert!(none.into_inner().image.is_none());
+    let fs = node.images.image_fs_info(cri::ImageFsInfoRequest {}).await?.into_inner();
+    assert!(fs.image_filesystems[0].used_bytes.as_ref().is_some_and(|u| u.value > 0));
+
+    // Run the sandbox: it is READY when the call returns.
+    let config = sandbox_config(&logs, "web");
+    let run = cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: "bulkhead".into() };
+    let pod = node.runtime.run_pod_sandbox(run).await?.into_inner().pod_sandbox_id;
+    let ps =
+        node.runtime.pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false });
+    let ps = ps.await?.into_inner().status.ok_or("no sandbox status")?;
+    assert_eq!(ps.state(), cri::PodSandboxState::SandboxReady);
+    assert_eq!(ps.metadata, config.metadata);
+    assert_eq!(ps.annotations.get("note").map(String::as_str), Some("kept"));
+
+    // Two containers: one exits 7, one keeps running.
+    let create = |name: &str, argv: &[&str]| cri::CreateContainerRequest {
+        pod_sandbox_id: pod.clone(),
+        config: Some(container_config(name, argv)),
+        sandbox_config: Some(config.clone()),
+    };
+    let job = node.runtime.create_container(create("job", &["/bin/job", "7"])).await?.into_inner().container_id;
+    let app = node.runtime.create_container(create("app", &["/bin/app", "run"])).await?.into_inner().container_id;
+    assert_eq!(status(&mut node, &job).await?.state(), cri::ContainerState::ContainerCreated);
+    node.runtime.start_container(cri::StartContainerRequest { container_id: job.clone() }).await?;
+    node.runtime.start_container(cri::StartContainerRequest { container_id: app.clone() }).await?;
+    let done = wait_state(&mut node, &job, cri::ContainerState::ContainerExited).await?;
+    assert_eq!((done.exit_code, done.reason.as_str()), (7, "Error"));
+    assert!(done.created_at > 0 && done.started_at >= done.created_at && done.finished_at >= done.started_at);
+    assert_eq!(done.log_path, logs.join("job/0.log").display().to_string());
+    let running = wait_state(&mut node, &app, cri::ContainerState::ContainerRunning).await?;
+    assert_eq!(running.labels.get("container").map(String::as_str), Some("app"));
+
+    // Logs on disk, in the CRI format, where kubelet looks.
+    let log = std::fs::read_to_string(logs.join("job/0.log"))?;
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(lines.iter().any(|l| l.ends_with(" stdout F out:/bin/job")), "{log}");
+    assert!(lines.iter().any(|l| l.ends_with(" stderr F err")), "{log}");
+    let stamp = lines[0].split(' ').next().unwrap_or_default();
+    assert!(stamp.contains('T') && stamp.ends_with('Z'), "not RFC 3339: {stamp}");
+
+    // Listing with filters.
+    let list = |f: cri::ContainerFilter| cri::ListContainersRequest { filter: Some(f) };
+    let running_only = cri::ContainerFilter {
+        state: Some(cri::ContainerStateValue { state: cri::ContainerState::ContainerRunning.into() }),
+        ..Default::default()
+    };
+    let l = node.runtime.list_containers(list(running_only)).await?.into_inner().containers;
+    assert_eq!(l.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), [app.as_str()]);
+    let by_pod = cri::ContainerFilter { pod_sandbox_id: pod[..8].into(), ..Default::default() };
+    assert_eq!(node.runtime.list_containers(list(by_pod)).await?.into_inner().containers.len(), 2);
+    let pods = node.runtime.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await?.into_inner().items;
+    assert_eq!(pods.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), [pod.as_str()]);
+
+    // ExecSync returns the command's output and exit code.
+    let exec = cri::ExecSyncRequest { container_id: app.clone(), cmd: vec!["echo".into(), "hi".into()], timeout: 10 };
+    let out = node.runtime.exec_sync(exec).await?.into_inner();
+    assert_eq!((String::from_utf8_lossy(&out.stdout).as_ref(), out.exit_code), ("echo hi", 3));
+
+    // Log rotation: kubelet renames the file, then asks for a new one.
+    std::fs::rename(logs.join("app/0.log"), logs.join("app/0.log.1"))?;
+    node.runtime.reopen_container_log(cri::ReopenContainerLogRequest { container_id: app.clone() }).await?;
+    assert!(logs.join("app/0.log").exists());
+
+    // Stop with the image's STOPSIGNAL (the fixture's is SIGQUIT: 128 + 3), remove, and every stop/remove again.
+    node.runtime.stop_container(cri::StopContainerRequest { container_id: app.clone(), timeout: 5 }).await?;
+    let stopped = status(&mut node, &app).await?;
+    assert_eq!((stopped.state(), stopped.exit_code), (cri::ContainerState::ContainerExited, 131));
+    for _ in 0..2 {
+        for id in [&job, &app] {
+            node.runtime.stop_container(cri::StopContainerRequest { container_id: id.clone(), timeout: 0 }).await.ok();
+            node.runtime.remove_container(cri::RemoveContainerRequest { container_id: id.clone() }).await?;
+        }
+        node.runtime.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await?;
+        node.runtime.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await?;
+    }
+    assert!(
+        node.runtime
+            .list_containers(cri::ListContainersRequest { filter: None })
+            .await?
+            .into_inner()
+            .containers
+            .is_empty()
+    );
+    assert!(
+        node.runtime.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await?.into_inner().items.is_empty()
+    );
+    assert!(logs.join("job/0.log").exists(), "container logs are kubelet's to delete");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_ids_are_not_found_and_bad_configs_invalid_with_the_reason() -> TestResult {
+    if !root_or_skip("the image import chowns") {
+        return Ok(());
+    }
+    let mut node = node().await?;
+    let logs = node.dir.path().join("pods");
+
+    let (c, msg) = code(
+        node.runtime
+            .container_status(cri::ContainerStatusRequest { container_id: "nope".into(), verbose: false })
+            .await,
+    );
+    assert_eq!(c, Code::NotFound, "{msg}");
+    assert!(msg.contains("container \"nope\" not found"), "{msg}");
+    let (c, msg) = code(
+        node.runtime
+            .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: "nope".into(), verbose: false })
+            .await,
+    );
+    assert_eq!(c, Code::NotFound, "{msg}");
+    let (c, _) = code(node.runtime.start_container(cri::StartContainerRequest { container_id: "nope".into() }).await);
+    assert_eq!(c, Code::NotFound);
+    let (c, _) = code(
+        node.runtime
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: "nope".into(),
+                config: Some(container_config("x", &["x"])),
+                sandbox_config: None,
+            })
+            .await,
+    );
+    assert_eq!(c, Code::NotFound);
+    // Stops and removes of what does not exist succeed.
+    node.runtime.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: "nope".into() }).await?;
+    node.runtime.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: "nope".into() }).await?;
+    node.runtime.remove_container(cri::RemoveContainerRequest { container_id: "nope".into() }).await?;
+
+    // hostNetwork is refused before anything is made.
+    let mut host = sandbox_config(&logs, "host");
+    host.linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                network: cri::NamespaceMode::Node.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let run = cri::RunPodSandboxRequest { config: Some(host), runtime_handler: String::new() };
+    let (c, msg) = code(node.runtime.run_pod_sandbox(run).await);
+    assert_eq!(c, Code::InvalidArgument, "{msg}");
+    assert!(msg.contains("hostNetwork"), "{msg}");
+    assert!(
+        node.runtime.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await?.into_inner().items.is_empty()
+    );
+
+    // A container of an unknown image, or with a volume, is refused with the reason.
+    let config = sandbox_config(&logs, "web");
+    let run = cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() };
+    let pod = node.runtime.run_pod_sandbox(run).await?.into_inner().pod_sandbox_id;
+    let mut unknown = container_config("a", &["x"]);
+    unknown.image = Some(cri::ImageSpec { image: "nothere:1".into(), ..Default::default() });
+    let create = |c: cri::ContainerConfig| cri::CreateContainerRequest {
+        pod_sandbox_id: pod.clone(),
+        config: Some(c),
+        sandbox_config: Some(config.clone()),
+    };
+    let (c, msg) = code(node.runtime.create_container(create(unknown)).await);
+    assert_eq!(c, Code::NotFound, "{msg}");
+    assert!(msg.contains("nothere"), "{msg}");
+    let mut volume = container_config("b", &["x"]);
+    volume.mounts.push(cri::Mount { container_path: "/data".into(), host_path: "/srv".into(), ..Default::default() });
+    let (c, msg) = code(node.runtime.create_container(create(volume)).await);
+    assert_eq!(c, Code::InvalidArgument, "{msg}");
+    assert!(msg.contains("volume mounts are not supported"), "{msg}");
+    let (c, msg) = code(node.runtime.exec(cri::ExecRequest::default()).await);
+    assert_eq!(c, Code::Unimplemented, "{msg}");
+    assert!(msg.contains("not supported by the bulkhead runtime"), "{msg}");
+    Ok(())
+}
