@@ -192,6 +192,25 @@ impl Scenario {
     }
 }
 
+impl Scenario {
+    /// For `#[test]`s: runs the scenario and asserts that it exited 0 and printed a line "scenario ok"
+    /// (panicking with its output otherwise). Its "figure: " and "failure reason: " lines are printed, so
+    /// they are kept in the test output. Returns its stdout.
+    pub fn run_ok(&self) -> String {
+        let r = match self.run() {
+            Ok(r) => r,
+            Err(e) => panic!("the test bed could not run the scenario: {e}"),
+        };
+        let out = r.stdout_lossy();
+        assert_eq!(r.outcome, Outcome::Exited { code: 0 }, "stdout:\n{out}\nstderr:\n{}", r.stderr_lossy());
+        assert!(out.lines().any(|l| l == "scenario ok"), "{out}");
+        for line in out.lines().filter(|l| l.starts_with("figure: ") || l.starts_with("failure reason: ")) {
+            println!("{line}");
+        }
+        out
+    }
+}
+
 /// Processes still alive that carry `tag` in their environment (see [`RUN_TAG_ENV`]), with their command
 /// lines. After a run has returned this must be empty: the runner takes QEMU down with it.
 pub fn processes_tagged(tag: &str) -> Vec<(u32, String)> {

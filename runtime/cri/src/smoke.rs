@@ -1,0 +1,304 @@
+//! `bulkhead-cri smoke-test`: kubelet's sequence of CRI calls against a running CRI endpoint, with a real pod
+//! of two containers, checking each answer. It proves a node can run pods (the test bed and `bulkhead check`
+//! use it) and measures pod start latency.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use tokio::net::UnixStream;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+
+/// What the smoke test is given.
+#[derive(Debug, Clone)]
+pub struct SmokeTest {
+    /// The CRI socket.
+    pub socket: PathBuf,
+    /// An image with busybox's `sh`, `echo` and `sleep`; pulled unless present.
+    pub image: String,
+    /// Where the pod's container logs go (kubelet's /var/log/pods/...).
+    pub log_dir: PathBuf,
+}
+
+/// Figures measured on the way.
+#[derive(Debug, Clone, Copy)]
+pub struct SmokeFigures {
+    /// RunPodSandbox to the sandbox being ready.
+    pub run_sandbox: Duration,
+    /// RunPodSandbox + CreateContainer + StartContainer to the container's first output in its log.
+    pub pod_to_first_output: Duration,
+}
+
+async fn connect(socket: &Path) -> anyhow::Result<Channel> {
+    let socket = socket.to_owned();
+    let what = format!("connecting to {}", socket.display());
+    Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let socket = socket.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }
+        }))
+        .await
+        .context(what)
+}
+
+/// Runs the sequence; the first wrong answer is the error. Everything it made is removed at the end, also
+/// when a step fails.
+pub async fn run(t: &SmokeTest) -> anyhow::Result<SmokeFigures> {
+    let channel = connect(&t.socket).await?;
+    let mut rt = RuntimeServiceClient::new(channel.clone());
+    let mut images = ImageServiceClient::new(channel);
+
+    let v = rt.version(cri::VersionRequest { version: "v1".into() }).await.context("Version")?.into_inner();
+    ensure!(v.runtime_api_version == "v1", "Version: runtime API {:?}, not v1", v.runtime_api_version);
+    let status = rt.status(cri::StatusRequest { verbose: false }).await.context("Status")?.into_inner();
+    let conditions = status.status.map(|s| s.conditions).unwrap_or_default();
+    ensure!(
+        conditions.iter().any(|c| c.r#type == "RuntimeReady" && c.status),
+        "Status: the runtime is not ready: {conditions:?}"
+    );
+
+    let spec = Some(cri::ImageSpec { image: t.image.clone(), ..Default::default() });
+    let present = images
+        .image_status(cri::ImageStatusRequest { image: spec.clone(), verbose: false })
+        .await
+        .context("ImageStatus")?
+        .into_inner()
+        .image;
+    let image_ref = match present {
+        Some(i) => i.id,
+        None => {
+            let pull = cri::PullImageRequest { image: spec, auth: None, sandbox_config: None };
+            images.pull_image(pull).await.context("PullImage")?.into_inner().image_ref
+        }
+    };
+    ensure!(image_ref.starts_with("sha256:"), "the image's id {image_ref:?} is not a digest");
+
+    let uid = format!("smoke-{}", std::process::id());
+    let config = cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: "smoke".into(),
+            uid: uid.clone(),
+            namespace: "bulkhead-smoke-test".into(),
+            attempt: 0,
+        }),
+        hostname: "smoke".into(),
+        log_directory: t.log_dir.join(&uid).display().to_string(),
+        labels: [("smoke".to_owned(), uid.clone())].into_iter().collect(),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let run = cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: "bulkhead".into() };
+    let pod = rt.run_pod_sandbox(run).await.context("RunPodSandbox")?.into_inner().pod_sandbox_id;
+    let run_sandbox = started.elapsed();
+    let result = with_pod(&mut rt, &config, &pod, &image_ref, started).await;
+    let cleanup = cleanup(&mut rt, &pod).await;
+    let pod_to_first_output = result?;
+    cleanup?;
+    Ok(SmokeFigures { run_sandbox, pod_to_first_output })
+}
+
+fn container(name: &str, image: &str, script: &str) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata { name: name.into(), attempt: 0 }),
+        image: Some(cri::ImageSpec { image: image.into(), ..Default::default() }),
+        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        log_path: format!("{name}/0.log"),
+        ..Default::default()
+    }
+}
+
+async fn container_status(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> anyhow::Result<cri::ContainerStatus> {
+    let req = cri::ContainerStatusRequest { container_id: id.into(), verbose: false };
+    rt.container_status(req).await.context("ContainerStatus")?.into_inner().status.context("ContainerStatus: no status")
+}
+
+/// Polls until `f` gives a value, for at most `limit`.
+async fn poll<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await? {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("{what}: not within {} s", limit.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads a CRI log, checking each line's format; returns (stream, text) pairs.
+fn read_cri_log(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .map(|line| {
+            let mut parts = line.splitn(4, ' ');
+            let (time, stream, tag, rest) = (parts.next(), parts.next(), parts.next(), parts.next());
+            match (time, stream, tag) {
+                (Some(time), Some(stream @ ("stdout" | "stderr")), Some("F" | "P"))
+                    if time.contains('T') && time.ends_with('Z') =>
+                {
+                    Ok((stream.to_owned(), rest.unwrap_or_default().to_owned()))
+                }
+                _ => bail!("{}: not a CRI log line: {line:?}", path.display()),
+            }
+        })
+        .collect()
+}
+
+async fn with_pod(
+    rt: &mut RuntimeServiceClient<Channel>,
+    config: &cri::PodSandboxConfig,
+    pod: &str,
+    image: &str,
+    started: Instant,
+) -> anyhow::Result<Duration> {
+    let status = rt
+        .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.into(), verbose: false })
+        .await
+        .context("PodSandboxStatus")?
+        .into_inner()
+        .status
+        .context("PodSandboxStatus: no status")?;
+    ensure!(
+        status.state() == cri::PodSandboxState::SandboxReady,
+        "the sandbox is {:?} after RunPodSandbox",
+        status.state()
+    );
+
+    let create = |c: cri::ContainerConfig| cri::CreateContainerRequest {
+        pod_sandbox_id: pod.into(),
+        config: Some(c),
+        sandbox_config: Some(config.clone()),
+    };
+    let log_dir = PathBuf::from(&config.log_directory);
+    let app = create(container("app", image, "echo ready; exec sleep 600"));
+    let app = rt.create_container(app).await.context("CreateContainer app")?.into_inner().container_id;
+    rt.start_container(cri::StartContainerRequest { container_id: app.clone() }).await.context("StartContainer app")?;
+    let app_log = log_dir.join("app/0.log");
+    poll(Duration::from_secs(60), "the app container's first output", || async {
+        Ok(app_log.exists().then(|| read_cri_log(&app_log)).transpose()?.filter(|l| !l.is_empty()))
+    })
+    .await?;
+    let first_output = started.elapsed();
+    let lines = read_cri_log(&app_log)?;
+    ensure!(lines.first().map(|(s, t)| (s.as_str(), t.as_str())) == Some(("stdout", "ready")), "app's log: {lines:?}");
+
+    let job = create(container("job", image, "echo out; echo err >&2; exit 7"));
+    let job = rt.create_container(job).await.context("CreateContainer job")?.into_inner().container_id;
+    rt.start_container(cri::StartContainerRequest { container_id: job.clone() }).await.context("StartContainer job")?;
+    let done = poll(Duration::from_secs(60), "the job container's exit", || {
+        let mut rt = rt.clone();
+        let job = job.clone();
+        async move {
+            let s = container_status(&mut rt, &job).await?;
+            Ok((s.state() == cri::ContainerState::ContainerExited).then_some(s))
+        }
+    })
+    .await?;
+    ensure!(
+        done.exit_code == 7 && done.reason == "Error",
+        "job exited {} ({}), not 7 (Error)",
+        done.exit_code,
+        done.reason
+    );
+    let mut lines = read_cri_log(&log_dir.join("job/0.log"))?;
+    lines.sort();
+    let want = [("stderr".to_owned(), "err".to_owned()), ("stdout".to_owned(), "out".to_owned())];
+    ensure!(lines == want, "job's log: {lines:?}");
+
+    let exec = cri::ExecSyncRequest {
+        container_id: app.clone(),
+        cmd: vec!["/bin/sh".into(), "-c".into(), "echo hi; echo oops >&2; exit 3".into()],
+        timeout: 30,
+    };
+    let out = rt.exec_sync(exec).await.context("ExecSync")?.into_inner();
+    ensure!(
+        (out.stdout.as_slice(), out.stderr.as_slice(), out.exit_code) == (b"hi\n".as_slice(), b"oops\n".as_slice(), 3),
+        "ExecSync gave {out:?}"
+    );
+
+    let list = rt
+        .list_containers(cri::ListContainersRequest {
+            filter: Some(cri::ContainerFilter { pod_sandbox_id: pod.into(), ..Default::default() }),
+        })
+        .await
+        .context("ListContainers")?
+        .into_inner()
+        .containers;
+    ensure!(list.len() == 2, "ListContainers of the pod: {} containers, not 2", list.len());
+
+    rt.stop_container(cri::StopContainerRequest { container_id: app.clone(), timeout: 5 })
+        .await
+        .context("StopContainer")?;
+    let stopped = container_status(rt, &app).await?;
+    ensure!(
+        stopped.state() == cri::ContainerState::ContainerExited,
+        "app is {:?} after StopContainer",
+        stopped.state()
+    );
+
+    // Wrong ids are NOT_FOUND, bad configs INVALID_ARGUMENT.
+    let e = rt.container_status(cri::ContainerStatusRequest { container_id: "no-such".into(), verbose: false }).await;
+    ensure!(e.as_ref().err().map(|e| e.code()) == Some(Code::NotFound), "status of an unknown container: {e:?}");
+    let mut bad = container("bad", image, "true");
+    bad.mounts.push(cri::Mount { container_path: "/x".into(), host_path: "/tmp".into(), ..Default::default() });
+    let e = rt.create_container(create(bad)).await;
+    ensure!(e.as_ref().err().map(|e| e.code()) == Some(Code::InvalidArgument), "a container with a volume: {e:?}");
+    Ok(first_output)
+}
+
+/// Stops and removes the pod's containers and the pod, twice: the second round must succeed as well.
+async fn cleanup(rt: &mut RuntimeServiceClient<Channel>, pod: &str) -> anyhow::Result<()> {
+    let filter = Some(cri::ContainerFilter { pod_sandbox_id: pod.into(), ..Default::default() });
+    let ids: Vec<String> = rt
+        .list_containers(cri::ListContainersRequest { filter })
+        .await
+        .context("ListContainers")?
+        .into_inner()
+        .containers
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    for round in ["", " (again)"] {
+        for id in &ids {
+            rt.stop_container(cri::StopContainerRequest { container_id: id.clone(), timeout: 0 })
+                .await
+                .or_else(|e| {
+                    if e.code() == Code::NotFound {
+                        Ok(tonic::Response::new(cri::StopContainerResponse {}))
+                    } else {
+                        Err(e)
+                    }
+                })
+                .with_context(|| format!("StopContainer{round}"))?;
+            rt.remove_container(cri::RemoveContainerRequest { container_id: id.clone() })
+                .await
+                .with_context(|| format!("RemoveContainer{round}"))?;
+        }
+        rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.into() })
+            .await
+            .with_context(|| format!("StopPodSandbox{round}"))?;
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.into() })
+            .await
+            .with_context(|| format!("RemovePodSandbox{round}"))?;
+    }
+    let left = rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest {
+            filter: Some(cri::PodSandboxFilter { id: pod.into(), ..Default::default() }),
+        })
+        .await
+        .context("ListPodSandbox")?
+        .into_inner()
+        .items;
+    ensure!(left.is_empty(), "the pod is still listed after RemovePodSandbox");
+    Ok(())
+}
