@@ -48,12 +48,20 @@ type execResult struct {
 	Error    string `json:"error"`
 }
 
-func runExec(transport, rawURL string, tty bool, stdin string) (any, error) {
+// target parses a streaming URL and makes the client configuration for its server.
+func target(rawURL string) (*url.URL, *rest.Config, error) {
 	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, nil, err
+	}
+	return u, &rest.Config{Host: u.Scheme + "://" + u.Host}, nil
+}
+
+func runExec(transport, rawURL string, tty bool, stdin string) (any, error) {
+	u, cfg, err := target(rawURL)
 	if err != nil {
 		return nil, err
 	}
-	cfg := &rest.Config{Host: u.Scheme + "://" + u.Host}
 	var executor remotecommand.Executor
 	switch transport {
 	case "spdy":
@@ -99,11 +107,10 @@ type forwardResult struct {
 }
 
 func runPortForward(transport, rawURL string, port int, message string, conns int) (any, error) {
-	u, err := url.Parse(rawURL)
+	u, cfg, err := target(rawURL)
 	if err != nil {
 		return nil, err
 	}
-	cfg := &rest.Config{Host: u.Scheme + "://" + u.Host}
 	var dialer httpstream.Dialer
 	switch transport {
 	case "spdy":
