@@ -92,3 +92,83 @@ async fn forward<R: StreamingRuntime>(runtime: Arc<R>, pod: String, mut error: S
     }
     let _ = error.writer.finish().await;
 }
+
+/// Most ports one WebSocket port-forward may name: two channels each, and channel numbers are one byte.
+pub const MAX_WEBSOCKET_PORTS: usize = 64;
+
+/// Serves kubelet's channel-framed WebSocket port-forward (subprotocol `v4.channel.k8s.io`, or none): one
+/// forwarded connection per port, port `i` on data channel `2i` and error channel `2i+1`, each channel
+/// opened by this end writing the port as a little-endian u16. Nothing signals a half-close here: the
+/// client's EOF is the end of the WebSocket, and this end closes it when every forward is over.
+pub(crate) async fn serve_websocket<R, S>(runtime: Arc<R>, ws: S, pod: String, ports: Vec<u16>)
+where
+    R: StreamingRuntime,
+    S: crate::websocket::Socket,
+{
+    use futures_util::StreamExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    use crate::websocket::{Writer, channel_message as framed};
+
+    let (sink, mut source) = ws.split();
+    let writer = Writer::spawn(sink);
+    let tx = writer.sender();
+    let mut inbound = Vec::new();
+    let mut forwards = JoinSet::new();
+    for (i, &port) in ports.iter().enumerate() {
+        // MAX_WEBSOCKET_PORTS keeps 2i + 1 within a byte.
+        let (data_ch, err_ch) = ((2 * i) as u8, (2 * i + 1) as u8);
+        for ch in [data_ch, err_ch] {
+            let _ = tx.send(framed(ch, &port.to_le_bytes())).await;
+        }
+        let (ours, theirs) = tokio::io::duplex(PIPE);
+        let (mut our_rd, our_wr) = tokio::io::split(ours);
+        inbound.push(Some(our_wr));
+        let (runtime, pod, tx) = (runtime.clone(), pod.clone(), tx.clone());
+        forwards.spawn(async move {
+            let out_tx = tx.clone();
+            let outbound = tokio::spawn(async move {
+                let mut buf = vec![0u8; 32 * 1024];
+                while let Ok(n) = our_rd.read(&mut buf).await {
+                    if n == 0 || out_tx.send(framed(data_ch, &buf[..n])).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let result = runtime.port_forward(&pod, port, theirs).await;
+            let _ = outbound.await;
+            if let Err(e) = result {
+                tracing::debug!(pod = %pod, port, error = %e, "port-forward failed");
+                let msg = format!("error forwarding port {port} to pod {pod}: {e}");
+                let _ = tx.send(framed(err_ch, msg.as_bytes())).await;
+            }
+        });
+    }
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(msg)) = source.next().await {
+            let data = match msg {
+                Message::Binary(d) => d,
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            let Some((&ch, payload)) = data.split_first() else { continue };
+            // Only data channels (even) carry client bytes; a forward whose runtime ended stops taking them.
+            if ch % 2 == 0
+                && let Some(slot) = inbound.get_mut(usize::from(ch / 2))
+                && let Some(pipe) = slot.as_mut()
+                && pipe.write_all(payload).await.is_err()
+            {
+                *slot = None;
+            }
+        }
+        // Each forward's EOF. (Dropping a split write half is not: the read half keeps the pipe open.)
+        for mut pipe in inbound.into_iter().flatten() {
+            let _ = pipe.shutdown().await;
+        }
+    });
+    while forwards.join_next().await.is_some() {}
+    drop(tx);
+    writer.close().await;
+    reader.abort();
+}

@@ -350,24 +350,16 @@ where
     R: StreamingRuntime,
     S: crate::websocket::Socket,
 {
-    use futures_util::{SinkExt, StreamExt};
+    use futures_util::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
-    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-    let (mut sink, mut source) = ws.split();
+    use crate::websocket::{Writer, channel_message};
+
+    let (sink, mut source) = ws.split();
     let opts = cmd.options();
     let (io, mut ends) = wire(opts, proto);
-    let (tx, mut rx) = mpsc::channel::<Message>(64);
-    let writer = tokio::spawn(async move {
-        while let Some(m) = rx.recv().await {
-            let close = matches!(m, Message::Close(_));
-            if sink.send(m).await.is_err() || close {
-                break;
-            }
-        }
-        let _ = sink.close().await;
-    });
+    let writer = Writer::spawn(sink);
+    let tx = writer.sender();
     let mut outputs = JoinSet::new();
     for (ch, pipe) in [(1u8, ends.stdout.take()), (2u8, ends.stderr.take())] {
         if let Some(mut pipe) = pipe {
@@ -376,12 +368,11 @@ where
                 use tokio::io::AsyncReadExt;
                 let mut buf = vec![0u8; 32 * 1024];
                 loop {
-                    let n = pipe.read(&mut buf[1..]).await.unwrap_or(0);
+                    let n = pipe.read(&mut buf).await.unwrap_or(0);
                     if n == 0 {
                         return;
                     }
-                    buf[0] = ch;
-                    if tx.send(Message::Binary(Bytes::copy_from_slice(&buf[..=n]))).await.is_err() {
+                    if tx.send(channel_message(ch, &buf[..n])).await.is_err() {
                         return;
                     }
                 }
@@ -426,21 +417,15 @@ where
     let outcome = run(&*runtime, cmd, io).await;
     while outputs.join_next().await.is_some() {}
     if let Some(msg) = status_message(proto, &outcome) {
-        let mut framed = Vec::with_capacity(msg.len() + 1);
-        framed.push(3u8);
-        framed.extend_from_slice(&msg);
-        let _ = tx.send(Message::Binary(Bytes::from(framed))).await;
+        let _ = tx.send(channel_message(3, &msg)).await;
     }
-    // A normal closure is how client-go's WebSocket client learns every stream has ended.
-    let _ = tx.send(Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() }))).await;
     drop(tx);
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    writer.close().await;
     // Give the client a moment to answer the close, then stop reading.
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        let mut reader = reader;
-        let _ = (&mut reader).await;
-    })
-    .await;
+    let mut reader = reader;
+    if tokio::time::timeout(Duration::from_secs(5), &mut reader).await.is_err() {
+        reader.abort();
+    }
 }
 
 #[cfg(test)]

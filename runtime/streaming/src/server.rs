@@ -223,7 +223,7 @@ fn route<R: StreamingRuntime>(shared: Arc<Shared<R>>, req: Request<Incoming>) ->
     let task = match (kind, pending) {
         ("exec", Pending::Exec(r)) => Target::Command(Command::Exec(r)),
         ("attach", Pending::Attach(r)) => Target::Command(Command::Attach(r)),
-        ("portforward", Pending::PortForward(r)) => Target::PortForward(r.pod_sandbox_id),
+        ("portforward", Pending::PortForward(r)) => Target::PortForward(r),
         _ => return reply(StatusCode::NOT_FOUND, "unknown or expired streaming token"),
     };
     if websocket::is_upgrade(req.headers()) {
@@ -237,7 +237,43 @@ fn route<R: StreamingRuntime>(shared: Arc<Shared<R>>, req: Request<Incoming>) ->
 
 enum Target {
     Command(Command),
-    PortForward(String),
+    PortForward(PortForwardRequest),
+}
+
+/// What a WebSocket carries.
+enum WsMode {
+    Command(Protocol),
+    /// SPDY frames in binary messages (client-go's port-forward dialer).
+    Tunnel,
+    /// kubelet's channel-framed port-forward, for these ports.
+    Channels(Vec<u16>),
+}
+
+/// The subprotocol of kubelet's channel-framed WebSocket port-forward.
+const CHANNEL_PORTFORWARD: &str = "v4.channel.k8s.io";
+
+/// The ports of a channel-framed WebSocket port-forward: the `port` query parameters (repeated or
+/// comma-separated, as kubelet reads them), else the CRI request's.
+fn websocket_ports(uri: &http::Uri, req: &PortForwardRequest) -> Result<Vec<u16>, String> {
+    let mut ports = Vec::new();
+    for (k, v) in url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()) {
+        if k != "port" {
+            continue;
+        }
+        for p in v.split(',') {
+            match p.trim().parse::<u16>() {
+                Ok(n) if n > 0 => ports.push(n),
+                _ => return Err(format!("bad port {p:?}")),
+            }
+        }
+    }
+    if ports.is_empty() {
+        ports = req.ports.clone();
+    }
+    if ports.is_empty() || ports.len() > portforward::MAX_WEBSOCKET_PORTS || ports.contains(&0) {
+        return Err(format!("1 to {} ports are needed, got {ports:?}", portforward::MAX_WEBSOCKET_PORTS));
+    }
+    Ok(ports)
 }
 
 fn is_spdy_upgrade(h: &http::HeaderMap) -> bool {
@@ -282,7 +318,9 @@ fn upgrade_spdy<R: StreamingRuntime>(
                     tracing::debug!(error = %e, "remote command session failed");
                 }
             }
-            Target::PortForward(pod) => portforward::serve_spdy(shared.runtime.clone(), session, pod, timeout).await,
+            Target::PortForward(pf) => {
+                portforward::serve_spdy(shared.runtime.clone(), session, pf.pod_sandbox_id, timeout).await
+            }
         }
     });
     let mut r = reply(StatusCode::SWITCHING_PROTOCOLS, "");
@@ -305,12 +343,20 @@ fn upgrade_websocket<R: StreamingRuntime>(
         return reply(StatusCode::BAD_REQUEST, "not a WebSocket version 13 handshake");
     };
     let offers = websocket::offered_protocols(req.headers());
-    const TUNNEL: [(&str, ()); 1] = [(TUNNELED_PORTFORWARD, ())];
+    const PF: [(&str, bool); 2] = [(TUNNELED_PORTFORWARD, true), (CHANNEL_PORTFORWARD, false)];
     let chosen = match &target {
-        Target::Command(_) => negotiate(&offers, &Protocol::WEBSOCKET).map(|(n, p)| (n, Some(p))),
-        Target::PortForward(_) => negotiate(&offers, &TUNNEL).map(|(n, ())| (n, None)),
+        Target::Command(_) => negotiate(&offers, &Protocol::WEBSOCKET).map(|(n, p)| (n, WsMode::Command(p))),
+        // A client offering nothing gets kubelet's channel framing, as kubelet does.
+        Target::PortForward(pf) => match negotiate(&offers, &PF).or(offers.is_empty().then_some(("", false))) {
+            Some((n, true)) => Some((n, WsMode::Tunnel)),
+            Some((n, false)) => match websocket_ports(req.uri(), pf) {
+                Ok(ports) => Some((n, WsMode::Channels(ports))),
+                Err(e) => return reply(StatusCode::BAD_REQUEST, &e),
+            },
+            None => None,
+        },
     };
-    let Some((name, proto)) = chosen else {
+    let Some((name, mode)) = chosen else {
         return reply(StatusCode::FORBIDDEN, &format!("none of the offered subprotocols {offers:?} is supported"));
     };
     let Ok(accept) = HeaderValue::from_str(&accept) else {
@@ -323,16 +369,21 @@ fn upgrade_websocket<R: StreamingRuntime>(
             Err(e) => return tracing::debug!(error = %e, "WebSocket upgrade failed"),
         };
         let ws = websocket::server_socket(io).await;
-        match (target, proto) {
-            (Target::Command(cmd), Some(proto)) => {
-                remotecommand::serve_websocket(shared.runtime.clone(), ws, proto, cmd).await;
+        let runtime = shared.runtime.clone();
+        match (target, mode) {
+            (Target::Command(cmd), WsMode::Command(proto)) => {
+                remotecommand::serve_websocket(runtime, ws, proto, cmd).await;
             }
-            (Target::PortForward(pod), _) => {
+            (Target::PortForward(pf), WsMode::Tunnel) => {
                 let session = Session::start(ByteStream::new(ws));
                 let timeout = shared.config.stream_creation_timeout;
-                portforward::serve_spdy(shared.runtime.clone(), session, pod, timeout).await;
+                portforward::serve_spdy(runtime, session, pf.pod_sandbox_id, timeout).await;
             }
-            (Target::Command(_), None) => {}
+            (Target::PortForward(pf), WsMode::Channels(ports)) => {
+                portforward::serve_websocket(runtime, ws, pf.pod_sandbox_id, ports).await;
+            }
+            // Negotiation pairs each target with its own modes only.
+            (Target::Command(_), _) | (Target::PortForward(_), WsMode::Command(_)) => {}
         }
     });
     let mut r = reply(StatusCode::SWITCHING_PROTOCOLS, "");
@@ -341,7 +392,9 @@ fn upgrade_websocket<R: StreamingRuntime>(
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
-    h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(name));
+    if !name.is_empty() {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(name));
+    }
     r
 }
 
@@ -354,6 +407,20 @@ mod tests {
         let offers = vec!["v4.channel.k8s.io".to_owned(), "v5.channel.k8s.io".to_owned()];
         assert_eq!(negotiate(&offers, &Protocol::SPDY).map(|(_, p)| p), Some(Protocol::V4));
         assert_eq!(negotiate(&["v9".to_owned()], &Protocol::SPDY), None);
+    }
+
+    #[test]
+    fn websocket_ports_come_from_the_query_or_the_request() -> Result<(), String> {
+        let req = PortForwardRequest { pod_sandbox_id: "p".into(), ports: vec![80] };
+        let uri = |s: &str| s.parse::<http::Uri>().map_err(|e| e.to_string());
+        assert_eq!(websocket_ports(&uri("/portforward/t?port=8080,9090&port=22")?, &req)?, vec![8080, 9090, 22]);
+        assert_eq!(websocket_ports(&uri("/portforward/t")?, &req)?, vec![80]);
+        for bad in ["/p/t?port=0", "/p/t?port=x", "/p/t?port=70000"] {
+            assert!(websocket_ports(&uri(bad)?, &req).is_err(), "{bad}");
+        }
+        let none = PortForwardRequest { ports: vec![], ..req };
+        assert!(websocket_ports(&uri("/p/t")?, &none).is_err());
+        Ok(())
     }
 
     #[test]

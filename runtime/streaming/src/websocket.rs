@@ -125,3 +125,54 @@ impl<S: Socket> AsyncWrite for ByteStream<S> {
         Pin::new(&mut self.ws).poll_close(cx).map_err(io_err)
     }
 }
+
+/// A binary message on channel `ch` (the channel.k8s.io framing: one leading channel byte).
+pub(crate) fn channel_message(ch: u8, data: &[u8]) -> Message {
+    let mut v = Vec::with_capacity(data.len() + 1);
+    v.push(ch);
+    v.extend_from_slice(data);
+    Message::Binary(v.into())
+}
+
+/// The sending side of a socket, run by its own task so several producers can queue messages.
+#[derive(Debug)]
+pub(crate) struct Writer {
+    tx: tokio::sync::mpsc::Sender<Message>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    /// Spawns the task that owns `sink`.
+    pub fn spawn<K>(mut sink: K) -> Self
+    where
+        K: Sink<Message, Error = WsError> + Send + Unpin + 'static,
+    {
+        use futures_util::SinkExt;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Message>(64);
+        let task = tokio::spawn(async move {
+            while let Some(m) = rx.recv().await {
+                if sink.send(m).await.is_err() {
+                    break;
+                }
+            }
+            let _ = sink.close().await;
+        });
+        Self { tx, task }
+    }
+
+    /// A producer's handle.
+    pub fn sender(&self) -> tokio::sync::mpsc::Sender<Message> {
+        self.tx.clone()
+    }
+
+    /// Sends a normal closure after everything queued (how client-go learns all channels ended), and
+    /// waits a bounded time for it to go out.
+    pub async fn close(self) {
+        use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+        let close = CloseFrame { code: CloseCode::Normal, reason: "".into() };
+        let _ = self.tx.send(Message::Close(Some(close))).await;
+        drop(self.tx);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.task).await;
+    }
+}

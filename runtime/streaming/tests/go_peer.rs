@@ -243,17 +243,16 @@ struct ForwardSeen {
     errors: String,
 }
 
-/// A TCP server answering each connection with "echo:" and what it read until EOF.
+/// A TCP server that answers each connection with "echo:", then echoes what it reads until EOF.
 async fn echo_server() -> Result<u16, Box<dyn std::error::Error + Send + Sync>> {
     let l = TcpListener::bind("127.0.0.1:0").await?;
     let port = l.local_addr()?.port();
     tokio::spawn(async move {
-        while let Ok((mut c, _)) = l.accept().await {
+        while let Ok((c, _)) = l.accept().await {
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                if c.read_to_end(&mut buf).await.is_ok() {
-                    let _ = c.write_all(b"echo:").await;
-                    let _ = c.write_all(&buf).await;
+                let (mut rd, mut wr) = c.into_split();
+                if wr.write_all(b"echo:").await.is_ok() {
+                    let _ = tokio::io::copy(&mut rd, &mut wr).await;
                 }
             });
         }
@@ -305,5 +304,31 @@ async fn unknown_tokens_are_not_found() -> TestResult {
     let n = c.read(&mut buf).await?;
     let head = String::from_utf8_lossy(&buf[..n]);
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    Ok(())
+}
+
+#[derive(Debug, Deserialize)]
+struct ChannelsSeen {
+    subprotocol: String,
+    opened: Vec<String>,
+    data: String,
+    errors: String,
+}
+
+/// kubelet's own WebSocket port-forward: channels 0 (data) and 1 (error) opened with the port, which
+/// comes from the URL's query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portforward_over_websocket_channels_as_kubelet_frames_it() -> TestResult {
+    let Some(peer) = peer() else { return Ok(()) };
+    let rt = start().await?;
+    let port = echo_server().await?;
+    let url = rt.urls.portforward_url(PortForwardRequest { pod_sandbox_id: POD.into(), ports: vec![] })?;
+    let port_arg = port.to_string();
+    let seen: ChannelsSeen =
+        run_peer(&peer, &["portforward", "channels", url.as_str(), &port_arg, "over channels", "1"]).await?;
+    assert_eq!(seen.subprotocol, "v4.channel.k8s.io", "{seen:?}");
+    assert_eq!(seen.opened, vec![format!("0:{port}"), format!("1:{port}")], "{seen:?}");
+    assert_eq!(seen.data, "echo:over channels", "{seen:?}");
+    assert_eq!(seen.errors, "", "{seen:?}");
     Ok(())
 }

@@ -4,6 +4,10 @@
 //
 //	bulkhead-stream-peer exec spdy|ws URL TTY(0|1) STDIN|-
 //	bulkhead-stream-peer portforward spdy|ws URL REMOTE-PORT MESSAGE CONNECTIONS
+//	bulkhead-stream-peer portforward channels URL REMOTE-PORT MESSAGE 1
+//
+// "channels" is kubelet's own WebSocket port-forward (v4.channel.k8s.io, ports in the query), which
+// client-go has no client for: it is spoken here with gorilla/websocket, as browser-side clients do.
 package main
 
 import (
@@ -21,6 +25,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"k8s.io/apimachinery/pkg/util/httpstream"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/portforward"
@@ -106,7 +111,70 @@ type forwardResult struct {
 	Errors string   `json:"errors"`
 }
 
+type channelResult struct {
+	Subprotocol string   `json:"subprotocol"`
+	Opened      []string `json:"opened"`
+	Data        string   `json:"data"`
+	Errors      string   `json:"errors"`
+}
+
+func runChannelPortForward(rawURL string, port int, message string) (any, error) {
+	u, _, err := target(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	u.Scheme = "ws"
+	u.RawQuery = url.Values{"port": {strconv.Itoa(port)}}.Encode()
+	dialer := websocket.Dialer{Subprotocols: []string{"v4.channel.k8s.io"}, HandshakeTimeout: 10 * time.Second}
+	c, _, err := dialer.Dial(u.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	res := channelResult{Subprotocol: c.Subprotocol()}
+	// The server opens the data and error channels by writing the port on each.
+	for i := 0; i < 2; i++ {
+		_, m, err := c.ReadMessage()
+		if err != nil {
+			return nil, err
+		}
+		if len(m) != 3 {
+			return nil, fmt.Errorf("channel opening of %d bytes", len(m))
+		}
+		res.Opened = append(res.Opened, fmt.Sprintf("%d:%d", m[0], int(m[1])|int(m[2])<<8))
+	}
+	if err := c.WriteMessage(websocket.BinaryMessage, append([]byte{0}, message...)); err != nil {
+		return nil, err
+	}
+	closed := false
+	for {
+		_, m, err := c.ReadMessage()
+		if err != nil {
+			break // the server's close after the forward ended
+		}
+		if len(m) < 1 {
+			continue
+		}
+		switch m[0] {
+		case 0:
+			res.Data += string(m[1:])
+		case 1:
+			res.Errors += string(m[1:])
+		}
+		// The echo is complete: end the client's side, which is its only way to send EOF.
+		if !closed && strings.Contains(res.Data, message) {
+			closed = true
+			_ = c.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""))
+		}
+	}
+	return res, nil
+}
+
 func runPortForward(transport, rawURL string, port int, message string, conns int) (any, error) {
+	if transport == "channels" {
+		return runChannelPortForward(rawURL, port, message)
+	}
 	u, cfg, err := target(rawURL)
 	if err != nil {
 		return nil, err
