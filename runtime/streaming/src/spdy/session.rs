@@ -73,7 +73,8 @@ impl Session {
     {
         let (rd, wr) = tokio::io::split(io);
         let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
-        let (in_tx, in_rx) = mpsc::channel(16);
+        // As deep as the stream limit, so a burst of SYN_STREAMs is never refused for want of queue.
+        let (in_tx, in_rx) = mpsc::channel(MAX_STREAMS);
         let writer = tokio::spawn(write_loop(FramedWrite::new(wr, FrameEncoder::default()), out_rx));
         let reader = tokio::spawn(read_loop(FramedRead::new(rd, FrameDecoder::default()), out_tx.clone(), in_tx));
         Self { incoming: in_rx, out: out_tx, reader, writer }
@@ -369,5 +370,117 @@ impl StreamWriter {
 
     async fn frame(&self, f: Frame) -> io::Result<()> {
         self.out.send(Out::Frame(f)).await.map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "session closed"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::{SinkExt, StreamExt};
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    type ClientRead = FramedRead<tokio::io::ReadHalf<tokio::io::DuplexStream>, FrameDecoder>;
+    type ClientWrite = FramedWrite<tokio::io::WriteHalf<tokio::io::DuplexStream>, FrameEncoder>;
+
+    /// A session on one end of a pipe, and a raw frame client on the other.
+    fn pair() -> (Session, ClientRead, ClientWrite) {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let (rd, wr) = tokio::io::split(b);
+        (Session::start(a), FramedRead::new(rd, FrameDecoder::default()), FramedWrite::new(wr, FrameEncoder::default()))
+    }
+
+    fn syn(stream_id: u32, ty: &str) -> Frame {
+        let headers = vec![("streamtype".to_owned(), ty.to_owned())];
+        Frame::SynStream { stream_id, associated_to: 0, priority: 0, flags: 0, headers }
+    }
+
+    /// The next frame that is not a WINDOW_UPDATE.
+    async fn next(rd: &mut ClientRead) -> Option<Frame> {
+        loop {
+            match rd.next().await?.ok()? {
+                Frame::WindowUpdate { .. } => continue,
+                f => return Some(f),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn streams_are_replied_to_and_carry_data_both_ways() -> TestResult {
+        let (mut session, mut rd, mut wr) = pair();
+        wr.send(syn(1, "stdin")).await?;
+        let mut s = session.accept().await.ok_or("no stream")?;
+        assert_eq!(s.header("streamType"), Some("stdin"));
+        assert_eq!(next(&mut rd).await, Some(Frame::SynReply { stream_id: 1, flags: 0, headers: Headers::new() }));
+        wr.send(Frame::Data { stream_id: 1, flags: FLAG_FIN, data: Bytes::from_static(b"abc") }).await?;
+        assert_eq!(s.reader.recv().await.as_deref(), Some(&b"abc"[..]));
+        assert_eq!(s.reader.recv().await, None, "FIN is EOF");
+        s.writer.write(Bytes::from_static(b"xyz")).await?;
+        s.writer.finish().await?;
+        assert_eq!(next(&mut rd).await, Some(Frame::Data { stream_id: 1, flags: 0, data: Bytes::from_static(b"xyz") }));
+        assert_eq!(next(&mut rd).await, Some(Frame::Data { stream_id: 1, flags: FLAG_FIN, data: Bytes::new() }));
+        assert!(s.writer.write(Bytes::from_static(b"late")).await.is_err(), "no writes after FIN");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn client_pings_are_echoed() -> TestResult {
+        let (_session, mut rd, mut wr) = pair();
+        wr.send(Frame::Ping(7)).await?;
+        assert_eq!(next(&mut rd).await, Some(Frame::Ping(7)));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn reused_or_even_stream_ids_end_the_session() -> TestResult {
+        for bad in [2u32, 1] {
+            let (mut session, mut rd, mut wr) = pair();
+            wr.send(syn(1, "a")).await?;
+            let _first = session.accept().await.ok_or("no stream")?;
+            wr.send(syn(bad, "b")).await?;
+            assert!(session.accept().await.is_none(), "id {bad} must end the session");
+            let mut frames = Vec::new();
+            while let Some(f) = next(&mut rd).await {
+                frames.push(f);
+            }
+            assert!(
+                frames.contains(&Frame::GoAway { last_good_stream_id: 0, status: goaway::PROTOCOL_ERROR }),
+                "{frames:?}"
+            );
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn streams_beyond_the_limit_are_refused() -> TestResult {
+        let (mut session, mut rd, mut wr) = pair();
+        let mut held = Vec::new();
+        for i in 0..MAX_STREAMS as u32 + 1 {
+            wr.send(syn(2 * i + 1, "data")).await?;
+        }
+        for _ in 0..MAX_STREAMS {
+            held.push(session.accept().await.ok_or("stream missing")?);
+        }
+        let last = 2 * MAX_STREAMS as u32 + 1;
+        let mut refused = false;
+        for _ in 0..=MAX_STREAMS {
+            if next(&mut rd).await == Some(Frame::RstStream { stream_id: last, status: rst::REFUSED_STREAM }) {
+                refused = true;
+                break;
+            }
+        }
+        assert!(refused, "stream {last} must be refused");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_dropped_writer_resets_its_stream() -> TestResult {
+        let (mut session, mut rd, mut wr) = pair();
+        wr.send(syn(1, "x")).await?;
+        let s = session.accept().await.ok_or("no stream")?;
+        assert!(matches!(next(&mut rd).await, Some(Frame::SynReply { .. })));
+        drop(s);
+        assert_eq!(next(&mut rd).await, Some(Frame::RstStream { stream_id: 1, status: rst::CANCEL }));
+        Ok(())
     }
 }
