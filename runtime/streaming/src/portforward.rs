@@ -107,9 +107,8 @@ where
 {
     use futures_util::StreamExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio_tungstenite::tungstenite::Message;
 
-    use crate::websocket::{Writer, channel_message as framed};
+    use crate::websocket::{Writer, channel_message as framed, next_channel_message};
 
     let (sink, mut source) = ws.split();
     let writer = Writer::spawn(sink);
@@ -146,18 +145,12 @@ where
         });
     }
     let reader = tokio::spawn(async move {
-        while let Some(Ok(msg)) = source.next().await {
-            let data = match msg {
-                Message::Binary(d) => d,
-                Message::Close(_) => break,
-                _ => continue,
-            };
-            let Some((&ch, payload)) = data.split_first() else { continue };
+        while let Some((ch, payload)) = next_channel_message(&mut source).await {
             // Only data channels (even) carry client bytes; a forward whose runtime ended stops taking them.
             if ch % 2 == 0
                 && let Some(slot) = inbound.get_mut(usize::from(ch / 2))
                 && let Some(pipe) = slot.as_mut()
-                && pipe.write_all(payload).await.is_err()
+                && pipe.write_all(&payload).await.is_err()
             {
                 *slot = None;
             }

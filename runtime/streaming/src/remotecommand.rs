@@ -351,9 +351,8 @@ where
     S: crate::websocket::Socket,
 {
     use futures_util::StreamExt;
-    use tokio_tungstenite::tungstenite::Message;
 
-    use crate::websocket::{Writer, channel_message};
+    use crate::websocket::{Writer, channel_message, next_channel_message};
 
     let (sink, mut source) = ws.split();
     let opts = cmd.options();
@@ -383,25 +382,18 @@ where
     let resize = ends.resize.take();
     let reader = tokio::spawn(async move {
         let mut dec = ResizeDecoder::default();
-        while let Some(Ok(msg)) = source.next().await {
-            let data = match msg {
-                Message::Binary(d) => d,
-                Message::Close(_) => break,
-                // Pings are answered by the library; text (base64 protocols) is not spoken.
-                _ => continue,
-            };
-            let Some((&ch, payload)) = data.split_first() else { continue };
+        while let Some((ch, payload)) = next_channel_message(&mut source).await {
             match ch {
                 0 => {
                     if let Some(pipe) = stdin.as_mut()
-                        && pipe.write_all(payload).await.is_err()
+                        && pipe.write_all(&payload).await.is_err()
                     {
                         stdin = None;
                     }
                 }
                 4 => {
                     if let Some(tx) = &resize {
-                        for size in dec.push(payload).unwrap_or_default() {
+                        for size in dec.push(&payload).unwrap_or_default() {
                             let _ = tx.send(size).await;
                         }
                     }

@@ -176,3 +176,24 @@ impl Writer {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.task).await;
     }
 }
+
+/// The next channel-framed message from the client: its channel and payload. None at the client's close,
+/// the end of the connection, or an error. Pings are answered by the library; text messages (the base64
+/// protocol variants) are not spoken and are skipped, as are empty messages.
+pub(crate) async fn next_channel_message<T>(source: &mut T) -> Option<(u8, Bytes)>
+where
+    T: Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    use futures_util::StreamExt;
+    loop {
+        match source.next().await?.ok()? {
+            Message::Binary(mut data) if !data.is_empty() => {
+                let ch = data[0];
+                data.advance(1);
+                return Some((ch, data));
+            }
+            Message::Close(_) => return None,
+            _ => {}
+        }
+    }
+}
