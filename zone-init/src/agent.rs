@@ -7,6 +7,8 @@
 //! growing init's memory.
 
 use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
@@ -123,9 +125,50 @@ impl Process {
     }
 }
 
+/// How long connecting to a port on the zone's loopback may take (it answers at once, or nothing listens).
+const PORT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A TCP connection to a port on the zone's loopback, for the host's port-forward: bytes from the host go
+/// to the port, bytes from the port to the host as stdout.
+#[derive(Debug)]
+struct Forward {
+    socket: TcpStream,
+    /// Bytes from the host the socket has not taken yet.
+    pending: Vec<u8>,
+    /// The host has no more to send: half-close once `pending` is written.
+    close_when_flushed: bool,
+    /// Writing failed or was shut down.
+    write_closed: bool,
+}
+
+impl Forward {
+    /// Writes what the socket takes now; half-closes when the host asked and all is written.
+    fn flush(&mut self) {
+        while !self.pending.is_empty() && !self.write_closed {
+            match (&self.socket).write(&self.pending) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.pending.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    // The port reset the connection: what the host sends no longer matters.
+                    self.pending.clear();
+                    self.write_closed = true;
+                }
+            }
+        }
+        if self.pending.is_empty() && self.close_when_flushed && !self.write_closed {
+            let _ = self.socket.shutdown(Shutdown::Write);
+            self.write_closed = true;
+        }
+    }
+}
+
 /// Reads what is available from `fd` (non-blocking) into output messages. Returns false at end of file.
 fn read_available(
-    fd: &OwnedFd,
+    fd: BorrowedFd<'_>,
     stream_id: StreamId,
     which: OutputFd,
     buf: &mut [u8],
@@ -152,6 +195,7 @@ pub struct Agent {
     welcomed: bool,
     workloads: BTreeMap<StreamId, Workload>,
     processes: BTreeMap<StreamId, Process>,
+    forwards: BTreeMap<StreamId, Forward>,
     /// Output is read through this one buffer (one wire chunk), not a fresh one per read.
     read_buf: Vec<u8>,
 }
@@ -170,6 +214,7 @@ impl Agent {
             welcomed: false,
             workloads: BTreeMap::new(),
             processes: BTreeMap::new(),
+            forwards: BTreeMap::new(),
             read_buf: vec![0u8; MAX_DATA_CHUNK],
         }
     }
@@ -183,6 +228,7 @@ impl Agent {
     /// workloads carry on, their output waiting in their pipes for the next host.
     pub fn on_disconnect(&mut self) {
         self.welcomed = false;
+        self.forwards.clear();
         for (id, p) in &self.processes {
             if !self.workloads.contains_key(id) && p.exit.is_none() {
                 let _ = workload::signal(p.pid, libc::SIGKILL);
@@ -203,6 +249,12 @@ impl Agent {
                 fds.push((fd, true));
             }
         }
+        for f in self.forwards.values() {
+            fds.push((f.socket.as_fd(), false));
+            if !f.pending.is_empty() && !f.write_closed {
+                fds.push((f.socket.as_fd(), true));
+            }
+        }
         fds
     }
 
@@ -220,6 +272,11 @@ impl Agent {
             }
             HostToZone::StartWorkload { id } => out.push(self.start(id).unwrap_or_else(|e| e.into_message(id))),
             HostToZone::RemoveWorkload { id } => out.push(self.remove(id).unwrap_or_else(|e| e.into_message(id))),
+            HostToZone::Signal { id, .. } if self.forwards.contains_key(&id) => {
+                // A reset: the connection goes at once.
+                self.forwards.remove(&id);
+                out.push(ZoneToHost::Exited { stream_id: id, status: ExitStatus::Code(0) });
+            }
             HostToZone::Signal { id, signal } => {
                 if let Err(e) = self.signal(id, signal) {
                     out.push(e.into_message(id));
@@ -229,18 +286,25 @@ impl Agent {
                 let exec = ExecRequest { workload_id, argv, env, cwd, tty, user };
                 out.push(self.exec(exec_id, exec).unwrap_or_else(|e| e.into_message(exec_id)));
             }
+            HostToZone::PortForward { stream_id, port } => {
+                out.push(self.port_forward(stream_id, port).unwrap_or_else(|e| e.into_message(stream_id)));
+            }
             HostToZone::Stdin { stream_id, data } => {
                 if let Err(e) = self.stdin(stream_id, &data) {
                     out.push(e.into_message(stream_id));
                 }
             }
-            HostToZone::CloseStdin { stream_id } => match self.processes.get_mut(&stream_id) {
-                Some(p) => {
+            HostToZone::CloseStdin { stream_id } => {
+                if let Some(f) = self.forwards.get_mut(&stream_id) {
+                    f.close_when_flushed = true;
+                    f.flush();
+                } else if let Some(p) = self.processes.get_mut(&stream_id) {
                     p.close_stdin_when_flushed = true;
                     p.flush_stdin();
+                } else {
+                    out.push(Failure::not_found(stream_id).into_message(stream_id));
                 }
-                None => out.push(Failure::not_found(stream_id).into_message(stream_id)),
-            },
+            }
             HostToZone::Resize { stream_id, rows, cols } => {
                 if let Err(e) = self.resize(stream_id, rows, cols) {
                     out.push(e.into_message(stream_id));
@@ -252,8 +316,13 @@ impl Agent {
         Action::Continue
     }
 
+    /// Whether `id` names a workload, process or forward already.
+    fn in_use(&self, id: StreamId) -> bool {
+        self.workloads.contains_key(&id) || self.processes.contains_key(&id) || self.forwards.contains_key(&id)
+    }
+
     fn create(&mut self, id: StreamId, spec: WorkloadSpec) -> Result<ZoneToHost, Failure> {
-        if self.workloads.contains_key(&id) || self.processes.contains_key(&id) {
+        if self.in_use(id) {
             return Err(Failure::new(ErrorCode::AlreadyExists, format!("id {id} is in use")));
         }
         let image = rootfs::mount_image(&self.layout, &spec.root_device)?;
@@ -303,7 +372,7 @@ impl Agent {
     }
 
     fn exec(&mut self, exec_id: StreamId, req: ExecRequest) -> Result<ZoneToHost, Failure> {
-        if self.workloads.contains_key(&exec_id) || self.processes.contains_key(&exec_id) {
+        if self.in_use(exec_id) {
             return Err(Failure::new(ErrorCode::AlreadyExists, format!("id {exec_id} is in use")));
         }
         let w = self.workloads.get(&req.workload_id).ok_or_else(|| Failure::not_found(req.workload_id))?;
@@ -326,7 +395,42 @@ impl Agent {
         Ok(ZoneToHost::ExecStarted { exec_id, pid: pid.as_raw().unsigned_abs() })
     }
 
+    fn port_forward(&mut self, id: StreamId, port: u16) -> Result<ZoneToHost, Failure> {
+        if self.in_use(id) {
+            return Err(Failure::new(ErrorCode::AlreadyExists, format!("id {id} is in use")));
+        }
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let socket = TcpStream::connect_timeout(&addr, PORT_CONNECT_TIMEOUT).map_err(|e| {
+            Failure::new(ErrorCode::FailedPrecondition, format!("connecting to port {port} in the zone: {e}"))
+        })?;
+        socket
+            .set_nonblocking(true)
+            .map_err(|e| Failure::new(ErrorCode::Internal, format!("port {port}: non-blocking socket: {e}")))?;
+        self.forwards
+            .insert(id, Forward { socket, pending: Vec::new(), close_when_flushed: false, write_closed: false });
+        Ok(ZoneToHost::PortForwardConnected { stream_id: id })
+    }
+
     fn stdin(&mut self, id: StreamId, data: &[u8]) -> Result<(), Failure> {
+        if let Some(f) = self.forwards.get_mut(&id) {
+            if f.close_when_flushed || f.write_closed {
+                return Err(Failure::new(
+                    ErrorCode::FailedPrecondition,
+                    format!("{id}'s connection is closed for writing"),
+                ));
+            }
+            if f.pending.len() + data.len() > MAX_PENDING_STDIN {
+                return Err(Failure::new(
+                    ErrorCode::ResourceExhausted,
+                    format!(
+                        "port-forward {id}: the port is not reading; {MAX_PENDING_STDIN} bytes are waiting already"
+                    ),
+                ));
+            }
+            f.pending.extend_from_slice(data);
+            f.flush();
+            return Ok(());
+        }
         let p = self.processes.get_mut(&id).ok_or_else(|| Failure::not_found(id))?;
         if p.input().is_none() {
             return Err(Failure::new(ErrorCode::FailedPrecondition, format!("{id}'s stdin is closed")));
@@ -417,7 +521,7 @@ impl Agent {
             let which = [(OutputFd::Stdout, &mut p.stdout), (OutputFd::Stderr, &mut p.stderr)];
             for (fd_kind, slot) in which {
                 if let Some(fd) = slot.as_ref()
-                    && !read_available(fd, id, fd_kind, &mut self.read_buf, out)
+                    && !read_available(fd.as_fd(), id, fd_kind, &mut self.read_buf, out)
                 {
                     *slot = None;
                 }
@@ -431,6 +535,18 @@ impl Agent {
         for (id, status) in finished {
             self.processes.remove(&id);
             out.push(ZoneToHost::Exited { stream_id: id, status });
+        }
+        // A forward ends when the port closes its side (or resets): the host's stream ends with it.
+        let mut closed = Vec::new();
+        for (&id, f) in self.forwards.iter_mut() {
+            f.flush();
+            if !read_available(f.socket.as_fd(), id, OutputFd::Stdout, &mut self.read_buf, out) {
+                closed.push(id);
+            }
+        }
+        for id in closed {
+            self.forwards.remove(&id);
+            out.push(ZoneToHost::Exited { stream_id: id, status: ExitStatus::Code(0) });
         }
     }
 }
@@ -546,6 +662,79 @@ mod tests {
             codes,
             [(Some(4), ErrorCode::NotFound), (Some(5), ErrorCode::FailedPrecondition), (Some(6), ErrorCode::NotFound)]
         );
+    }
+
+    /// Collects until `done` holds for what came out, for at most 5 s.
+    fn collect_until(agent: &mut Agent, out: &mut Vec<ZoneToHost>, done: impl Fn(&[ZoneToHost]) -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !done(out) && std::time::Instant::now() < deadline {
+            agent.collect(out);
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    fn stdout_of(out: &[ZoneToHost], id: StreamId) -> Vec<u8> {
+        out.iter()
+            .filter_map(|m| match m {
+                ZoneToHost::Output { stream_id, fd: OutputFd::Stdout, data } if *stream_id == id => Some(data.to_vec()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    #[test]
+    fn a_port_forward_carries_bytes_both_ways_half_closes_and_ends_with_the_port() -> std::io::Result<()> {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let port = listener.local_addr()?.port();
+        let mut agent = agent();
+        let mut out = Vec::new();
+        let id = StreamId(9);
+        agent.handle(HostToZone::PortForward { stream_id: id, port }, &mut out);
+        assert_eq!(out, [ZoneToHost::PortForwardConnected { stream_id: id }]);
+        let (mut server, _) = listener.accept()?;
+
+        // Host -> port, then the host half-closes: the server reads everything and EOF.
+        agent.handle(HostToZone::Stdin { stream_id: id, data: Bytes::from_static(b"ping") }, &mut out);
+        agent.handle(HostToZone::CloseStdin { stream_id: id }, &mut out);
+        let mut got = Vec::new();
+        server.read_to_end(&mut got)?;
+        assert_eq!(got, b"ping");
+        // Port -> host still flows after the half-close; closing the port ends the stream.
+        server.write_all(b"pong")?;
+        drop(server);
+        let ended =
+            |o: &[ZoneToHost]| o.iter().any(|m| matches!(m, ZoneToHost::Exited { stream_id, .. } if *stream_id == id));
+        collect_until(&mut agent, &mut out, ended);
+        assert_eq!(stdout_of(&out, id), b"pong");
+        assert!(matches!(out.last(), Some(ZoneToHost::Exited { status: ExitStatus::Code(0), .. })), "{out:?}");
+
+        // Nothing listening: the request fails with the reason; the id is free again.
+        drop(listener);
+        out.clear();
+        agent.handle(HostToZone::PortForward { stream_id: id, port }, &mut out);
+        match &out[..] {
+            [ZoneToHost::Error { request: Some(r), code: ErrorCode::FailedPrecondition, message }] => {
+                assert_eq!(*r, id);
+                assert!(message.contains(&format!("port {port}")), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_reset_port_forward_ends_at_once() -> std::io::Result<()> {
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let mut agent = agent();
+        let mut out = Vec::new();
+        let id = StreamId(3);
+        agent.handle(HostToZone::PortForward { stream_id: id, port: listener.local_addr()?.port() }, &mut out);
+        agent.handle(HostToZone::Signal { id, signal: 9 }, &mut out);
+        assert_eq!(out.last(), Some(&ZoneToHost::Exited { stream_id: id, status: ExitStatus::Code(0) }));
+        assert!(agent.poll_fds().is_empty());
+        Ok(())
     }
 
     #[test]

@@ -65,6 +65,9 @@ pub enum InitError {
         /// The cause.
         source: Errno,
     },
+    /// Setting the loopback interface up.
+    #[error("setting the loopback interface up")]
+    Loopback(#[source] Errno),
     /// Writing the root cgroup's `cgroup.subtree_control`.
     #[error("enabling cgroup controllers {controllers:?} in the root cgroup")]
     EnableControllers {
@@ -101,6 +104,7 @@ impl InitError {
             InitError::ParseCmdline(_) => "cmdline",
             InitError::ReadFile { .. } | InitError::ParseUptime { .. } => "read",
             InitError::SetHostname { .. } => "hostname",
+            InitError::Loopback(_) => "network",
             InitError::SetPoweroffCmd(_) => "sysctl",
             InitError::EnableControllers { .. } => "cgroup",
             InitError::SpawnSelftest(_) => "selftest",

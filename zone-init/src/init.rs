@@ -70,6 +70,8 @@ pub fn run() -> Result<Infallible, InitError> {
     let config = cmdline.config;
     nix::unistd::sethostname(config.hostname.as_str())
         .map_err(|source| InitError::SetHostname { hostname: config.hostname.to_string(), source })?;
+    // The pod's servers listen on the zone's loopback; port-forward connects to them there.
+    crate::workload::sys::set_interface_up("lo").map_err(InitError::Loopback)?;
 
     let controllers = cgroup::enable_controllers(Path::new(cgroup::CGROUP_ROOT))?;
     let psi = cgroup::psi_available();

@@ -154,6 +154,7 @@ fn stream_of(msg: &ZoneToHost) -> Option<StreamId> {
         ZoneToHost::Error { request, .. } => *request,
         ZoneToHost::Stats { id, .. } => *id,
         ZoneToHost::WorkloadStatus { id, .. } => Some(*id),
+        ZoneToHost::PortForwardConnected { stream_id } => Some(*stream_id),
         ZoneToHost::Hello { .. } | ZoneToHost::InitFailed { .. } | ZoneToHost::Pong { .. } => None,
     }
 }
@@ -173,6 +174,7 @@ pub(crate) fn kind_of(msg: &ZoneToHost) -> &'static str {
         ZoneToHost::Pong { .. } => "Pong",
         ZoneToHost::Stats { .. } => "Stats",
         ZoneToHost::WorkloadStatus { .. } => "WorkloadStatus",
+        ZoneToHost::PortForwardConnected { .. } => "PortForwardConnected",
     }
 }
 

@@ -166,6 +166,9 @@ pub enum ValidationError {
         /// The version in the message.
         found: u8,
     },
+    /// A port-forward to port 0.
+    #[error("port-forward to port 0: give a port from 1 to 65535")]
+    PortZero,
 }
 
 impl From<ValidationError> for WireError {

@@ -11,7 +11,7 @@ use crate::limits::MAX_FRAME_PAYLOAD;
 pub const MAGIC: [u8; 4] = *b"BHZW";
 
 /// The protocol version this crate speaks; frames of any other version are rejected.
-pub const PROTOCOL_VERSION: u8 = 3;
+pub const PROTOCOL_VERSION: u8 = 4;
 
 /// Length of the fixed frame header in bytes.
 pub const HEADER_LEN: usize = 16;
@@ -449,7 +449,7 @@ mod tests {
     fn golden_ping() -> TestResult {
         let f = encode(&HostToZone::Ping { nonce: 1 })?;
         let want = [
-            0x42, 0x48, 0x5a, 0x57, 0x03, 0x01, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0x81, 0x95, 0x5c, 0x34, 0x0b, 0x01,
+            0x42, 0x48, 0x5a, 0x57, 0x04, 0x01, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0xf8, 0x8e, 0x80, 0xd6, 0x0b, 0x01,
         ];
         assert_eq!(f, want);
         Ok(())
@@ -459,7 +459,7 @@ mod tests {
     fn golden_pong() -> TestResult {
         let f = encode(&ZoneToHost::Pong { nonce: 0x102 })?;
         let want = [
-            0x42, 0x48, 0x5a, 0x57, 0x03, 0x02, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0xd3, 0xce, 0xed, 0xf8, 0x09, 0x82,
+            0x42, 0x48, 0x5a, 0x57, 0x04, 0x02, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x50, 0xdb, 0xd6, 0xd1, 0x09, 0x82,
             0x02,
         ];
         assert_eq!(f, want);
@@ -489,6 +489,19 @@ mod tests {
         assert_eq!(encode(&m)?[HEADER_LEN..], [0x0b, 0x07, 0x02, 0x00, 0x03]);
         let running = ZoneToHost::WorkloadStatus { id: StreamId(7), phase: WorkloadPhase::Running { pid: 300 } };
         assert_eq!(encode(&running)?[HEADER_LEN..], [0x0b, 0x07, 0x01, 0xac, 0x02]);
+        Ok(())
+    }
+
+    #[test]
+    fn golden_port_forward_and_its_answer() -> TestResult {
+        // HostToZone variant 13, id 9, port 8080 as a varint.
+        assert_eq!(
+            encode(&HostToZone::PortForward { stream_id: StreamId(9), port: 8080 })?[HEADER_LEN..],
+            [0x0d, 0x09, 0x90, 0x3f]
+        );
+        // ZoneToHost variant 12, id 9.
+        assert_eq!(encode(&ZoneToHost::PortForwardConnected { stream_id: StreamId(9) })?[HEADER_LEN..], [0x0c, 0x09]);
+        assert!(HostToZone::PortForward { stream_id: StreamId(9), port: 0 }.validate().is_err());
         Ok(())
     }
 
@@ -523,7 +536,7 @@ mod tests {
 
     #[test]
     fn bad_version() {
-        for v in [0, 1, 2, 4, 0xff] {
+        for v in [0, 1, 2, 3, 5, 0xff] {
             let f = raw_frame(v, Direction::HostToZone as u8, 0, &[0x0b, 0x01]);
             assert!(
                 matches!(decode_slice::<HostToZone>(&f), Err(WireError::UnsupportedVersion { found }) if found == v)

@@ -116,6 +116,16 @@ pub enum HostToZone {
         /// The workload.
         id: StreamId,
     },
+    /// Open a TCP connection to `port` on the zone's loopback (where the pod's servers listen; kubelet's
+    /// port-forward). Answer: `PortForwardConnected`. Then the connection is a stream like a process's stdio:
+    /// `Stdin` carries bytes to the port, `Output` (stdout) bytes from it, `CloseStdin` half-closes it, and
+    /// `Exited` with code 0 ends the stream once both directions are closed. `Signal` (any signal) resets it.
+    PortForward {
+        /// New id, from the same space as workload ids.
+        stream_id: StreamId,
+        /// The port, not 0.
+        port: u16,
+    },
 }
 
 /// Messages from the zone's init to bulkheadd. The zone is untrusted: everything here is validated on decode.
@@ -207,6 +217,11 @@ pub enum ZoneToHost {
         /// Its phase.
         phase: WorkloadPhase,
     },
+    /// Answer to `HostToZone::PortForward`: the connection is open.
+    PortForwardConnected {
+        /// The port-forward stream.
+        stream_id: StreamId,
+    },
 }
 
 impl crate::frame::sealed::Sealed for HostToZone {}
@@ -231,6 +246,7 @@ impl Message for HostToZone {
                 validate_exec_overrides(cwd.as_deref(), user.as_ref())
             }
             HostToZone::Stdin { data, .. } => validate::chunk("stdin.data", data),
+            HostToZone::PortForward { port: 0, .. } => Err(ValidationError::PortZero),
             HostToZone::StartWorkload { .. }
             | HostToZone::RemoveWorkload { .. }
             | HostToZone::CloseStdin { .. }
@@ -238,7 +254,8 @@ impl Message for HostToZone {
             | HostToZone::GetStats { .. }
             | HostToZone::Shutdown { .. }
             | HostToZone::Ping { .. }
-            | HostToZone::QueryWorkload { .. } => Ok(()),
+            | HostToZone::QueryWorkload { .. }
+            | HostToZone::PortForward { .. } => Ok(()),
         }
     }
 }
@@ -268,7 +285,8 @@ impl Message for ZoneToHost {
             | ZoneToHost::ExecStarted { .. }
             | ZoneToHost::Pong { .. }
             | ZoneToHost::Stats { .. }
-            | ZoneToHost::WorkloadStatus { .. } => Ok(()),
+            | ZoneToHost::WorkloadStatus { .. }
+            | ZoneToHost::PortForwardConnected { .. } => Ok(()),
         }
     }
 }

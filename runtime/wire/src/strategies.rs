@@ -131,6 +131,7 @@ impl Arbitrary for HostToZone {
             any::<u32>().prop_map(|grace_ms| HostToZone::Shutdown { grace_ms }),
             any::<u64>().prop_map(|nonce| HostToZone::Ping { nonce }),
             id().prop_map(|id| HostToZone::QueryWorkload { id }),
+            (id(), 1..=u16::MAX).prop_map(|(stream_id, port)| HostToZone::PortForward { stream_id, port }),
         ]
         .boxed()
     }
@@ -189,6 +190,7 @@ impl Arbitrary for ZoneToHost {
                 ]
             )
                 .prop_map(|(id, phase)| ZoneToHost::WorkloadStatus { id, phase }),
+            id().prop_map(|stream_id| ZoneToHost::PortForwardConnected { stream_id }),
         ]
         .boxed()
     }

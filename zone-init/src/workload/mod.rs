@@ -32,7 +32,7 @@ pub mod helper;
 mod protocol;
 pub mod rootfs;
 pub mod spawn;
-mod sys;
+pub(crate) mod sys;
 
 use std::os::fd::BorrowedFd;
 use std::path::PathBuf;

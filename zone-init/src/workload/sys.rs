@@ -100,6 +100,33 @@ pub(crate) fn set_window_size(fd: BorrowedFd<'_>, rows: u16, cols: u16) -> Resul
     Errno::result(ret).map(drop)
 }
 
+/// Sets network interface `name` up (`SIOCGIFFLAGS`, then `SIOCSIFFLAGS` with `IFF_UP`), as `ip link set
+/// NAME up` does.
+pub(crate) fn set_interface_up(name: &str) -> Result<(), Errno> {
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: ifreq is plain old data; all zeroes is a valid (empty) value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.is_empty() || name.len() >= req.ifr_name.len() {
+        return Err(Errno::EINVAL);
+    }
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: both ioctls read and write one `struct ifreq` through the pointer, which points at `req`, alive
+    // and initialised (NUL-terminated name) for the whole call.
+    Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req as *mut libc::ifreq) })?;
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union, which is the one read here.
+    let flags = unsafe { req.ifr_ifru.ifru_flags };
+    req.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
+    // SAFETY: as above.
+    Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req as *const libc::ifreq) }).map(drop)
+}
+
 /// Resets every catchable signal (1 to 64, standard and real-time) to its default disposition. Ignored
 /// signals stay ignored across `execve` (Rust's runtime ignores SIGPIPE, for one), so a workload would
 /// otherwise inherit them.
