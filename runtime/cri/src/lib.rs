@@ -7,6 +7,7 @@ pub mod container;
 pub mod images;
 pub mod runtime;
 pub mod sandbox;
+pub mod streams;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -67,10 +68,25 @@ impl Default for Settings {
     }
 }
 
-/// Both CRI services over the daemon behind `daemon`, ready to serve.
-pub fn services(daemon: Channel, settings: Settings) -> tonic::service::Routes {
-    tonic::service::Routes::new(RuntimeServiceServer::new(CriRuntime::new(daemon.clone(), settings.runtime)))
+/// Both CRI services over the daemon behind `daemon`, ready to serve; `streams` issues the streaming URLs.
+pub fn services(daemon: Channel, settings: Settings, streams: bulkhead_streaming::Handle) -> tonic::service::Routes {
+    let runtime = CriRuntime::new(daemon.clone(), settings.runtime, streams);
+    tonic::service::Routes::new(RuntimeServiceServer::new(runtime))
         .add_service(ImageServiceServer::new(CriImages::new(daemon, settings.image_store)))
+}
+
+/// Starts the streaming server kubelet's Exec, Attach and PortForward URLs point to, over the daemon behind
+/// `daemon`, until `stop`; returns what issues its URLs.
+pub async fn start_streaming(
+    daemon: Channel,
+    config: bulkhead_streaming::Config,
+    stop: tokio_util::sync::CancellationToken,
+) -> Result<bulkhead_streaming::Handle, bulkhead_streaming::ServeError> {
+    let server =
+        bulkhead_streaming::Server::bind(config, std::sync::Arc::new(streams::DaemonStreams::new(daemon))).await?;
+    let handle = server.handle();
+    tokio::spawn(server.serve(stop));
+    Ok(handle)
 }
 
 /// The daemon's control socket as a lazily (re)connecting channel.

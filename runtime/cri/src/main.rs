@@ -31,6 +31,9 @@ struct Args {
     /// Memory of a zone whose pod sets no memory limit, MiB (the RuntimeClass overhead is added).
     #[arg(long, default_value_t = 256)]
     default_memory_mib: u32,
+    /// Where the streaming server (Exec, Attach, PortForward) listens; kubelet connects to it (port 0: any).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    streaming_address: std::net::SocketAddr,
     /// How long RunPodSandbox waits for a zone to boot, seconds.
     #[arg(long, default_value_t = 180)]
     boot_timeout: u64,
@@ -108,6 +111,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     settings.runtime.defaults.memory_mib = args.default_memory_mib;
     settings.runtime.boot_timeout = Duration::from_secs(args.boot_timeout);
     let daemon = bulkhead_cri::daemon_channel(&args.daemon_socket);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let config = bulkhead_streaming::Config { listen: args.streaming_address, ..Default::default() };
+    let streams = bulkhead_cri::start_streaming(daemon.clone(), config, stop.clone())
+        .await
+        .with_context(|| format!("starting the streaming server on {}", args.streaming_address))?;
     let incoming = bind(&args.socket)?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -119,8 +127,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     tracing::info!(socket = %args.socket.display(), daemon = %args.daemon_socket.display(), "serving CRI v1");
     tonic::transport::Server::builder()
-        .add_routes(bulkhead_cri::services(daemon, settings))
+        .add_routes(bulkhead_cri::services(daemon, settings, streams))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
-        .context("serving CRI")
+        .context("serving CRI")?;
+    stop.cancel();
+    Ok(())
 }

@@ -43,19 +43,35 @@ pub struct CriRuntime {
     workloads: WorkloadServiceClient<Channel>,
     images: ImageServiceClient<Channel>,
     settings: RuntimeSettings,
+    /// Issues the streaming server's URLs.
+    streams: bulkhead_streaming::Handle,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl CriRuntime {
-    /// Serves the zones and workloads of the daemon behind `channel`.
-    pub fn new(channel: Channel, settings: RuntimeSettings) -> Self {
+    /// Serves the zones and workloads of the daemon behind `channel`; `streams` issues Exec, Attach and
+    /// PortForward URLs.
+    pub fn new(channel: Channel, settings: RuntimeSettings, streams: bulkhead_streaming::Handle) -> Self {
         CriRuntime {
             zones: ZoneServiceClient::new(channel.clone()),
             workloads: WorkloadServiceClient::new(channel.clone()),
             images: ImageServiceClient::new(channel),
             settings,
+            streams,
         }
+    }
+
+    /// Container `id`, which must be running (for Exec and Attach).
+    async fn running(&self, id: &str, what: &str) -> Result<(), Status> {
+        let (w, _) = self.container(id).await?;
+        if w.state() != pb::WorkloadState::Running {
+            return Err(Status::failed_precondition(format!(
+                "{what}: container {id} is {:?}, not running",
+                container::state(&w)
+            )));
+        }
+        Ok(())
     }
 
     /// Sandbox `id` with its record; NOT_FOUND for unknown ids and for zones that are not pods.
@@ -213,6 +229,10 @@ fn signal_number(name: &str) -> Option<i32> {
     }
     let name = name.strip_prefix("SIG").unwrap_or(name);
     nix::sys::signal::Signal::iterator().find(|s| s.as_str().strip_prefix("SIG") == Some(name)).map(|s| s as i32)
+}
+
+fn streaming_error(e: bulkhead_streaming::RequestError) -> Status {
+    Status::invalid_argument(format!("streaming request: {e}"))
 }
 
 fn unimplemented(rpc: &str, why: &str) -> Status {
@@ -510,19 +530,67 @@ impl cri::runtime_service_server::RuntimeService for CriRuntime {
         Ok(Response::new(result?))
     }
 
-    async fn exec(&self, _req: Request<cri::ExecRequest>) -> Result<Response<cri::ExecResponse>, Status> {
-        Err(unimplemented("Exec", "the streaming server is not wired yet; ExecSync works"))
+    async fn exec(&self, req: Request<cri::ExecRequest>) -> Result<Response<cri::ExecResponse>, Status> {
+        let req = req.into_inner();
+        self.running(&req.container_id, "Exec").await?;
+        let url = self
+            .streams
+            .exec_url(bulkhead_streaming::ExecRequest {
+                container_id: req.container_id,
+                cmd: req.cmd,
+                tty: req.tty,
+                stdin: req.stdin,
+                stdout: req.stdout,
+                stderr: req.stderr,
+            })
+            .map_err(streaming_error)?;
+        Ok(Response::new(cri::ExecResponse { url: url.to_string() }))
     }
 
-    async fn attach(&self, _req: Request<cri::AttachRequest>) -> Result<Response<cri::AttachResponse>, Status> {
-        Err(unimplemented("Attach", "the streaming server is not wired yet"))
+    async fn attach(&self, req: Request<cri::AttachRequest>) -> Result<Response<cri::AttachResponse>, Status> {
+        let req = req.into_inner();
+        self.running(&req.container_id, "Attach").await?;
+        let url = self
+            .streams
+            .attach_url(bulkhead_streaming::AttachRequest {
+                container_id: req.container_id,
+                tty: req.tty,
+                stdin: req.stdin,
+                stdout: req.stdout,
+                stderr: req.stderr,
+            })
+            .map_err(streaming_error)?;
+        Ok(Response::new(cri::AttachResponse { url: url.to_string() }))
     }
 
     async fn port_forward(
         &self,
-        _req: Request<cri::PortForwardRequest>,
+        req: Request<cri::PortForwardRequest>,
     ) -> Result<Response<cri::PortForwardResponse>, Status> {
-        Err(unimplemented("PortForward", "the streaming server is not wired yet"))
+        let req = req.into_inner();
+        let (zone, _) = self.sandbox(&req.pod_sandbox_id).await?;
+        if zone.state() != pb::ZoneState::Ready {
+            return Err(Status::failed_precondition(format!(
+                "PortForward: pod sandbox {} is {:?}, not ready",
+                zone.id,
+                zone.state()
+            )));
+        }
+        let ports = req
+            .port
+            .iter()
+            .map(|p| {
+                u16::try_from(*p)
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| Status::invalid_argument(format!("port {p} is not a TCP port (1 to 65535)")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let url = self
+            .streams
+            .portforward_url(bulkhead_streaming::PortForwardRequest { pod_sandbox_id: zone.id, ports })
+            .map_err(streaming_error)?;
+        Ok(Response::new(cri::PortForwardResponse { url: url.to_string() }))
     }
 
     async fn container_stats(

@@ -180,7 +180,7 @@ async fn with_pod(
         sandbox_config: Some(config.clone()),
     };
     let log_dir = PathBuf::from(&config.log_directory);
-    let app = create(container("app", image, "echo ready; exec sleep 600"));
+    let app = create(container("app", image, "echo ready; while true; do sleep 1; echo tick; done"));
     let app = rt.create_container(app).await.context("CreateContainer app")?.into_inner().container_id;
     rt.start_container(cri::StartContainerRequest { container_id: app.clone() }).await.context("StartContainer app")?;
     let app_log = log_dir.join("app/0.log");
@@ -226,6 +226,8 @@ async fn with_pod(
         "ExecSync gave {out:?}"
     );
 
+    streaming(rt, &app, pod, image, &create).await?;
+
     let list = rt
         .list_containers(cri::ListContainersRequest {
             filter: Some(cri::ContainerFilter { pod_sandbox_id: pod.into(), ..Default::default() }),
@@ -234,7 +236,7 @@ async fn with_pod(
         .context("ListContainers")?
         .into_inner()
         .containers;
-    ensure!(list.len() == 2, "ListContainers of the pod: {} containers, not 2", list.len());
+    ensure!(list.len() == 3, "ListContainers of the pod: {} containers, not 3", list.len());
 
     rt.stop_container(cri::StopContainerRequest { container_id: app.clone(), timeout: 5 })
         .await
@@ -254,6 +256,60 @@ async fn with_pod(
     let e = rt.create_container(create(bad)).await;
     ensure!(e.as_ref().err().map(|e| e.code()) == Some(Code::InvalidArgument), "a container with a volume: {e:?}");
     Ok(first_output)
+}
+
+/// Exec (with and without a terminal), attach and port-forward through the streaming server's URLs, with
+/// its WebSocket protocols.
+async fn streaming(
+    rt: &mut RuntimeServiceClient<Channel>,
+    app: &str,
+    pod: &str,
+    image: &str,
+    create: &impl Fn(cri::ContainerConfig) -> cri::CreateContainerRequest,
+) -> anyhow::Result<()> {
+    use bulkhead_streaming::client;
+    let url = |u: String| u.parse::<url::Url>().with_context(|| format!("the runtime gave a bad URL {u:?}"));
+    let exec = |cmd: &str, tty: bool| cri::ExecRequest {
+        container_id: app.into(),
+        cmd: vec!["/bin/sh".into(), "-c".into(), cmd.into()],
+        tty,
+        stdin: false,
+        stdout: true,
+        stderr: !tty,
+    };
+    let u = url(rt.exec(exec("echo streamed; echo warn >&2; exit 4", false)).await.context("Exec")?.into_inner().url)?;
+    let out = client::exec(&u, None).await.context("exec through the streaming server")?;
+    ensure!(
+        (out.stdout.as_slice(), out.stderr.as_slice(), out.exit_code)
+            == (b"streamed\n".as_slice(), b"warn\n".as_slice(), Some(4)),
+        "exec gave {out:?}"
+    );
+    let u = url(rt.exec(exec("tty", true)).await.context("Exec with a terminal")?.into_inner().url)?;
+    let out = client::exec(&u, None).await.context("exec with a terminal")?;
+    ensure!(out.stdout.starts_with(b"/dev/pts/") && out.exit_code == Some(0), "exec with a terminal gave {out:?}");
+
+    let attach = cri::AttachRequest { container_id: app.into(), stdin: false, tty: false, stdout: true, stderr: true };
+    let u = url(rt.attach(attach).await.context("Attach")?.into_inner().url)?;
+    let out = tokio::time::timeout(Duration::from_secs(30), client::attach(&u, 5))
+        .await
+        .context("attach: no output within 30 s")?
+        .context("attach through the streaming server")?;
+    ensure!(out.stdout.starts_with(b"tick\n"), "attach gave {out:?}");
+
+    // An echo server in a third container, reached through the host-zone channel.
+    let echo = create(container("echo", image, "exec nc -ll -p 8080 -e /bin/cat"));
+    let echo = rt.create_container(echo).await.context("CreateContainer echo")?.into_inner().container_id;
+    rt.start_container(cri::StartContainerRequest { container_id: echo }).await.context("StartContainer echo")?;
+    let message = b"hello through the host-zone channel";
+    let echoed = poll(Duration::from_secs(30), "port-forward to the echo server", || async {
+        let req = cri::PortForwardRequest { pod_sandbox_id: pod.into(), port: vec![8080] };
+        let u = url(rt.clone().port_forward(req).await.context("PortForward")?.into_inner().url)?;
+        // Until the server listens, the zone refuses the connection: try again.
+        Ok(client::port_forward(&u, message, message.len()).await.ok().filter(|got| !got.is_empty()))
+    })
+    .await?;
+    ensure!(echoed == message, "port-forward echoed {:?}", String::from_utf8_lossy(&echoed));
+    Ok(())
 }
 
 /// Stops and removes the pod's containers and the pod, twice: the second round must succeed as well.

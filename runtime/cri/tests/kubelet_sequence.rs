@@ -68,7 +68,10 @@ async fn node() -> Result<Node, Box<dyn std::error::Error>> {
     settings.runtime.defaults.memory_mib = 64;
     settings.runtime.boot_timeout = Duration::from_secs(20);
     let cri_socket = dir.path().join("run/cri.sock");
-    serve(bulkhead_cri::services(bulkhead_cri::daemon_channel(&control), settings), &cri_socket)?;
+    let daemon = bulkhead_cri::daemon_channel(&control);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let streams = bulkhead_cri::start_streaming(daemon.clone(), Default::default(), stop.clone()).await?;
+    serve(bulkhead_cri::services(daemon, settings, streams), &cri_socket)?;
     let channel = connect(cri_socket).await?;
     Ok(Node { runtime: RuntimeServiceClient::new(channel.clone()), images: ImageServiceClient::new(channel), dir })
 }
@@ -210,6 +213,28 @@ async fn kubelets_sequence_runs_a_pod_of_two_containers_and_cleans_up_idempotent
     let out = node.runtime.exec_sync(exec).await?.into_inner();
     assert_eq!((String::from_utf8_lossy(&out.stdout).as_ref(), out.exit_code), ("echo hi", 3));
 
+    // Exec through the streaming server (its WebSocket protocol), and port-forward to the scripted zone's
+    // echo server through the host-zone channel.
+    let exec = cri::ExecRequest {
+        container_id: app.clone(),
+        cmd: vec!["ls".into(), "/".into()],
+        stdout: true,
+        stderr: true,
+        ..Default::default()
+    };
+    let url = node.runtime.exec(exec).await?.into_inner().url.parse()?;
+    let out = bulkhead_streaming::client::exec(&url, None).await?;
+    assert_eq!((out.stdout.as_slice(), out.exit_code), (b"ls /".as_slice(), Some(3)));
+    let forward = cri::PortForwardRequest { pod_sandbox_id: pod.clone(), port: vec![8080] };
+    let url = node.runtime.port_forward(forward).await?.into_inner().url.parse()?;
+    let echoed = bulkhead_streaming::client::port_forward(&url, b"hello zone", 10).await?;
+    assert_eq!(echoed, b"hello zone");
+    let bad = cri::PortForwardRequest { pod_sandbox_id: pod.clone(), port: vec![70000] };
+    assert_eq!(code(node.runtime.port_forward(bad).await).0, Code::InvalidArgument);
+    let exited =
+        cri::ExecRequest { container_id: job.clone(), cmd: vec!["x".into()], stdout: true, ..Default::default() };
+    assert_eq!(code(node.runtime.exec(exited).await).0, Code::FailedPrecondition);
+
     // Log rotation: kubelet renames the file, then asks for a new one.
     std::fs::rename(logs.join("app/0.log"), logs.join("app/0.log.1"))?;
     node.runtime.reopen_container_log(cri::ReopenContainerLogRequest { container_id: app.clone() }).await?;
@@ -319,7 +344,7 @@ async fn unknown_ids_are_not_found_and_bad_configs_invalid_with_the_reason() -> 
     let (c, msg) = code(node.runtime.create_container(create(volume)).await);
     assert_eq!(c, Code::InvalidArgument, "{msg}");
     assert!(msg.contains("volume mounts are not supported"), "{msg}");
-    let (c, msg) = code(node.runtime.exec(cri::ExecRequest::default()).await);
+    let (c, msg) = code(node.runtime.checkpoint_container(cri::CheckpointContainerRequest::default()).await);
     assert_eq!(c, Code::Unimplemented, "{msg}");
     assert!(msg.contains("not supported by the bulkhead runtime"), "{msg}");
     Ok(())

@@ -497,7 +497,8 @@ pub mod fake {
 
     /// A zone init in a few lines, for tests of everything above the channel: it says hello and runs every
     /// workload as: print "out:<argv[0]>\n" on stdout and "err\n" on stderr, then exit with the code in the
-    /// last argument (or stay running if it is "run"); execs print their argv and exit 3.
+    /// last argument (or stay running if it is "run"); execs print their argv and exit 3; every port-forward
+    /// reaches an echo server that closes when the host half-closes.
     pub mod scripted_zone {
         use std::collections::BTreeMap;
 
@@ -523,6 +524,7 @@ pub mod fake {
                 return;
             }
             let mut specs = BTreeMap::new();
+            let mut forwards = std::collections::BTreeSet::new();
             while let Some(Ok(msg)) = zone.next().await {
                 let replies = match msg {
                     HostToZone::CreateWorkload { id, spec } => {
@@ -561,6 +563,17 @@ pub mod fake {
                         ZoneToHost::Exited { stream_id: exec_id, status: ExitStatus::Code(3) },
                     ],
                     HostToZone::RemoveWorkload { id } => vec![ZoneToHost::WorkloadRemoved { id }],
+                    // Every port has an echo server; closing the write side closes the connection.
+                    HostToZone::PortForward { stream_id, .. } => {
+                        forwards.insert(stream_id);
+                        vec![ZoneToHost::PortForwardConnected { stream_id }]
+                    }
+                    HostToZone::Stdin { stream_id, data } if forwards.contains(&stream_id) => {
+                        vec![ZoneToHost::Output { stream_id, fd: OutputFd::Stdout, data }]
+                    }
+                    HostToZone::CloseStdin { stream_id } if forwards.remove(&stream_id) => {
+                        vec![ZoneToHost::Exited { stream_id, status: ExitStatus::Code(0) }]
+                    }
                     _ => vec![],
                 };
                 for r in replies {

@@ -32,6 +32,7 @@
 #![warn(missing_docs)]
 
 pub mod cache;
+pub mod client;
 pub mod error;
 pub mod portforward;
 pub mod remotecommand;

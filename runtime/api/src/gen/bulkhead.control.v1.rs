@@ -445,6 +445,54 @@ pub struct Output {
     pub data: ::prost::alloc::vec::Vec<u8>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PortForwardStart {
+    /// The zone's id or name.
+    #[prost(string, tag = "1")]
+    pub zone: ::prost::alloc::string::String,
+    /// 1 to 65535.
+    #[prost(uint32, tag = "2")]
+    pub port: u32,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PortForwardRequest {
+    #[prost(oneof = "port_forward_request::Kind", tags = "1, 2, 3")]
+    pub kind: ::core::option::Option<port_forward_request::Kind>,
+}
+/// Nested message and enum types in `PortForwardRequest`.
+pub mod port_forward_request {
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Kind {
+        #[prost(message, tag = "1")]
+        Start(super::PortForwardStart),
+        /// Bytes to the port.
+        #[prost(bytes, tag = "2")]
+        Data(::prost::alloc::vec::Vec<u8>),
+        /// No more bytes to the port (a half-close); bytes from it keep coming.
+        #[prost(bool, tag = "3")]
+        CloseWrite(bool),
+    }
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PortForwardResponse {
+    #[prost(oneof = "port_forward_response::Kind", tags = "1, 2, 3")]
+    pub kind: ::core::option::Option<port_forward_response::Kind>,
+}
+/// Nested message and enum types in `PortForwardResponse`.
+pub mod port_forward_response {
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Kind {
+        /// The connection is open.
+        #[prost(bool, tag = "1")]
+        Connected(bool),
+        /// Bytes from the port.
+        #[prost(bytes, tag = "2")]
+        Data(::prost::alloc::vec::Vec<u8>),
+        /// Last message: the port closed the connection.
+        #[prost(bool, tag = "3")]
+        Closed(bool),
+    }
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct AttachRequest {
     #[prost(oneof = "attach_request::Kind", tags = "1, 2, 3, 4")]
     pub kind: ::core::option::Option<attach_request::Kind>,
@@ -1994,6 +2042,38 @@ pub mod workload_service_client {
                 .insert(GrpcMethod::new("bulkhead.control.v1.WorkloadService", "Logs"));
             self.inner.server_streaming(req, path, codec).await
         }
+        /// Connects to a TCP port on a zone's loopback, where the pod's servers listen (kubelet's port-forward):
+        /// bytes both ways over the host-zone channel, no pod network needed. The first request must be `start`;
+        /// the first answer is `connected` (or an error: FAILED_PRECONDITION when nothing listens on the port).
+        /// The stream ends with `closed` when the port closes the connection; a client that goes away resets it.
+        pub async fn port_forward(
+            &mut self,
+            request: impl tonic::IntoStreamingRequest<
+                Message = super::PortForwardRequest,
+            >,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::PortForwardResponse>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/bulkhead.control.v1.WorkloadService/PortForward",
+            );
+            let mut req = request.into_streaming_request();
+            req.extensions_mut()
+                .insert(
+                    GrpcMethod::new("bulkhead.control.v1.WorkloadService", "PortForward"),
+                );
+            self.inner.streaming(req, path, codec).await
+        }
         /// Closes the workload's output log and opens its path anew, creating the file: after a log rotator renamed
         /// it (kubelet's ReopenContainerLog). FAILED_PRECONDITION once the workload has exited.
         pub async fn reopen_workload_log(
@@ -2125,6 +2205,23 @@ pub mod workload_service_server {
             &self,
             request: tonic::Request<super::LogsRequest>,
         ) -> std::result::Result<tonic::Response<Self::LogsStream>, tonic::Status>;
+        /// Server streaming response type for the PortForward method.
+        type PortForwardStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::PortForwardResponse, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// Connects to a TCP port on a zone's loopback, where the pod's servers listen (kubelet's port-forward):
+        /// bytes both ways over the host-zone channel, no pod network needed. The first request must be `start`;
+        /// the first answer is `connected` (or an error: FAILED_PRECONDITION when nothing listens on the port).
+        /// The stream ends with `closed` when the port closes the connection; a client that goes away resets it.
+        async fn port_forward(
+            &self,
+            request: tonic::Request<tonic::Streaming<super::PortForwardRequest>>,
+        ) -> std::result::Result<
+            tonic::Response<Self::PortForwardStream>,
+            tonic::Status,
+        >;
         /// Closes the workload's output log and opens its path anew, creating the file: after a log rotator renamed
         /// it (kubelet's ReopenContainerLog). FAILED_PRECONDITION once the workload has exited.
         async fn reopen_workload_log(
@@ -2667,6 +2764,54 @@ pub mod workload_service_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/bulkhead.control.v1.WorkloadService/PortForward" => {
+                    #[allow(non_camel_case_types)]
+                    struct PortForwardSvc<T: WorkloadService>(pub Arc<T>);
+                    impl<
+                        T: WorkloadService,
+                    > tonic::server::StreamingService<super::PortForwardRequest>
+                    for PortForwardSvc<T> {
+                        type Response = super::PortForwardResponse;
+                        type ResponseStream = T::PortForwardStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<
+                                tonic::Streaming<super::PortForwardRequest>,
+                            >,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as WorkloadService>::port_forward(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = PortForwardSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.streaming(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)

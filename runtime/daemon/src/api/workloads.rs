@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::message_chain;
 use crate::hypervisor::Hypervisor;
+use crate::workloads::logs::LogEntry;
 use crate::workloads::spec::{self, WorkloadRequest};
 use crate::workloads::{ExecRequest, WorkloadError, WorkloadManager, WorkloadMeta, WorkloadRecord, WorkloadState};
 use crate::zone::MAX_CLIENT_STATE_LEN;
@@ -171,6 +172,34 @@ pub fn status_to_pb(r: &WorkloadRecord, log_path: &Path) -> pb::WorkloadStatus {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// Ends a stream session in the zone when its client goes away first: kills the exec's process or resets
+/// the port-forward's connection (a SIGKILL either way), and drops the route. Disarmed once the zone has
+/// reported the end.
+struct SessionGuard {
+    link: crate::link::ZoneLink,
+    id: StreamId,
+    ended: bool,
+}
+
+impl SessionGuard {
+    /// The zone reported the end: nothing to kill.
+    fn disarm(&mut self) {
+        self.ended = true;
+    }
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.link.unsubscribe(self.id);
+        if !self.ended {
+            let (link, id) = (self.link.clone(), self.id);
+            tokio::spawn(async move {
+                let _ = link.send(HostToZone::Signal { id, signal: libc::SIGKILL }).await;
+            });
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl<H: Hypervisor> pb::workload_service_server::WorkloadService for WorkloadApi<H> {
     async fn create_workload(
@@ -316,6 +345,7 @@ impl<H: Hypervisor> pb::workload_service_server::WorkloadService for WorkloadApi
         });
         let pid = session.pid;
         let mut messages = session.messages;
+        let mut guard = SessionGuard { link: session.link, id: exec_id, ended: false };
         let output = async_stream::stream! {
             yield Ok(pb::ExecResponse { kind: Some(pb::exec_response::Kind::StartedPid(pid)) });
             while let Some(m) = messages.recv().await {
@@ -325,6 +355,7 @@ impl<H: Hypervisor> pb::workload_service_server::WorkloadService for WorkloadApi
                         yield Ok(pb::ExecResponse { kind: Some(pb::exec_response::Kind::Output(out)) });
                     }
                     ZoneToHost::Exited { status, .. } => {
+                        guard.disarm();
                         let exit = exit_to_pb(&status, false);
                         yield Ok(pb::ExecResponse { kind: Some(pb::exec_response::Kind::Exited(exit)) });
                         return;
@@ -340,13 +371,96 @@ impl<H: Hypervisor> pb::workload_service_server::WorkloadService for WorkloadApi
         Ok(Response::new(Box::pin(output)))
     }
 
+    type PortForwardStream = BoxStream<pb::PortForwardResponse>;
+
+    async fn port_forward(
+        &self,
+        req: Request<Streaming<pb::PortForwardRequest>>,
+    ) -> Result<Response<Self::PortForwardStream>, Status> {
+        let mut input = req.into_inner();
+        let first = input.message().await?.and_then(|m| m.kind);
+        let Some(pb::port_forward_request::Kind::Start(start)) = first else {
+            return Err(Status::invalid_argument("the first port-forward message must be start"));
+        };
+        let port = u16::try_from(start.port)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| Status::invalid_argument(format!("port {} is not a TCP port (1 to 65535)", start.port)))?;
+        let session = self.workloads.port_forward(&start.zone, port).await?;
+        let (id, link) = (session.exec_id, session.link.clone());
+        // Client bytes to the port until the client closes its side.
+        tokio::spawn(async move {
+            while let Ok(Some(msg)) = input.message().await {
+                let to_zone = match msg.kind {
+                    Some(pb::port_forward_request::Kind::Data(data)) => {
+                        for chunk in data.chunks(bulkhead_wire::MAX_DATA_CHUNK) {
+                            let m = HostToZone::Stdin { stream_id: id, data: bytes::Bytes::copy_from_slice(chunk) };
+                            if link.send(m).await.is_err() {
+                                return;
+                            }
+                        }
+                        continue;
+                    }
+                    Some(pb::port_forward_request::Kind::CloseWrite(true)) => HostToZone::CloseStdin { stream_id: id },
+                    _ => continue,
+                };
+                if link.send(to_zone).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut messages = session.messages;
+        let mut guard = SessionGuard { link: session.link, id, ended: false };
+        let output = async_stream::stream! {
+            yield Ok(pb::PortForwardResponse { kind: Some(pb::port_forward_response::Kind::Connected(true)) });
+            while let Some(m) = messages.recv().await {
+                match m {
+                    ZoneToHost::Output { data, .. } => {
+                        yield Ok(pb::PortForwardResponse { kind: Some(pb::port_forward_response::Kind::Data(data.to_vec())) });
+                    }
+                    ZoneToHost::Exited { .. } => {
+                        guard.disarm();
+                        yield Ok(pb::PortForwardResponse { kind: Some(pb::port_forward_response::Kind::Closed(true)) });
+                        return;
+                    }
+                    ZoneToHost::Error { message, .. } => {
+                        tracing::debug!(%message, "a port-forward request failed in the zone");
+                    }
+                    _ => {}
+                }
+            }
+            yield Err(Status::unavailable("the zone's host channel closed during the port-forward"));
+        };
+        Ok(Response::new(Box::pin(output)))
+    }
+
     type AttachStream = BoxStream<pb::AttachResponse>;
 
-    async fn attach(
-        &self,
-        _req: Request<Streaming<pb::AttachRequest>>,
-    ) -> Result<Response<Self::AttachStream>, Status> {
-        Err(Status::unimplemented("attach is not implemented yet: use logs --follow and exec"))
+    async fn attach(&self, req: Request<Streaming<pb::AttachRequest>>) -> Result<Response<Self::AttachStream>, Status> {
+        let mut input = req.into_inner();
+        let Some(pb::attach_request::Kind::WorkloadId(id)) = input.message().await?.and_then(|m| m.kind) else {
+            return Err(Status::invalid_argument("the first attach message must be the workload id"));
+        };
+        let rec = self.workloads.get(&id).await?;
+        if rec.state != WorkloadState::Running {
+            return Err(Status::failed_precondition(format!(
+                "workload {id} is {:?}: attach needs it running",
+                rec.state
+            )));
+        }
+        // Workloads get no stdin yet: the attachment is their output from now on, then their exit.
+        let logs = self.workloads.logs(&rec.id, true, 0, crate::zone::now()).await?;
+        let exit = logs.exit.clone();
+        let output = live_entries(logs.live, logs.exit).map(|e| {
+            let out = pb::Output { fd: fd_to_pb(e.fd).into(), data: e.data.to_vec() };
+            Ok(pb::AttachResponse { kind: Some(pb::attach_response::Kind::Output(out)) })
+        });
+        let last = async_stream::stream! {
+            if let Some(status) = exit.and_then(|e| *e.borrow()) {
+                yield Ok(pb::AttachResponse { kind: Some(pb::attach_response::Kind::Exited(exit_to_pb(&status, false))) });
+            }
+        };
+        Ok(Response::new(Box::pin(output.chain(last))))
     }
 
     type LogsStream = BoxStream<pb::LogsResponse>;
@@ -369,30 +483,37 @@ impl<H: Hypervisor> pb::workload_service_server::WorkloadService for WorkloadApi
             data: e.data.to_vec(),
         };
         let history = tokio_stream::iter(logs.history.into_iter().map(move |e| Ok(entry(e))));
-        let (live, exit) = (logs.live, logs.exit);
-        let follow = async_stream::stream! {
-            let (Some(mut live), Some(mut exit)) = (live, exit) else { return };
-            loop {
-                if exit.borrow().is_some() {
-                    // Exited: drain what was printed before the exit, then end.
-                    while let Ok(e) = live.try_recv() {
-                        yield Ok(entry(e));
-                    }
-                    return;
-                }
-                tokio::select! {
-                    e = live.recv() => match e {
-                        Ok(e) => yield Ok(entry(e)),
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                            tracing::debug!(skipped = n, "a log follower fell behind");
-                        }
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                    },
-                    changed = exit.changed() => if changed.is_err() { return },
-                }
-            }
-        };
+        let follow = live_entries(logs.live, logs.exit).map(move |e| Ok(entry(e)));
         Ok(Response::new(Box::pin(history.chain(follow))))
+    }
+}
+
+/// A workload's output as it is printed, until it exits (what was printed before the exit included).
+fn live_entries(
+    live: Option<tokio::sync::broadcast::Receiver<LogEntry>>,
+    exit: Option<tokio::sync::watch::Receiver<Option<ExitStatus>>>,
+) -> impl Stream<Item = LogEntry> + Send {
+    async_stream::stream! {
+        let (Some(mut live), Some(mut exit)) = (live, exit) else { return };
+        loop {
+            if exit.borrow().is_some() {
+                // Exited: drain what was printed before the exit, then end.
+                while let Ok(e) = live.try_recv() {
+                    yield e;
+                }
+                return;
+            }
+            tokio::select! {
+                e = live.recv() => match e {
+                    Ok(e) => yield e,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::debug!(skipped = n, "a log follower fell behind");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+                changed = exit.changed() => if changed.is_err() { return },
+            }
+        }
     }
 }
 

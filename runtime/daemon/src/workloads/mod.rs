@@ -798,6 +798,28 @@ impl<H: Hypervisor> WorkloadManager<H> {
         }
     }
 
+    /// Opens a TCP connection to `port` on zone `zone`'s loopback (kubelet's port-forward). The session's
+    /// messages carry the port's bytes (stdout `Output`) and its end (`Exited`); `Stdin` and `CloseStdin`
+    /// go to the port, a `Signal` resets the connection. The session's pid is 0.
+    pub async fn port_forward(&self, zone: &str, port: u16) -> Result<ExecSession, WorkloadError> {
+        let z = self.zones.get(zone).await?;
+        if z.state != ZoneState::Ready {
+            return Err(not_ready(z));
+        }
+        let link = self.zones.link(&z.id).ok_or(WorkloadError::ChannelClosed)?;
+        let id = self.stream_id();
+        let mut messages = link.subscribe(id);
+        link.send(HostToZone::PortForward { stream_id: id, port }).await?;
+        let first = tokio::time::timeout(CALL_TIMEOUT, messages.recv()).await.map_err(|_| WorkloadError::Timeout)?;
+        match first {
+            Some(ZoneToHost::PortForwardConnected { .. }) => Ok(ExecSession { exec_id: id, pid: 0, link, messages }),
+            other => {
+                link.unsubscribe(id);
+                Err(unexpected(other.ok_or(WorkloadError::ChannelClosed)))
+            }
+        }
+    }
+
     /// Forgets every workload of a destroyed zone: records, logs and disk slots.
     pub async fn forget_zone(&self, zone_id: &str) {
         let mut state = self.state.lock().await;
