@@ -222,6 +222,93 @@ impl CriRuntime {
     }
 }
 
+impl CriRuntime {
+    /// A container's statistics: its cgroup's CPU time and memory in the zone, while it runs.
+    async fn stats_of(&self, w: &pb::WorkloadStatus, record: &ContainerRecord) -> Result<cri::ContainerStats, Status> {
+        let attributes = Some(cri::ContainerAttributes {
+            id: w.id.clone(),
+            metadata: record.config.metadata.clone(),
+            labels: record.config.labels.clone(),
+            annotations: record.config.annotations.clone(),
+        });
+        if w.state() != pb::WorkloadState::Running {
+            return Ok(cri::ContainerStats { attributes, ..Default::default() });
+        }
+        let req = pb::GetWorkloadStatsRequest { workload_id: w.id.clone() };
+        let usage = match self.workloads.clone().get_workload_stats(req).await {
+            Ok(r) => r.into_inner(),
+            // It exited meanwhile.
+            Err(e) if e.code() == Code::FailedPrecondition => {
+                return Ok(cri::ContainerStats { attributes, ..Default::default() });
+            }
+            Err(e) => return Err(daemon_error(&format!("statistics of container {}", w.id), e)),
+        };
+        Ok(cri::ContainerStats {
+            attributes,
+            cpu: Some(cpu(usage.timestamp, usage.cpu_usage_ns)),
+            memory: Some(memory(usage.timestamp, usage.memory_bytes)),
+            writable_layer: None,
+            swap: None,
+        })
+    }
+
+    /// A pod's statistics: its zone's CPU time and memory as Xen accounts them (the VM's whole cost, guest
+    /// kernel included), and its containers'.
+    async fn pod_stats_of(
+        &self,
+        zone: &pb::ZoneStatus,
+        record: &SandboxRecord,
+    ) -> Result<cri::PodSandboxStats, Status> {
+        let usage = self
+            .zones
+            .clone()
+            .get_zone_stats(pb::GetZoneStatsRequest { zone: zone.id.clone() })
+            .await
+            .map_err(|e| daemon_error(&format!("statistics of pod sandbox {}", zone.id), e))?
+            .into_inner();
+        let mut containers = Vec::new();
+        for (w, r) in self.containers(&zone.id).await? {
+            if w.state() == pb::WorkloadState::Running {
+                containers.push(self.stats_of(&w, &r).await?);
+            }
+        }
+        Ok(cri::PodSandboxStats {
+            attributes: Some(cri::PodSandboxAttributes {
+                id: zone.id.clone(),
+                metadata: record.config.metadata.clone(),
+                labels: record.config.labels.clone(),
+                annotations: record.config.annotations.clone(),
+            }),
+            linux: Some(cri::LinuxPodSandboxStats {
+                cpu: Some(cpu(usage.timestamp, usage.cpu_usage_ns)),
+                memory: Some(memory(usage.timestamp, usage.memory_bytes)),
+                network: None,
+                process: None,
+                containers,
+            }),
+            windows: None,
+        })
+    }
+}
+
+fn cpu(timestamp: i64, used_ns: u64) -> cri::CpuUsage {
+    cri::CpuUsage {
+        timestamp,
+        usage_core_nano_seconds: Some(cri::UInt64Value { value: used_ns }),
+        usage_nano_cores: None,
+    }
+}
+
+fn memory(timestamp: i64, bytes: u64) -> cri::MemoryUsage {
+    // The zone reports what its cgroup uses; kubelet's eviction reads the working set.
+    cri::MemoryUsage {
+        timestamp,
+        working_set_bytes: Some(cri::UInt64Value { value: bytes }),
+        usage_bytes: Some(cri::UInt64Value { value: bytes }),
+        ..Default::default()
+    }
+}
+
 /// A signal's number from its name as images give it ("SIGQUIT", "QUIT" or "3").
 fn signal_number(name: &str) -> Option<i32> {
     if let Ok(n) = name.parse::<i32>() {
@@ -595,30 +682,60 @@ impl cri::runtime_service_server::RuntimeService for CriRuntime {
 
     async fn container_stats(
         &self,
-        _req: Request<cri::ContainerStatsRequest>,
+        req: Request<cri::ContainerStatsRequest>,
     ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
-        Err(unimplemented("ContainerStats", "per-container statistics are not collected from zones yet"))
+        let (w, record) = self.container(&req.into_inner().container_id).await?;
+        Ok(Response::new(cri::ContainerStatsResponse { stats: Some(self.stats_of(&w, &record).await?) }))
     }
 
     async fn list_container_stats(
         &self,
-        _req: Request<cri::ListContainerStatsRequest>,
+        req: Request<cri::ListContainerStatsRequest>,
     ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
-        Err(unimplemented("ListContainerStats", "per-container statistics are not collected from zones yet"))
+        let filter = req.into_inner().filter.map(|f| cri::ContainerFilter {
+            id: f.id,
+            pod_sandbox_id: f.pod_sandbox_id,
+            state: Some(cri::ContainerStateValue { state: cri::ContainerState::ContainerRunning.into() }),
+            label_selector: f.label_selector,
+        });
+        let running = cri::ContainerFilter {
+            state: Some(cri::ContainerStateValue { state: cri::ContainerState::ContainerRunning.into() }),
+            ..Default::default()
+        };
+        let filter = filter.unwrap_or(running);
+        let mut stats = Vec::new();
+        for (w, r) in self.containers("").await? {
+            if container::matches(&container::to_cri(&w, &r), Some(&filter)) {
+                stats.push(self.stats_of(&w, &r).await?);
+            }
+        }
+        Ok(Response::new(cri::ListContainerStatsResponse { stats }))
     }
 
     async fn pod_sandbox_stats(
         &self,
-        _req: Request<cri::PodSandboxStatsRequest>,
+        req: Request<cri::PodSandboxStatsRequest>,
     ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
-        Err(unimplemented("PodSandboxStats", "per-zone statistics are not collected yet"))
+        let (zone, record) = self.sandbox(&req.into_inner().pod_sandbox_id).await?;
+        Ok(Response::new(cri::PodSandboxStatsResponse { stats: Some(self.pod_stats_of(&zone, &record).await?) }))
     }
 
     async fn list_pod_sandbox_stats(
         &self,
-        _req: Request<cri::ListPodSandboxStatsRequest>,
+        req: Request<cri::ListPodSandboxStatsRequest>,
     ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
-        Err(unimplemented("ListPodSandboxStats", "per-zone statistics are not collected yet"))
+        let filter = req.into_inner().filter;
+        let mut stats = Vec::new();
+        for (zone, record) in self.sandboxes().await? {
+            let pod = sandbox::to_cri(&zone, &record);
+            let wanted = filter.as_ref().is_none_or(|f| {
+                pod.id.starts_with(&f.id) && f.label_selector.iter().all(|(k, v)| pod.labels.get(k) == Some(v))
+            });
+            if wanted && zone.state() == pb::ZoneState::Ready {
+                stats.push(self.pod_stats_of(&zone, &record).await?);
+            }
+        }
+        Ok(Response::new(cri::ListPodSandboxStatsResponse { stats }))
     }
 
     async fn update_runtime_config(

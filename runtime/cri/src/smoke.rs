@@ -228,6 +228,25 @@ async fn with_pod(
 
     streaming(rt, &app, pod, image, &create).await?;
 
+    let cs =
+        rt.container_stats(cri::ContainerStatsRequest { container_id: app.clone() }).await.context("ContainerStats")?;
+    let cs = cs.into_inner().stats.context("ContainerStats: no stats")?;
+    let cpu = cs.cpu.and_then(|c| c.usage_core_nano_seconds).map_or(0, |v| v.value);
+    let mem = cs.memory.and_then(|m| m.working_set_bytes).map_or(0, |v| v.value);
+    ensure!(cpu > 0 && mem > 0, "ContainerStats of the running app: cpu {cpu} ns, memory {mem} bytes");
+    let ps = rt
+        .pod_sandbox_stats(cri::PodSandboxStatsRequest { pod_sandbox_id: pod.into() })
+        .await
+        .context("PodSandboxStats")?;
+    let ps = ps.into_inner().stats.and_then(|s| s.linux).context("PodSandboxStats: no stats")?;
+    let cpu = ps.cpu.and_then(|c| c.usage_core_nano_seconds).map_or(0, |v| v.value);
+    let mem = ps.memory.and_then(|m| m.usage_bytes).map_or(0, |v| v.value);
+    ensure!(
+        cpu > 0 && mem > 0 && !ps.containers.is_empty(),
+        "PodSandboxStats: cpu {cpu} ns, memory {mem} bytes, {} containers",
+        ps.containers.len()
+    );
+
     let list = rt
         .list_containers(cri::ListContainersRequest {
             filter: Some(cri::ContainerFilter { pod_sandbox_id: pod.into(), ..Default::default() }),

@@ -148,6 +148,20 @@ async fn kubelets_sequence_runs_a_pod_of_two_containers_and_cleans_up_idempotent
     let pods = node.runtime.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await?.into_inner().items;
     assert_eq!(pods.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), [pod.as_str()]);
 
+    // Statistics: the container's from its cgroup in the zone, the pod's from Xen (the whole VM).
+    let cs = node.runtime.container_stats(cri::ContainerStatsRequest { container_id: app.clone() }).await?;
+    let cs = cs.into_inner().stats.ok_or("no container stats")?;
+    assert_eq!(cs.cpu.and_then(|c| c.usage_core_nano_seconds).map(|v| v.value), Some(5_000_000));
+    assert_eq!(cs.memory.and_then(|m| m.working_set_bytes).map(|v| v.value), Some(1 << 20));
+    let ps = node.runtime.pod_sandbox_stats(cri::PodSandboxStatsRequest { pod_sandbox_id: pod.clone() }).await?;
+    let ps = ps.into_inner().stats.ok_or("no pod stats")?.linux.ok_or("no linux pod stats")?;
+    assert_eq!(ps.memory.and_then(|m| m.usage_bytes).map(|v| v.value), Some(64 << 20), "the zone's memory");
+    assert_eq!(ps.containers.len(), 1, "only the running container has statistics");
+    let all = node.runtime.list_container_stats(cri::ListContainerStatsRequest { filter: None }).await?;
+    assert_eq!(all.into_inner().stats.len(), 1);
+    let pods = node.runtime.list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest { filter: None }).await?;
+    assert_eq!(pods.into_inner().stats.len(), 1);
+
     // ExecSync returns the command's output and exit code.
     let exec = cri::ExecSyncRequest { container_id: app.clone(), cmd: vec!["echo".into(), "hi".into()], timeout: 10 };
     let out = node.runtime.exec_sync(exec).await?.into_inner();

@@ -88,6 +88,10 @@ pub struct DomainObservation {
     pub name: String,
     /// Run state.
     pub state: DomainRunState,
+    /// CPU time the domain has used, all vCPUs, nanoseconds.
+    pub cpu_time_ns: u64,
+    /// Memory the domain holds now, KiB (what Xen gave it, whatever the guest does with it).
+    pub memory_kib: u64,
 }
 
 /// How a wait for a domain's shutdown ended.
@@ -441,6 +445,9 @@ pub mod fake {
                         uuid: d.request.uuid.clone(),
                         name: d.request.name.clone(),
                         state: d.state,
+                        // A fake domain has used one millisecond of CPU per domain id, and all its memory.
+                        cpu_time_ns: u64::from(*domid) * 1_000_000,
+                        memory_kib: u64::from(d.request.memory_mib) * 1024,
                     })
                     .collect()
             }))
@@ -497,12 +504,13 @@ pub mod fake {
 
     /// A zone init in a few lines, for tests of everything above the channel: it says hello and runs every
     /// workload as: print "out:<argv[0]>\n" on stdout and "err\n" on stderr, then exit with the code in the
-    /// last argument (or stay running if it is "run"); execs print their argv and exit 3; every port-forward
+    /// last argument (or stay running if it is "run"); execs print their argv and exit 3; a workload's stats
+    /// are 5 ms of CPU and 1 MiB of memory; every port-forward
     /// reaches an echo server that closes when the host half-closes.
     pub mod scripted_zone {
         use std::collections::BTreeMap;
 
-        use bulkhead_wire::{ExitStatus, HostToZone, OutputFd, PROTOCOL_VERSION, ZoneCodec, ZoneToHost};
+        use bulkhead_wire::{ExitStatus, HostToZone, OutputFd, PROTOCOL_VERSION, ResourceUsage, ZoneCodec, ZoneToHost};
         use futures_util::{SinkExt, StreamExt};
         use tokio_util::codec::Framed;
 
@@ -564,6 +572,12 @@ pub mod fake {
                     ],
                     HostToZone::RemoveWorkload { id } => vec![ZoneToHost::WorkloadRemoved { id }],
                     // Every port has an echo server; closing the write side closes the connection.
+                    HostToZone::GetStats { id } => {
+                        vec![ZoneToHost::Stats {
+                            id,
+                            usage: ResourceUsage { cpu_usage_ns: 5_000_000, memory_bytes: 1 << 20 },
+                        }]
+                    }
                     HostToZone::PortForward { stream_id, .. } => {
                         forwards.insert(stream_id);
                         vec![ZoneToHost::PortForwardConnected { stream_id }]

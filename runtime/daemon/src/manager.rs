@@ -57,6 +57,17 @@ impl ManagerConfig {
 /// emulation; several zones booting at once on a loaded host take longer.
 pub const DEFAULT_HELLO_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// A zone's use of the host, from the hypervisor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ZoneUsage {
+    /// CPU time of all its vCPUs, nanoseconds.
+    pub cpu_time_ns: u64,
+    /// Memory its domain holds.
+    pub memory_bytes: u64,
+    /// Its vCPUs.
+    pub vcpus: u32,
+}
+
 /// Orchestration failures; each maps to one gRPC code at the API edge.
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
@@ -69,6 +80,14 @@ pub enum ManagerError {
     /// The spec is invalid.
     #[error("invalid zone spec: {0}")]
     InvalidSpec(SpecError),
+    /// The zone has no domain to ask about.
+    #[error("zone {zone} is {state:?}: only a running zone has statistics")]
+    NotRunning {
+        /// Zone name.
+        zone: String,
+        /// Its state.
+        state: ZoneState,
+    },
     /// The zone is in the wrong state for the operation.
     #[error("zone {zone}: {transition}")]
     WrongState {
@@ -389,6 +408,21 @@ impl<H: Hypervisor> ZoneManager<H> {
     }
 
     /// The host channel of a zone, while its init is connected.
+    /// What zone `zone`'s domain uses now, as Xen accounts it (no agent in the zone involved).
+    pub async fn usage(&self, zone: &str) -> Result<ZoneUsage, ManagerError> {
+        let z = self.get(zone).await?;
+        let not_running = || ManagerError::NotRunning { zone: z.spec.name.to_string(), state: z.state };
+        let domid = z.domid.ok_or_else(not_running)?;
+        let domains =
+            self.hv.list().await.map_err(|e| ManagerError::Hypervisor { zone: z.spec.name.to_string(), source: e })?;
+        let d = domains.into_iter().find(|d| d.domid == domid).ok_or_else(not_running)?;
+        Ok(ZoneUsage {
+            cpu_time_ns: d.cpu_time_ns,
+            memory_bytes: d.memory_kib.saturating_mul(1024),
+            vcpus: z.spec.vcpus,
+        })
+    }
+
     pub fn link(&self, zone_id: &str) -> Option<ZoneLink> {
         self.links.lock().ok()?.get(zone_id).filter(|l| l.is_open()).cloned()
     }

@@ -245,6 +245,8 @@ impl Hypervisor for LibxlHypervisor {
                 uuid: d.uuid.to_string(),
                 name: d.name.clone().unwrap_or_default(),
                 state: run_state(d),
+                cpu_time_ns: d.cpu_time_ns,
+                memory_kib: d.current_memkb,
             })
             .collect())
     }

@@ -132,6 +132,24 @@ pub struct ListZonesResponse {
     #[prost(message, repeated, tag = "1")]
     pub zones: ::prost::alloc::vec::Vec<ZoneStatus>,
 }
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetZoneStatsRequest {
+    #[prost(string, tag = "1")]
+    pub zone: ::prost::alloc::string::String,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetZoneStatsResponse {
+    #[prost(int64, tag = "1")]
+    pub timestamp: i64,
+    /// CPU time of all its vCPUs.
+    #[prost(uint64, tag = "2")]
+    pub cpu_usage_ns: u64,
+    /// Memory its domain holds.
+    #[prost(uint64, tag = "3")]
+    pub memory_bytes: u64,
+    #[prost(uint32, tag = "4")]
+    pub vcpus: u32,
+}
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct WatchEventsRequest {
     /// First send one event per existing zone and workload with its current state.
@@ -364,6 +382,22 @@ pub struct RemoveWorkloadRequest {
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct RemoveWorkloadResponse {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetWorkloadStatsRequest {
+    #[prost(string, tag = "1")]
+    pub workload_id: ::prost::alloc::string::String,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetWorkloadStatsResponse {
+    #[prost(int64, tag = "1")]
+    pub timestamp: i64,
+    /// CPU time (cgroup cpu.stat usage).
+    #[prost(uint64, tag = "2")]
+    pub cpu_usage_ns: u64,
+    /// Memory in use (cgroup memory.current).
+    #[prost(uint64, tag = "3")]
+    pub memory_bytes: u64,
+}
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ReopenWorkloadLogRequest {
     #[prost(string, tag = "1")]
@@ -1176,6 +1210,34 @@ pub mod zone_service_client {
                 );
             self.inner.server_streaming(req, path, codec).await
         }
+        /// What a running zone's domain uses, as the hypervisor accounts it (no agent in the zone is asked).
+        /// FAILED_PRECONDITION for a zone that is not running.
+        pub async fn get_zone_stats(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetZoneStatsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GetZoneStatsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/bulkhead.control.v1.ZoneService/GetZoneStats",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(
+                    GrpcMethod::new("bulkhead.control.v1.ZoneService", "GetZoneStats"),
+                );
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -1247,6 +1309,15 @@ pub mod zone_service_server {
             request: tonic::Request<super::WatchEventsRequest>,
         ) -> std::result::Result<
             tonic::Response<Self::WatchEventsStream>,
+            tonic::Status,
+        >;
+        /// What a running zone's domain uses, as the hypervisor accounts it (no agent in the zone is asked).
+        /// FAILED_PRECONDITION for a zone that is not running.
+        async fn get_zone_stats(
+            &self,
+            request: tonic::Request<super::GetZoneStatsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GetZoneStatsResponse>,
             tonic::Status,
         >;
     }
@@ -1638,6 +1709,51 @@ pub mod zone_service_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/bulkhead.control.v1.ZoneService/GetZoneStats" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetZoneStatsSvc<T: ZoneService>(pub Arc<T>);
+                    impl<
+                        T: ZoneService,
+                    > tonic::server::UnaryService<super::GetZoneStatsRequest>
+                    for GetZoneStatsSvc<T> {
+                        type Response = super::GetZoneStatsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetZoneStatsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as ZoneService>::get_zone_stats(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetZoneStatsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)
@@ -2074,6 +2190,37 @@ pub mod workload_service_client {
                 );
             self.inner.streaming(req, path, codec).await
         }
+        /// What a workload's cgroup in its zone has used, as the zone reports it. FAILED_PRECONDITION once it
+        /// has exited.
+        pub async fn get_workload_stats(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetWorkloadStatsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GetWorkloadStatsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/bulkhead.control.v1.WorkloadService/GetWorkloadStats",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(
+                    GrpcMethod::new(
+                        "bulkhead.control.v1.WorkloadService",
+                        "GetWorkloadStats",
+                    ),
+                );
+            self.inner.unary(req, path, codec).await
+        }
         /// Closes the workload's output log and opens its path anew, creating the file: after a log rotator renamed
         /// it (kubelet's ReopenContainerLog). FAILED_PRECONDITION once the workload has exited.
         pub async fn reopen_workload_log(
@@ -2220,6 +2367,15 @@ pub mod workload_service_server {
             request: tonic::Request<tonic::Streaming<super::PortForwardRequest>>,
         ) -> std::result::Result<
             tonic::Response<Self::PortForwardStream>,
+            tonic::Status,
+        >;
+        /// What a workload's cgroup in its zone has used, as the zone reports it. FAILED_PRECONDITION once it
+        /// has exited.
+        async fn get_workload_stats(
+            &self,
+            request: tonic::Request<super::GetWorkloadStatsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GetWorkloadStatsResponse>,
             tonic::Status,
         >;
         /// Closes the workload's output log and opens its path anew, creating the file: after a log rotator renamed
@@ -2812,6 +2968,52 @@ pub mod workload_service_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/bulkhead.control.v1.WorkloadService/GetWorkloadStats" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetWorkloadStatsSvc<T: WorkloadService>(pub Arc<T>);
+                    impl<
+                        T: WorkloadService,
+                    > tonic::server::UnaryService<super::GetWorkloadStatsRequest>
+                    for GetWorkloadStatsSvc<T> {
+                        type Response = super::GetWorkloadStatsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetWorkloadStatsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as WorkloadService>::get_workload_stats(&inner, request)
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetWorkloadStatsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)

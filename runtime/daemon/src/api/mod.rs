@@ -42,7 +42,9 @@ impl From<ManagerError> for Status {
             ManagerError::NotFound(_) => Status::not_found(msg),
             ManagerError::AlreadyExists(_) => Status::already_exists(msg),
             ManagerError::InvalidSpec(_) => Status::invalid_argument(msg),
-            ManagerError::WrongState { .. } | ManagerError::VirtMode { .. } => Status::failed_precondition(msg),
+            ManagerError::WrongState { .. } | ManagerError::VirtMode { .. } | ManagerError::NotRunning { .. } => {
+                Status::failed_precondition(msg)
+            }
             ManagerError::Hypervisor { .. } => Status::unavailable(msg),
             ManagerError::Store(_) => Status::internal(msg),
         }

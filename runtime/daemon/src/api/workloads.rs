@@ -465,6 +465,18 @@ impl<H: Hypervisor> pb::workload_service_server::WorkloadService for WorkloadApi
 
     type LogsStream = BoxStream<pb::LogsResponse>;
 
+    async fn get_workload_stats(
+        &self,
+        req: Request<pb::GetWorkloadStatsRequest>,
+    ) -> Result<Response<pb::GetWorkloadStatsResponse>, Status> {
+        let (_, usage) = self.workloads.stats(&req.into_inner().workload_id).await?;
+        Ok(Response::new(pb::GetWorkloadStatsResponse {
+            timestamp: crate::zone::now(),
+            cpu_usage_ns: usage.cpu_usage_ns,
+            memory_bytes: usage.memory_bytes,
+        }))
+    }
+
     async fn reopen_workload_log(
         &self,
         req: Request<pb::ReopenWorkloadLogRequest>,

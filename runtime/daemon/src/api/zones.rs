@@ -205,6 +205,19 @@ impl<H: Hypervisor> pb::zone_service_server::ZoneService for ZoneApi<H> {
         Ok(Response::new(pb::ListZonesResponse { zones }))
     }
 
+    async fn get_zone_stats(
+        &self,
+        req: Request<pb::GetZoneStatsRequest>,
+    ) -> Result<Response<pb::GetZoneStatsResponse>, Status> {
+        let usage = self.manager.usage(&req.into_inner().zone).await?;
+        Ok(Response::new(pb::GetZoneStatsResponse {
+            timestamp: crate::zone::now(),
+            cpu_usage_ns: usage.cpu_time_ns,
+            memory_bytes: usage.memory_bytes,
+            vcpus: usage.vcpus,
+        }))
+    }
+
     type WatchEventsStream = EventStream;
 
     async fn watch_events(

@@ -16,7 +16,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 use bulkhead_wire::{
-    EnvVar, ErrorCode, ExitStatus, HostToZone, StreamId, User, WorkloadPhase, WorkloadSpec, ZoneToHost,
+    EnvVar, ErrorCode, ExitStatus, HostToZone, ResourceUsage, StreamId, User, WorkloadPhase, WorkloadSpec, ZoneToHost,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, broadcast, mpsc, oneshot, watch};
@@ -628,6 +628,18 @@ impl<H: Hypervisor> WorkloadManager<H> {
         // Signals are answered only on failure; a failure arrives on the workload's route and is logged there.
         link.send(HostToZone::Signal { id: StreamId(rec.stream), signal }).await?;
         Ok(())
+    }
+
+    /// What workload `id`'s cgroup in the zone has used: CPU time and memory, as the zone reports them.
+    pub async fn stats(&self, id: &str) -> Result<(WorkloadRecord, ResourceUsage), WorkloadError> {
+        let (rec, rt, link) = self.runtime_and_link(id).await?;
+        if rec.state == WorkloadState::Exited {
+            return Err(WorkloadError::WrongState { id: rec.id, state: rec.state, what: "it has no cgroup any more" });
+        }
+        match call(&rt, &link, HostToZone::GetStats { id: Some(StreamId(rec.stream)) }).await {
+            Ok(ZoneToHost::Stats { usage, .. }) => Ok((rec, usage)),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Waits until the workload has exited; returns its record. A workload whose zone has not reconnected
