@@ -44,7 +44,8 @@ enum Command {
     /// Runs kubelet's sequence of CRI calls with a real pod of two containers against --socket, checks every
     /// answer, removes what it made, and prints the pod start latency. Exits non-zero at the first failure.
     SmokeTest {
-        /// An image with busybox (sh, echo, sleep): a reference or id; pulled if not present.
+        /// An image with /bin/busybox (sh, nc, cat; run as /bin/busybox APPLET where no link exists): a reference
+        /// or id; pulled if not present.
         #[arg(long)]
         image: String,
         /// Where the pod's container logs go.

@@ -226,7 +226,7 @@ async fn with_pod(
         "ExecSync gave {out:?}"
     );
 
-    streaming(rt, &app, pod, image, &create).await?;
+    streaming(rt, &app, pod, image, &create, &log_dir).await?;
 
     let cs =
         rt.container_stats(cri::ContainerStatsRequest { container_id: app.clone() }).await.context("ContainerStats")?;
@@ -285,6 +285,7 @@ async fn streaming(
     pod: &str,
     image: &str,
     create: &impl Fn(cri::ContainerConfig) -> cri::CreateContainerRequest,
+    log_dir: &Path,
 ) -> anyhow::Result<()> {
     use bulkhead_streaming::client;
     let url = |u: String| u.parse::<url::Url>().with_context(|| format!("the runtime gave a bad URL {u:?}"));
@@ -316,17 +317,32 @@ async fn streaming(
     ensure!(out.stdout.starts_with(b"tick\n"), "attach gave {out:?}");
 
     // An echo server in a third container, reached through the host-zone channel.
-    let echo = create(container("echo", image, "exec nc -ll -p 8080 -e /bin/cat"));
+    let echo = create(container("echo", image, "exec nc -ll -p 8080 -e /bin/busybox cat"));
     let echo = rt.create_container(echo).await.context("CreateContainer echo")?.into_inner().container_id;
     rt.start_container(cri::StartContainerRequest { container_id: echo }).await.context("StartContainer echo")?;
     let message = b"hello through the host-zone channel";
+    let last_error = std::sync::Mutex::new(String::new());
     let echoed = poll(Duration::from_secs(30), "port-forward to the echo server", || async {
         let req = cri::PortForwardRequest { pod_sandbox_id: pod.into(), port: vec![8080] };
         let u = url(rt.clone().port_forward(req).await.context("PortForward")?.into_inner().url)?;
         // Until the server listens, the zone refuses the connection: try again.
-        Ok(client::port_forward(&u, message, message.len()).await.ok().filter(|got| !got.is_empty()))
+        match client::port_forward(&u, message, message.len()).await {
+            Ok(got) if !got.is_empty() => Ok(Some(got)),
+            Ok(_) => Ok(None),
+            Err(e) => {
+                *last_error.lock().unwrap_or_else(|p| p.into_inner()) = e.to_string();
+                Ok(None)
+            }
+        }
     })
-    .await?;
+    .await
+    .with_context(|| {
+        let log = std::fs::read_to_string(log_dir.join("echo/0.log")).unwrap_or_default();
+        format!(
+            "last error: {}; the echo container's log: {log:?}",
+            last_error.lock().unwrap_or_else(|p| p.into_inner())
+        )
+    })?;
     ensure!(echoed == message, "port-forward echoed {:?}", String::from_utf8_lossy(&echoed));
     Ok(())
 }
