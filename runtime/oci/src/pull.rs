@@ -268,7 +268,7 @@ impl Registries {
             platform_resolver: None,
             connect_timeout: Some(CONNECT_TIMEOUT),
             read_timeout: Some(READ_TIMEOUT),
-            user_agent: concat!("bulkheadd/", env!("CARGO_PKG_VERSION")),
+            user_agent: concat!("bulkhead/", env!("CARGO_PKG_VERSION")),
             ..ClientConfig::default()
         })
     }
@@ -322,7 +322,7 @@ impl Session {
             match session.manifest(name.digest.as_deref(), "the manifest").await {
                 Ok(m) => return Ok((session, m)),
                 Err(e) => {
-                    tracing::warn!(mirror = %mirror, image = %name.normalized(), error = %crate::api::message_chain(&e), "a registry mirror failed; trying the next source");
+                    tracing::warn!(mirror = %mirror, image = %name.normalized(), error = &e as &dyn std::error::Error, "a registry mirror failed; trying the next source");
                     last_err = Some(e);
                 }
             }

@@ -1,5 +1,7 @@
-//! Image import: an OCI image layout (directory or tar) or a `docker save` archive on the node becomes a
-//! read-only erofs root image that zones mount as a PV block device.
+//! Bulkhead's images: pulls from registries and imports of an OCI image layout (directory or tar) or a
+//! `docker save` archive, each becoming a read-only erofs root image that zones mount as a PV block device.
+//! Knows nothing of Xen, zones or the daemon's API: the daemon maps its errors and asks whether an image is
+//! in use.
 //!
 //! On disk, under `<state-dir>/images/`:
 //! - `<hex>.erofs`: one root image per image, named by the hex of its id;
@@ -48,8 +50,7 @@ use tokio::io::AsyncWriteExt as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::{RecordStore, StoreError};
-use crate::zone::{Nanos, now};
+use bulkhead_store::{Nanos, RecordStore, StoreError, now};
 use layout::{Compression, DigestReader, ImagePlan, InputDir, LayerPlan, LayoutError, MAX_JSON_BYTES, Sha256Hex};
 use pull::{Credentials, PullError, PullProgress, Registries, Session};
 use reference::{ImageName, ReferenceError};
