@@ -713,7 +713,9 @@ fn sniff(r: &mut impl BufRead) -> io::Result<Compression> {
     })
 }
 
-fn decompress<'a, R: BufRead + 'a>(r: R, c: Compression) -> io::Result<Box<dyn Read + 'a>> {
+/// The decompressed stream of a layer compressed with `c` (`None` and `Detect` pass it through: callers sniff
+/// first). Public for the fuzz target, which must exercise the decoders layers go through.
+pub fn decompress<'a, R: BufRead + 'a>(r: R, c: Compression) -> io::Result<Box<dyn Read + 'a>> {
     Ok(match c {
         Compression::None | Compression::Detect => Box::new(r),
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(r)),
