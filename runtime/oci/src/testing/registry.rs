@@ -128,6 +128,11 @@ impl Registry {
         Ok(reg)
     }
 
+    /// The registry's storage (filesystem driver): what was pushed, servable by another docker-registry.
+    pub fn storage(&self) -> PathBuf {
+        self.dir.path().join("storage")
+    }
+
     /// What the registry logged so far (its access log included).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
