@@ -18,7 +18,7 @@ puller=${IMAGE_PULL:-$REPO_ROOT/target/release/examples/image_pull}
 [ "$(id -u)" = 0 ] || die "run as root: both pipelines keep file owners"
 [ -x "$puller" ] || die "$puller is missing: cargo build --release -p bulkhead-oci --example image_pull"
 for p in docker-registry skopeo umoci mkfs.erofs /usr/bin/time; do
-  command -v "$p" >/dev/null || die "$p is missing (ci/deps build; umoci and time: apt-get install umoci time)"
+  command -v "$p" >/dev/null || die "$p is missing (ci/deps build installs it)"
 done
 
 work=$(mktemp -d /var/tmp/bench-image-pull.XXXXXX)
