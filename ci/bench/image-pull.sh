@@ -1,10 +1,10 @@
 #!/bin/bash
 # Benchmark (not a test): pull + convert of a multi-layer image (~100 MB by default) from a docker-registry on
-# 127.0.0.1, Bulkhead's image store (runtime/daemon/examples/image_pull.rs: the daemon's pull, unpack and
+# 127.0.0.1, Bulkhead's image store (runtime/oci/examples/image_pull.rs: the daemon's pull, unpack and
 # mkfs.erofs, nothing else) against the peer pipeline on the same machine and registry: skopeo copy to an OCI
 # layout, umoci unpack, mkfs.erofs. Prints "figure: ..." lines with wall time and peak RSS per run.
 #
-#   cargo build --release -p bulkheadd --example image_pull && ci/bench/image-pull.sh
+#   cargo build --release -p bulkhead-oci --example image_pull && ci/bench/image-pull.sh
 #
 # Needs root (both sides keep file owners), docker-registry, skopeo, umoci, erofs-utils and GNU time.
 # BENCH_LAYERS (4) layers of BENCH_LAYER_MB (25) MiB each: half random bytes, half text, gzip -6.
@@ -16,9 +16,9 @@ layer_mb=${BENCH_LAYER_MB:-25}
 runs=${BENCH_RUNS:-3}
 puller=${IMAGE_PULL:-$REPO_ROOT/target/release/examples/image_pull}
 [ "$(id -u)" = 0 ] || die "run as root: both pipelines keep file owners"
-[ -x "$puller" ] || die "$puller is missing: cargo build --release -p bulkheadd --example image_pull"
+[ -x "$puller" ] || die "$puller is missing: cargo build --release -p bulkhead-oci --example image_pull"
 for p in docker-registry skopeo umoci mkfs.erofs /usr/bin/time; do
-  command -v "$p" >/dev/null || die "$p is missing (ci/deps build; umoci and time: apt-get install umoci time)"
+  command -v "$p" >/dev/null || die "$p is missing (ci/deps build installs it)"
 done
 
 work=$(mktemp -d /var/tmp/bench-image-pull.XXXXXX)

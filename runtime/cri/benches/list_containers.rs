@@ -82,7 +82,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    if !bulkheadd::images::testing::root_or_skip("the image import chowns") {
+    if !bulkhead_oci::testing::root_or_skip("the image import chowns") {
         return Ok(());
     }
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run())

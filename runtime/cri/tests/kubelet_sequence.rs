@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use bulkheadd::images::testing::root_or_skip;
+use bulkhead_oci::testing::root_or_skip;
 use k8s_cri::v1 as cri;
 use tonic::Code;
 

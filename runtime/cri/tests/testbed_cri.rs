@@ -5,8 +5,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use bulkhead_testbed::Scenario;
-use bulkheadd::images::layout::Compression;
-use bulkheadd::images::testing::{tar_directory, write_busybox_layout};
+use bulkhead_oci::layout::Compression;
+use bulkhead_oci::testing::{tar_directory, write_busybox_layout};
 
 #[test]
 #[ignore = "boots the Xen test bed (needs root; run by ci/test testbed)"]

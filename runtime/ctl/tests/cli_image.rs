@@ -5,13 +5,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bulkhead_api::control::v1::image_service_server::ImageServiceServer;
+use bulkhead_oci::layout::Compression;
+use bulkhead_oci::pull::{Registries, RegistryConfig};
+use bulkhead_oci::testing::registry::{Registry, push_all, registry_available};
+use bulkhead_oci::testing::write_busybox_layout;
+use bulkhead_oci::{ImageStore, ImageStoreConfig};
 use bulkheadd::api::bind_control_socket;
 use bulkheadd::api::images::ImageApi;
-use bulkheadd::images::layout::Compression;
-use bulkheadd::images::pull::{Registries, RegistryConfig};
-use bulkheadd::images::testing::registry::{Registry, push_all, registry_available};
-use bulkheadd::images::testing::write_busybox_layout;
-use bulkheadd::images::{ImageStore, ImageStoreConfig};
 
 mod common;
 use common::bulkhead;
@@ -19,7 +19,7 @@ use common::bulkhead;
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 fn privileged() -> bool {
-    bulkheadd::images::testing::root_or_skip("chown while unpacking")
+    bulkhead_oci::testing::root_or_skip("chown while unpacking")
 }
 
 async fn serve(dir: &Path) -> Result<PathBuf, Box<dyn std::error::Error>> {
@@ -158,7 +158,7 @@ async fn image_pull_shows_progress_lines_off_a_terminal_and_prints_the_id() -> T
         return Ok(());
     }
     let reg = Registry::start(Some(("puller", "s3cret")))?;
-    let auth = oci_client::secrets::RegistryAuth::Basic("puller".into(), "s3cret".into());
+    let auth = bulkhead_oci::testing::registry::RegistryAuth::Basic("puller".into(), "s3cret".into());
     let pushed = push_all(&reg.addr, auth, Path::new("/bin/busybox")).await?;
     let dir = tempfile::tempdir()?;
     let insecure = RegistryConfig { insecure: true, ..RegistryConfig::default() };

@@ -4,11 +4,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bulkhead_api::control::v1::zone_service_server::ZoneServiceServer;
+use bulkhead_store::RecordStore;
 use bulkheadd::api::bind_control_socket;
 use bulkheadd::api::zones::ZoneApi;
 use bulkheadd::hypervisor::fake::FakeHypervisor;
 use bulkheadd::manager::{ManagerConfig, ZoneManager};
-use bulkheadd::store::RecordStore;
 use bulkheadd::zone::HostVirtCaps;
 
 mod common;

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::images::pull::{Registries, RegistryConfig};
 use crate::manager::ManagerConfig;
 use crate::zone::VirtMode;
+use bulkhead_oci::pull::{Registries, RegistryConfig};
 
 /// Where the daemon looks for its configuration unless told otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/bulkhead/bulkheadd.toml";

@@ -5,11 +5,9 @@
 pub mod api;
 pub mod config;
 pub mod hypervisor;
-pub mod images;
 pub mod link;
 pub mod loopdev;
 pub mod manager;
-pub mod store;
 pub mod workloads;
 pub mod xen;
 pub mod zone;

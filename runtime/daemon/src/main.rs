@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use bulkhead_oci::{ImageStore, ImageStoreConfig};
+use bulkhead_store::RecordStore;
 use bulkheadd::api::{bind_control_socket, services};
 use bulkheadd::config::{Config, DEFAULT_CONFIG_PATH};
-use bulkheadd::images::{ImageStore, ImageStoreConfig};
 use bulkheadd::manager::ZoneManager;
-use bulkheadd::store::RecordStore;
 use bulkheadd::workloads::WorkloadManager;
 use bulkheadd::xen::{LibxlHypervisor, release_events};
 use clap::Parser;

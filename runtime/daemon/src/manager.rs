@@ -19,10 +19,10 @@ use crate::hypervisor::{
     ZONE_CHANNEL_PATH,
 };
 use crate::link::{LinkEvent, LinkParams, ZoneLink};
-use crate::store::{RecordStore, StoreError};
 use crate::zone::{
     InvalidTransition, Nanos, SpecError, VirtMode, ZoneRecord, ZoneSpec, ZoneState, now, resolve_virt_mode,
 };
+use bulkhead_store::{RecordStore, StoreError};
 
 /// Prefix of the Xen domain names of zones: how the reconciler tells its domains from anyone else's.
 pub const DOMAIN_NAME_PREFIX: &str = "bulkhead-";

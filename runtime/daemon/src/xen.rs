@@ -351,8 +351,8 @@ mod tests {
 
         use super::*;
         use crate::manager::{ManagerConfig, ZoneManager};
-        use crate::store::RecordStore;
         use crate::zone::{VirtMode, ZoneName, ZoneSpec, ZoneState};
+        use bulkhead_store::RecordStore;
 
         type TestResult = Result<(), Box<dyn std::error::Error>>;
 

@@ -295,13 +295,7 @@ impl ZoneState {
     }
 }
 
-/// Unix time in nanoseconds.
-pub type Nanos = i64;
-
-/// The current time as [`Nanos`] (0 if the clock is before 1970).
-pub fn now() -> Nanos {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as Nanos).unwrap_or(0)
-}
+pub use bulkhead_store::{Nanos, now};
 
 /// The persisted record of one zone: desired spec plus what the daemon knows of its domain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,6 +1,7 @@
 //! The image API over its real transport: a tonic server on a unix socket, a tonic client, the image store
 //! behind it. Checks conversions, status codes and idempotent removal. Needs root and mkfs.erofs, like
-//! tests/images.rs (BULKHEAD_SKIP_ROOT_TESTS=1 skips deliberately).
+//! bulkhead-oci's tests/images.rs (BULKHEAD_SKIP_ROOT_TESTS=1 skips deliberately). The pull test needs
+//! Debian's docker-registry, as bulkhead-oci's tests/registry.rs does.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,17 +10,19 @@ use std::time::Duration;
 use bulkhead_api::control::v1 as pb;
 use bulkhead_api::control::v1::image_service_client::ImageServiceClient;
 use bulkhead_api::control::v1::image_service_server::ImageServiceServer;
+use bulkhead_oci::layout::Compression;
+use bulkhead_oci::pull::{Registries, RegistryConfig};
+use bulkhead_oci::testing::registry::{Registry, RegistryAuth, push_all, registry_available};
+use bulkhead_oci::testing::write_busybox_layout;
+use bulkhead_oci::{ImageStore, ImageStoreConfig};
 use bulkheadd::api::bind_control_socket;
 use bulkheadd::api::images::ImageApi;
-use bulkheadd::images::layout::Compression;
-use bulkheadd::images::testing::write_busybox_layout;
-use bulkheadd::images::{ImageStore, ImageStoreConfig};
 use tonic::Code;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 fn privileged() -> bool {
-    bulkheadd::images::testing::root_or_skip("chown while unpacking")
+    bulkhead_oci::testing::root_or_skip("chown while unpacking")
 }
 
 async fn serve(
@@ -126,5 +129,73 @@ async fn removing_an_image_in_use_is_a_failed_precondition() -> TestResult {
     assert!(e.message().contains("in use"), "{}", e.message());
     assert_eq!(c.list_images(pb::ListImagesRequest {}).await?.into_inner().images.len(), 1);
     let _ = stop.send(());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pull_over_the_control_api_streams_progress_then_the_image() -> TestResult {
+    use bulkhead_api::control::v1::pull_image_response::Event;
+
+    if !registry_available() || !privileged() {
+        return Ok(());
+    }
+    let reg = Registry::start(Some(("puller", "s3cret")))?;
+    let pushed =
+        push_all(&reg.addr, RegistryAuth::Basic("puller".into(), "s3cret".into()), Path::new("/bin/busybox")).await?;
+    let tmp = tempfile::tempdir()?;
+    let registries =
+        Registries::new([(reg.addr.clone(), RegistryConfig { insecure: true, ..RegistryConfig::default() })].into());
+    let s = Arc::new(
+        ImageStore::open(ImageStoreConfig { registries, ..ImageStoreConfig::new(tmp.path().join("images")) }).await?,
+    );
+    let socket = tmp.path().join("control.sock");
+    let incoming = bind_control_socket(&socket)?;
+    let api = ImageApi::new(s);
+    tokio::spawn(
+        tonic::transport::Server::builder().add_service(ImageServiceServer::new(api)).serve_with_incoming(incoming),
+    );
+    let mut c = ImageServiceClient::new(bulkhead_api::client::connect_unix(&socket).await?);
+
+    let reference = format!("{}/test/busybox:gzip", reg.addr);
+    let credentials = Some(pb::RegistryCredentials { username: "puller".into(), password: "s3cret".into() });
+    let req = pb::PullImageRequest { reference: reference.clone(), credentials };
+    let mut stream = c.pull_image(req).await?.into_inner();
+    let mut events = Vec::new();
+    while let Some(m) = tokio::time::timeout(Duration::from_secs(120), stream.message()).await?? {
+        events.push(m.event.ok_or("a message without an event")?);
+    }
+    match events.first() {
+        Some(Event::Resolved(r)) => {
+            assert_eq!(r.id, pushed.gzip);
+            assert_eq!(r.layers.len(), 2);
+        }
+        other => return Err(format!("expected Resolved first, got {other:?}").into()),
+    }
+    assert!(events.iter().any(|e| matches!(e, Event::Layer(l) if l.index == 1 && l.done_bytes == l.total_bytes)));
+    assert!(matches!(events[events.len() - 2], Event::Building(_)), "{events:?}");
+    match events.last() {
+        Some(Event::Image(i)) => {
+            assert_eq!(i.id, pushed.gzip);
+            assert_eq!(i.references, [reference.as_str()]);
+        }
+        other => return Err(format!("expected the image last, got {other:?}").into()),
+    }
+
+    // Failures are statuses a client can act on: no credentials, an absent tag, a malformed reference.
+    let req = pb::PullImageRequest { reference: reference.replace(":gzip", ":zstd"), credentials: None };
+    let status = match c.pull_image(req).await {
+        Ok(r) => r.into_inner().message().await.err(),
+        Err(s) => Some(s),
+    };
+    assert_eq!(status.map(|s| s.code()), Some(tonic::Code::PermissionDenied));
+    let credentials = Some(pb::RegistryCredentials { username: "puller".into(), password: "s3cret".into() });
+    let req = pb::PullImageRequest { reference: reference.replace(":gzip", ":absent"), credentials };
+    let status = match c.pull_image(req).await {
+        Ok(r) => r.into_inner().message().await.err(),
+        Err(s) => Some(s),
+    };
+    assert_eq!(status.map(|s| s.code()), Some(tonic::Code::NotFound));
+    let r = c.pull_image(pb::PullImageRequest { reference: "Bad Ref".into(), credentials: None }).await;
+    assert_eq!(r.err().map(|s| s.code()), Some(tonic::Code::InvalidArgument));
     Ok(())
 }

@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bulkheadd::images::layout::Compression;
-use bulkheadd::images::testing::{tar_directory, write_busybox_layout};
+use bulkhead_oci::layout::Compression;
+use bulkhead_oci::testing::{tar_directory, write_busybox_layout};
 
 mod common;
 

@@ -6,13 +6,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bulkhead_oci::layout::Compression;
+use bulkhead_oci::testing::write_busybox_layout;
+use bulkhead_oci::{ImageStore, ImageStoreConfig};
+use bulkhead_store::RecordStore;
 use bulkhead_wire::{ExitStatus, HostToZone, OutputFd, StreamId, WorkloadPhase, ZoneCodec, ZoneToHost};
 use bulkheadd::hypervisor::fake::{FakeHypervisor, scripted_zone};
-use bulkheadd::images::layout::Compression;
-use bulkheadd::images::testing::write_busybox_layout;
-use bulkheadd::images::{ImageStore, ImageStoreConfig};
 use bulkheadd::manager::{ManagerConfig, ZoneManager};
-use bulkheadd::store::RecordStore;
 use bulkheadd::workloads::{ExecRequest, WorkloadManager, WorkloadMeta, WorkloadRequest, WorkloadState};
 use bulkheadd::zone::{HostVirtCaps, VirtMode, ZoneName, ZoneSpec, ZoneState};
 use futures_util::{SinkExt, StreamExt};
@@ -21,7 +21,7 @@ use tokio_util::codec::Framed;
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 fn privileged() -> bool {
-    bulkheadd::images::testing::root_or_skip("the image import chowns")
+    bulkhead_oci::testing::root_or_skip("the image import chowns")
 }
 
 struct Node {

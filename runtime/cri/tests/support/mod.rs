@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bulkheadd::hypervisor::fake::FakeHypervisor;
-use bulkheadd::images::layout::Compression;
-use bulkheadd::images::testing::write_busybox_layout;
-use bulkheadd::images::{ImageStore, ImageStoreConfig};
+use bulkhead_oci::layout::Compression;
+use bulkhead_oci::testing::write_busybox_layout;
+use bulkhead_oci::{ImageStore, ImageStoreConfig};
 use bulkheadd::manager::{ManagerConfig, ZoneManager};
-use bulkheadd::store::RecordStore;
+use bulkhead_store::RecordStore;
 use bulkheadd::workloads::WorkloadManager;
 use bulkheadd::zone::HostVirtCaps;
 use hyper_util::rt::TokioIo;

@@ -11,10 +11,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::message_chain;
-use crate::images::erofs::ErofsError;
-use crate::images::pull::{Credentials, PullProgress, RegistryFailure};
-use crate::images::reference;
-use crate::images::{ImageError, ImageRecord, ImageStore};
+use bulkhead_oci::erofs::ErofsError;
+use bulkhead_oci::pull::{Credentials, PullProgress, RegistryFailure};
+use bulkhead_oci::reference;
+use bulkhead_oci::{ImageError, ImageRecord, ImageStore};
 
 /// Tells whether a workload uses an image; [`ImageService::remove_image`] refuses while it does.
 pub type InUseCheck = Arc<dyn Fn(&ImageRecord) -> bool + Send + Sync>;
@@ -44,39 +44,38 @@ impl ImageApi {
     }
 }
 
-impl From<ImageError> for Status {
-    fn from(e: ImageError) -> Status {
-        let msg = message_chain(&e);
-        match &e {
-            ImageError::NotFound(_) => Status::not_found(msg),
-            ImageError::Ambiguous { .. }
-            | ImageError::Reference(_)
-            | ImageError::RelativePath(_)
-            | ImageError::Invalid { .. } => Status::invalid_argument(msg),
-            ImageError::OpenInput { source, .. } => match source.kind() {
-                std::io::ErrorKind::NotFound => Status::not_found(msg),
-                std::io::ErrorKind::PermissionDenied => Status::permission_denied(msg),
-                _ => Status::invalid_argument(msg),
-            },
-            ImageError::Unpack { source, .. } if source.is_bad_input() => Status::invalid_argument(msg),
-            ImageError::Pull { source, .. } => match source.registry_failure() {
-                Some(RegistryFailure::NotFound) => Status::not_found(msg),
-                Some(RegistryFailure::Unauthorized) => Status::permission_denied(msg),
-                Some(RegistryFailure::Unavailable) => Status::unavailable(msg),
-                // The registry's content is malformed, inconsistent, or for another platform.
-                None => Status::invalid_argument(msg),
-            },
-            ImageError::InUse { .. } | ImageError::Build { source: ErofsError::Missing { .. }, .. } => {
-                Status::failed_precondition(msg)
-            }
-            ImageError::Unpack { .. }
-            | ImageError::Build { .. }
-            | ImageError::Io { .. }
-            | ImageError::Store(_)
-            | ImageError::Task(_) => {
-                tracing::error!(error = %msg, "image operation failed");
-                Status::internal(msg)
-            }
+/// The status an image failure means for the client (a function: neither type is this crate's).
+pub fn image_status(e: ImageError) -> Status {
+    let msg = message_chain(&e);
+    match &e {
+        ImageError::NotFound(_) => Status::not_found(msg),
+        ImageError::Ambiguous { .. }
+        | ImageError::Reference(_)
+        | ImageError::RelativePath(_)
+        | ImageError::Invalid { .. } => Status::invalid_argument(msg),
+        ImageError::OpenInput { source, .. } => match source.kind() {
+            std::io::ErrorKind::NotFound => Status::not_found(msg),
+            std::io::ErrorKind::PermissionDenied => Status::permission_denied(msg),
+            _ => Status::invalid_argument(msg),
+        },
+        ImageError::Unpack { source, .. } if source.is_bad_input() => Status::invalid_argument(msg),
+        ImageError::Pull { source, .. } => match source.registry_failure() {
+            Some(RegistryFailure::NotFound) => Status::not_found(msg),
+            Some(RegistryFailure::Unauthorized) => Status::permission_denied(msg),
+            Some(RegistryFailure::Unavailable) => Status::unavailable(msg),
+            // The registry's content is malformed, inconsistent, or for another platform.
+            None => Status::invalid_argument(msg),
+        },
+        ImageError::InUse { .. } | ImageError::Build { source: ErofsError::Missing { .. }, .. } => {
+            Status::failed_precondition(msg)
+        }
+        ImageError::Unpack { .. }
+        | ImageError::Build { .. }
+        | ImageError::Io { .. }
+        | ImageError::Store(_)
+        | ImageError::Task(_) => {
+            tracing::error!(error = %msg, "image operation failed");
+            Status::internal(msg)
         }
     }
 }
@@ -147,7 +146,7 @@ impl pb::image_service_server::ImageService for ImageApi {
         let image = required("reference", req.reference)?;
         let credentials = credentials(req.credentials)?;
         // A malformed reference is the request's error, not the stream's.
-        reference::parse(&image).map_err(ImageError::from)?;
+        reference::parse(&image).map_err(|e| image_status(e.into()))?;
         let (tx, rx) = tokio::sync::mpsc::channel(PULL_QUEUE);
         let store = self.store.clone();
         // The pull runs to its end even when the client goes away: what it fetched stays useful.
@@ -160,7 +159,7 @@ impl pb::image_service_server::ImageService for ImageApi {
                 Ok(rec) => Ok(pb::PullImageResponse { event: Some(Event::Image(image_to_pb(&rec))) }),
                 Err(e) => {
                     let chain = message_chain(&e);
-                    let status = Status::from(e);
+                    let status = image_status(e);
                     // Internal failures were logged by the conversion.
                     if status.code() != tonic::Code::Internal {
                         tracing::warn!(image = %image, error = %chain, "an image pull failed");
@@ -180,7 +179,7 @@ impl pb::image_service_server::ImageService for ImageApi {
         let req = req.into_inner();
         let path = PathBuf::from(required("path", req.path)?);
         let reference = (!req.reference.is_empty()).then_some(req.reference);
-        let rec = self.store.import(&path, reference.as_deref()).await?;
+        let rec = self.store.import(&path, reference.as_deref()).await.map_err(image_status)?;
         Ok(Response::new(pb::ImportImageResponse { image: Some(image_to_pb(&rec)) }))
     }
 
@@ -189,7 +188,7 @@ impl pb::image_service_server::ImageService for ImageApi {
         _req: Request<pb::PruneImagesRequest>,
     ) -> Result<Response<pb::PruneImagesResponse>, Status> {
         let in_use = self.in_use.clone();
-        let r = self.store.prune(move |rec| in_use(rec)).await?;
+        let r = self.store.prune(move |rec| in_use(rec)).await.map_err(image_status)?;
         Ok(Response::new(pb::PruneImagesResponse {
             removed_images: r.images,
             removed_blobs: r.blobs,
@@ -207,7 +206,7 @@ impl pb::image_service_server::ImageService for ImageApi {
 
     async fn get_image(&self, req: Request<pb::GetImageRequest>) -> Result<Response<pb::GetImageResponse>, Status> {
         let image = required("image", req.into_inner().image)?;
-        let rec = self.store.get(&image)?;
+        let rec = self.store.get(&image).map_err(image_status)?;
         Ok(Response::new(pb::GetImageResponse { image: Some(image_to_pb(&rec)) }))
     }
 
@@ -217,7 +216,7 @@ impl pb::image_service_server::ImageService for ImageApi {
     ) -> Result<Response<pb::RemoveImageResponse>, Status> {
         let image = required("image", req.into_inner().image)?;
         let in_use = self.in_use.clone();
-        self.store.remove(&image, move |r| in_use(r)).await?;
+        self.store.remove(&image, move |r| in_use(r)).await.map_err(image_status)?;
         Ok(Response::new(pb::RemoveImageResponse {}))
     }
 }
@@ -225,12 +224,12 @@ impl pb::image_service_server::ImageService for ImageApi {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::images::layout::LayoutError;
-    use crate::images::unpack::UnpackError;
+    use bulkhead_oci::layout::LayoutError;
+    use bulkhead_oci::unpack::UnpackError;
 
     #[test]
     fn errors_map_to_codes_a_client_can_act_on() {
-        let code = |e: ImageError| Status::from(e).code();
+        let code = |e: ImageError| image_status(e).code();
         assert_eq!(code(ImageError::NotFound("x".into())), tonic::Code::NotFound);
         assert_eq!(code(ImageError::InUse { id: "sha256:x".into() }), tonic::Code::FailedPrecondition);
         let invalid = ImageError::Invalid { path: "/p".into(), source: LayoutError::UnknownFormat };
@@ -253,7 +252,7 @@ mod tests {
         };
         assert_eq!(code(local), tonic::Code::Internal);
         let missing = ImageError::OpenInput { path: "/p".into(), source: std::io::ErrorKind::NotFound.into() };
-        let s = Status::from(missing);
+        let s = image_status(missing);
         assert_eq!(s.code(), tonic::Code::NotFound);
         assert!(s.message().starts_with("opening /p: "), "{}", s.message());
     }

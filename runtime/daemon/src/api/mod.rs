@@ -19,7 +19,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::Status;
 
 use crate::hypervisor::Hypervisor;
-use crate::images::ImageStore;
+use bulkhead_oci::ImageStore;
 use crate::manager::{ManagerError, ZoneManager};
 use crate::workloads::WorkloadManager;
 

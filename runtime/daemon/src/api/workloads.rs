@@ -40,7 +40,7 @@ impl From<WorkloadError> for Status {
             WorkloadError::NotFound(_) => Status::not_found(msg),
             WorkloadError::AlreadyExists { .. } => Status::already_exists(msg),
             WorkloadError::Zone(z) => Status::from(z),
-            WorkloadError::Image(i) => Status::from(i),
+            WorkloadError::Image(i) => super::images::image_status(i),
             WorkloadError::Spec(_) => Status::invalid_argument(msg),
             WorkloadError::ZoneNotReady { .. }
             | WorkloadError::ZoneFailed { .. }

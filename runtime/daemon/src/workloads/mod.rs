@@ -22,11 +22,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, broadcast, mpsc, oneshot, watch};
 
 use crate::hypervisor::Hypervisor;
-use crate::images::{ImageError, ImageStore};
 use crate::link::{LinkClosed, ZoneLink};
 use crate::manager::{ManagerError, ZoneManager};
-use crate::store::{RecordStore, StoreError};
 use crate::zone::{Nanos, ZoneState, now};
+use bulkhead_oci::{ImageError, ImageStore};
+use bulkhead_store::{RecordStore, StoreError};
 use logs::{LogEntry, LogWriter};
 pub use spec::{SpecError, WorkloadRequest};
 
@@ -480,7 +480,7 @@ impl<H: Hypervisor> WorkloadManager<H> {
         state: &mut State,
         z: &crate::zone::ZoneRecord,
         domid: u32,
-        img: &crate::images::ImageRecord,
+        img: &bulkhead_oci::ImageRecord,
     ) -> Result<String, WorkloadError> {
         let key = (z.id.clone(), domid, img.id.clone());
         if let Some(d) = state.disks.get(&key) {

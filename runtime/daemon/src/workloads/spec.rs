@@ -7,7 +7,7 @@
 
 use bulkhead_wire::{CpuLimit, EnvVar, ResourceLimits, User, WorkloadSpec};
 
-use crate::images::ImageConfig;
+use bulkhead_oci::ImageConfig;
 
 /// What the API gives for one workload, already converted from protobuf.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -31,9 +31,5 @@ done
 [ "$(ours)" = "bulkhead-c1,bulkhead-c2,bulkhead-c3,bulkhead-c4,bulkhead-c5" ] || fail "xl lists [$(ours)]"
 for n in 1 2 3 4 5; do bulkhead zone destroy "c$n"; done
 
-sleep 1
-[ -z "$(ours)" ] || fail "domains left: $(ours)"
-[ -z "$(losetup -a)" ] || fail "loop devices left: $(losetup -a)"
-[ -z "$(ls -A /var/lib/bulkhead/zones)" ] || fail "zone records left: $(ls /var/lib/bulkhead/zones)"
-[ -z "$(ls -A /var/lib/bulkhead/workloads)" ] || fail "workload records left: $(ls /var/lib/bulkhead/workloads)"
+nothing_left
 echo "scenario ok"

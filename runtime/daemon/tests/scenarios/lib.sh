@@ -37,3 +37,10 @@ wait_state() { # wait_state ZONE STATE [TRIES]: polls every 0.2 s
   fail "zone $1 is $st, not $2"
 }
 
+nothing_left() { # fails unless the zones' domains, loop devices, zone and workload records are all gone
+  sleep 1
+  [ -z "$(ours)" ] || fail "domains left: $(ours)"
+  [ -z "$(losetup -a)" ] || fail "loop devices left: $(losetup -a)"
+  [ -z "$(ls -A /var/lib/bulkhead/zones)" ] || fail "zone records left: $(ls /var/lib/bulkhead/zones)"
+  [ -z "$(ls -A /var/lib/bulkhead/workloads)" ] || fail "workload records left: $(ls /var/lib/bulkhead/workloads)"
+}

@@ -92,10 +92,6 @@ echo "steady: $n ticks, none lost across the restart"
 for z in steady brief; do bulkhead zone destroy "$z"; done
 
 # Nothing left behind: no domain, loop device, zone or workload record, or log.
-sleep 1
-[ -z "$(ours)" ] || fail "domains left: $(ours)"
-[ -z "$(losetup -a)" ] || fail "loop devices left: $(losetup -a)"
-[ -z "$(ls -A /var/lib/bulkhead/zones)" ] || fail "zone records left: $(ls /var/lib/bulkhead/zones)"
-[ -z "$(ls -A /var/lib/bulkhead/workloads)" ] || fail "workload records left: $(ls /var/lib/bulkhead/workloads)"
+nothing_left
 [ -z "$(ls -A /var/lib/bulkhead/logs)" ] || fail "logs left: $(ls /var/lib/bulkhead/logs)"
 echo "scenario ok"

@@ -11,12 +11,13 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD as BASE64, URL_SAFE_NO_PAD as BASE64_URL};
 use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::secrets::RegistryAuth;
+// Re-exported so that tests of other crates can name the credentials they push with.
+pub use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
 use sha2::{Digest as _, Sha256};
 
 use super::write_busybox_layout;
-use crate::images::layout::{Compression, host_arch};
+use crate::layout::{Compression, host_arch};
 
 /// Debian's docker-registry.
 pub const REGISTRY: &str = "/usr/bin/docker-registry";
@@ -125,6 +126,11 @@ impl Registry {
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(reg)
+    }
+
+    /// The registry's storage (filesystem driver): what was pushed, servable by another docker-registry.
+    pub fn storage(&self) -> PathBuf {
+        self.dir.path().join("storage")
     }
 
     /// What the registry logged so far (its access log included).

@@ -19,16 +19,28 @@
 //! Registries are reached over HTTPS, except hosts configured `insecure`; a registry's `mirrors` are tried in
 //! order before it (with the upstream name in the `ns` query parameter, as containerd does), and a mirror
 //! that fails is logged and skipped.
+//!
+//! What a registry sends is bounded before it is buffered. oci-client reads a manifest's whole body into
+//! memory, so manifests (and image indexes) are fetched here, with oci-client's authentication but our own
+//! GET: a `Content-Length` over [`MAX_JSON_BYTES`] is refused before the body is read, and a body without
+//! one is read only up to that bound. Configs are blobs whose descriptor size is checked first, and blobs
+//! stream to disk. What still buffers unbounded, inside oci-client: the body of an error answer to a blob
+//! request, and the token service's answer during a bearer-token exchange.
+//!
+//! A blob download that fails for a transient reason (connection refused or reset, a timeout, a 5xx or 429
+//! answer) is retried with exponential backoff, [`RetryPolicy`]; a permanent failure (not found, refused
+//! credentials, a digest or size mismatch) is not.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
 use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::OciEnvelope;
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+use oci_client::{Client, Reference, RegistryOperation};
 use serde::Deserialize;
 
 #[cfg(doc)]
@@ -48,6 +60,35 @@ pub const ACCEPTED_MANIFESTS: &[&str] = &[
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// A read that brings nothing for this long fails the pull.
 const READ_TIMEOUT: Duration = Duration::from_secs(120);
+/// The part of a registry's error answer kept for the message.
+const MAX_ERROR_BODY: u64 = 64 << 10;
+
+/// How often and how patiently a blob download is retried after a transient failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all (1 = no retry).
+    pub attempts: u32,
+    /// The wait before the first retry; each further retry waits twice as long as the one before...
+    pub first_delay: Duration,
+    /// ...up to this.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// 4 attempts, waiting 1 s, 2 s and 4 s in between: rides out a registry restart or a dropped
+    /// connection, and gives up within seconds on a registry that stays down.
+    fn default() -> Self {
+        RetryPolicy { attempts: 4, first_delay: Duration::from_secs(1), max_delay: Duration::from_secs(8) }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before retry number `retry` (1-based).
+    pub fn delay(&self, retry: u32) -> Duration {
+        let factor = 1u32.checked_shl(retry.saturating_sub(1)).unwrap_or(u32::MAX);
+        self.first_delay.saturating_mul(factor).min(self.max_delay)
+    }
+}
 
 /// `[registries."<host>"]` in the daemon's configuration: how to reach one registry.
 #[derive(Clone, Default, PartialEq, Eq, Deserialize)]
@@ -204,6 +245,23 @@ fn registry_message(registry: &str, what: &str, kind: RegistryFailure) -> String
 }
 
 impl PullError {
+    /// Whether trying again may succeed: the connection failed, broke off or timed out, or the registry
+    /// answered 5xx or 429. Not found, refused credentials and wrong content are permanent.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PullError::Download { .. } => true,
+            PullError::Registry { source, .. } => match source {
+                OciDistributionError::RequestError(_) => true,
+                OciDistributionError::ServerError { code, .. } => *code >= 500 || *code == 429,
+                OciDistributionError::RegistryError { envelope, .. } => {
+                    envelope.errors.iter().any(|e| matches!(e.code, OciErrorCode::Toomanyrequests))
+                }
+                _ => false,
+            },
+            PullError::Content { .. } => false,
+        }
+    }
+
     /// How the caller should treat the failure, when it came from the registry's answer.
     pub fn registry_failure(&self) -> Option<RegistryFailure> {
         match self {
@@ -260,23 +318,39 @@ impl Registries {
         self.hosts.get(host)
     }
 
-    fn client(&self) -> Client {
+    fn insecure(&self, host: &str) -> bool {
+        self.hosts.get(host).is_some_and(|c| c.insecure)
+    }
+
+    /// oci-client's client, and a plain HTTP client for the requests made here (manifests).
+    fn clients(&self) -> Result<(Client, reqwest::Client), OciDistributionError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .user_agent(USER_AGENT)
+            .build()?;
         let insecure: Vec<String> = self.hosts.iter().filter(|(_, c)| c.insecure).map(|(h, _)| h.clone()).collect();
-        Client::new(ClientConfig {
+        let oci = Client::new(ClientConfig {
             protocol: if insecure.is_empty() { ClientProtocol::Https } else { ClientProtocol::HttpsExcept(insecure) },
             // Indexes are resolved here, from the raw manifest.
             platform_resolver: None,
             connect_timeout: Some(CONNECT_TIMEOUT),
             read_timeout: Some(READ_TIMEOUT),
-            user_agent: concat!("bulkheadd/", env!("CARGO_PKG_VERSION")),
+            user_agent: USER_AGENT,
             ..ClientConfig::default()
-        })
+        });
+        Ok((oci, http))
     }
 }
+
+const USER_AGENT: &str = concat!("bulkhead/", env!("CARGO_PKG_VERSION"));
 
 /// One registry (or mirror) session for one image: where requests go, and as whom.
 pub struct Session {
     client: Client,
+    http: reqwest::Client,
+    /// Plain HTTP to `host`.
+    insecure: bool,
     reference: Reference,
     auth: RegistryAuth,
     /// The host requests go to (a mirror, or the image's registry).
@@ -306,7 +380,12 @@ impl Session {
         name: &ImageName,
         credentials: Option<&Credentials>,
     ) -> Result<(Session, RawManifest), PullError> {
-        let client = registries.client();
+        let (client, http) = registries.clients().map_err(|source| PullError::Registry {
+            registry: name.domain.clone(),
+            what: "the manifest".into(),
+            kind: RegistryFailure::Unavailable,
+            source,
+        })?;
         let base = match (&name.digest, &name.tag) {
             (Some(d), _) => Reference::with_digest(name.domain.clone(), name.path.clone(), d.clone()),
             (None, Some(t)) => Reference::with_tag(name.domain.clone(), name.path.clone(), t.clone()),
@@ -318,11 +397,18 @@ impl Session {
             let mut reference = base.clone();
             reference.set_mirror_registry(mirror.clone());
             let auth = registries.get(mirror).map(RegistryConfig::auth).unwrap_or(RegistryAuth::Anonymous);
-            let session = Session { client: client.clone(), reference, auth, host: mirror.clone() };
+            let session = Session {
+                client: client.clone(),
+                http: http.clone(),
+                insecure: registries.insecure(mirror),
+                reference,
+                auth,
+                host: mirror.clone(),
+            };
             match session.manifest(name.digest.as_deref(), "the manifest").await {
                 Ok(m) => return Ok((session, m)),
                 Err(e) => {
-                    tracing::warn!(mirror = %mirror, image = %name.normalized(), error = %crate::api::message_chain(&e), "a registry mirror failed; trying the next source");
+                    tracing::warn!(mirror = %mirror, image = %name.normalized(), error = &e as &dyn std::error::Error, "a registry mirror failed; trying the next source");
                     last_err = Some(e);
                 }
             }
@@ -332,7 +418,8 @@ impl Session {
             (None, Some(c)) => c.auth(),
             (None, None) => RegistryAuth::Anonymous,
         };
-        let session = Session { client, reference: base, auth, host: name.domain.clone() };
+        let insecure = registries.insecure(&name.domain);
+        let session = Session { client, http, insecure, reference: base, auth, host: name.domain.clone() };
         match session.manifest(name.digest.as_deref(), "the manifest").await {
             Ok(m) => Ok((session, m)),
             // The upstream's own failure is the useful one, unless it is only "not reachable" after a mirror
@@ -356,19 +443,8 @@ impl Session {
             Some(d) => self.reference.clone_with_digest(d.to_owned()),
             None => self.reference.clone(),
         };
-        let (bytes, _) = self
-            .client
-            .pull_manifest_raw(&reference, &self.auth, ACCEPTED_MANIFESTS)
-            .await
-            .map_err(|source| self.registry_err(what, source))?;
+        let bytes = self.get_manifest(&reference, what).await?;
         let content = |source| PullError::Content { registry: self.host.clone(), source };
-        if bytes.len() as u64 > MAX_JSON_BYTES {
-            return Err(content(LayoutError::TooLarge {
-                what: what.to_owned(),
-                size: bytes.len() as u64,
-                limit: MAX_JSON_BYTES,
-            }));
-        }
         let actual = Sha256Hex::of(&bytes);
         if let Some(d) = digest {
             let expected = Sha256Hex::parse(d, what).map_err(content)?;
@@ -392,8 +468,79 @@ impl Session {
         self.client.pull_blob_stream(&self.reference, &desc).await.map_err(|source| self.registry_err(what, source))
     }
 
+    /// GETs the manifest `reference` names, authenticated as oci-client would, reading at most
+    /// [`MAX_JSON_BYTES`] of it (oci-client's own manifest requests buffer whatever the registry sends).
+    async fn get_manifest(&self, reference: &Reference, what: &str) -> Result<bytes::Bytes, PullError> {
+        let err = |source| self.registry_err(what, source);
+        // Trades the credentials for a token when the registry wants one (oci-client keeps it for the blob
+        // requests that follow); `None` means no token: basic credentials, if any, go with each request.
+        let token = self.client.auth(reference, &self.auth, RegistryOperation::Pull).await.map_err(err)?;
+        let url = format!(
+            "{scheme}://{registry}/v2/{repository}/manifests/{tag_or_digest}{ns}",
+            scheme = if self.insecure { "http" } else { "https" },
+            registry = reference.resolve_registry(),
+            repository = reference.repository(),
+            tag_or_digest = reference.digest().or(reference.tag()).unwrap_or("latest"),
+            ns = reference.namespace().map(|ns| format!("?ns={ns}")).unwrap_or_default(),
+        );
+        let mut request = self.http.get(&url).header(reqwest::header::ACCEPT, ACCEPTED_MANIFESTS.join(", "));
+        request = match (token, &self.auth) {
+            (Some(token), _) => request.bearer_auth(token),
+            (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
+            (None, _) => request,
+        };
+        let mut response = request.send().await.map_err(|e| err(e.into()))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body =
+                read_bounded(&mut response, MAX_ERROR_BODY).await.map_err(|e| err(e.into()))?.unwrap_or_default();
+            return Err(err(error_answer(status, &body, &url)));
+        }
+        let too_large = |size| PullError::Content {
+            registry: self.host.clone(),
+            source: LayoutError::TooLarge { what: what.to_owned(), size, limit: MAX_JSON_BYTES },
+        };
+        if let Some(size) = response.content_length().filter(|&n| n > MAX_JSON_BYTES) {
+            return Err(too_large(size));
+        }
+        // No (or a false) Content-Length: the bound holds while reading.
+        read_bounded(&mut response, MAX_JSON_BYTES)
+            .await
+            .map_err(|e| err(e.into()))?
+            .ok_or_else(|| too_large(MAX_JSON_BYTES + 1))
+    }
+
     fn registry_err(&self, what: &str, source: OciDistributionError) -> PullError {
         PullError::Registry { registry: self.host.clone(), what: what.to_owned(), kind: classify(&source), source }
+    }
+}
+
+/// Reads `response`'s body up to `limit` bytes: `None` when it is longer (the rest is not read).
+async fn read_bounded(response: &mut reqwest::Response, limit: u64) -> Result<Option<bytes::Bytes>, reqwest::Error> {
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = response.chunk().await? {
+        if (body.len() + chunk.len()) as u64 > limit {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body.freeze()))
+}
+
+/// The error a registry's non-success answer means, classified as oci-client classifies its own answers.
+fn error_answer(status: reqwest::StatusCode, body: &[u8], url: &str) -> OciDistributionError {
+    if status == reqwest::StatusCode::UNAUTHORIZED {
+        return OciDistributionError::UnauthorizedError { url: url.to_owned() };
+    }
+    match serde_json::from_slice::<OciEnvelope>(body) {
+        Ok(envelope) if status.is_client_error() => {
+            OciDistributionError::RegistryError { envelope, url: url.to_owned() }
+        }
+        _ => OciDistributionError::ServerError {
+            code: status.as_u16(),
+            url: url.to_owned(),
+            message: String::from_utf8_lossy(body).into_owned(),
+        },
     }
 }
 
@@ -418,6 +565,43 @@ mod tests {
         let url = RegistryConfig { mirrors: vec!["https://m.example".into()], ..RegistryConfig::default() };
         assert!(url.validate("docker.io").is_err_and(|e| e.contains("no scheme")));
         assert!(RegistryConfig::default().validate("bad host").is_err());
+    }
+
+    #[test]
+    fn retries_back_off_exponentially_up_to_the_cap() {
+        let p = RetryPolicy::default();
+        let delays: Vec<u64> = (1..=6).map(|r| p.delay(r).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 8, 8]);
+        assert_eq!(p.delay(u32::MAX), p.max_delay);
+    }
+
+    #[test]
+    fn only_transient_failures_are_retried() {
+        let registry = |code| PullError::Registry {
+            registry: "r".into(),
+            what: "w".into(),
+            kind: RegistryFailure::Unavailable,
+            source: OciDistributionError::ServerError { code, url: "u".into(), message: String::new() },
+        };
+        assert!(registry(503).is_transient() && registry(500).is_transient() && registry(429).is_transient());
+        assert!(!registry(404).is_transient() && !registry(400).is_transient());
+        let broke = PullError::Download {
+            registry: "r".into(),
+            what: "w".into(),
+            done: 1,
+            size: 2,
+            source: std::io::ErrorKind::ConnectionReset.into(),
+        };
+        assert!(broke.is_transient());
+        let mismatch = PullError::Content { registry: "r".into(), source: LayoutError::UnknownFormat };
+        assert!(!mismatch.is_transient());
+        let unauthorized = PullError::Registry {
+            registry: "r".into(),
+            what: "w".into(),
+            kind: RegistryFailure::Unauthorized,
+            source: OciDistributionError::UnauthorizedError { url: "u".into() },
+        };
+        assert!(!unauthorized.is_transient());
     }
 
     #[test]

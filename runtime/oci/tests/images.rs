@@ -11,16 +11,16 @@ mod imagecheck;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use bulkheadd::images::layout::{Compression, LayoutError};
-use bulkheadd::images::testing::{Fixture, tar_directory, write_busybox_layout};
-use bulkheadd::images::{ImageError, ImageFormat, ImageStore, ImageStoreConfig};
+use bulkhead_oci::layout::{Compression, LayoutError};
+use bulkhead_oci::testing::{Fixture, tar_directory, write_busybox_layout};
+use bulkhead_oci::{ImageError, ImageFormat, ImageStore, ImageStoreConfig};
 use imagecheck::{BUSYBOX, check_root_image, check_static_busybox};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 /// False (after saying why) only when the run deliberately skips root tests; panics when root is missing.
 fn privileged() -> bool {
-    bulkheadd::images::testing::root_or_skip("chown, loop mounts")
+    bulkhead_oci::testing::root_or_skip("chown, loop mounts")
 }
 
 struct Env {

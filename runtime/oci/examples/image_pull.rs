@@ -1,5 +1,5 @@
-//! Pulls one image into an image store directory with the daemon's store and nothing else of the daemon
-//! (no hypervisor, no API): for benchmarks (`ci/bench/image-pull.sh`) and for debugging a registry.
+//! Pulls one image into an image store directory with the image library alone (no hypervisor, no API):
+//! for benchmarks (`ci/bench/image-pull.sh`) and for debugging a registry.
 //!
 //!     image_pull STATE_DIR REFERENCE [--insecure HOST[:PORT]]...
 //!
@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use bulkheadd::images::pull::{PullProgress, Registries, RegistryConfig};
-use bulkheadd::images::{ImageStore, ImageStoreConfig};
+use bulkhead_oci::pull::{PullProgress, Registries, RegistryConfig};
+use bulkhead_oci::{ImageStore, ImageStoreConfig};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);

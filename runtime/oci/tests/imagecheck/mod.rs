@@ -6,8 +6,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use bulkheadd::images::testing::MTIME;
-use bulkheadd::images::{ImageRecord, ImageStore};
+use bulkhead_oci::testing::MTIME;
+use bulkhead_oci::{ImageRecord, ImageStore};
 
 pub type TestResult = Result<(), Box<dyn std::error::Error>>;
 

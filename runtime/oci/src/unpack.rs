@@ -1090,4 +1090,43 @@ pub(crate) mod tests {
         assert_eq!(std::fs::read(d.path().join(&long))?, b"hi");
         Ok(())
     }
+
+    /// Writes the seed corpus of the `layer_unpack` fuzz target (fuzz/seeds/layer_unpack): the layers these
+    /// tests use, hostile ones included, each plain and gzipped. Run it when the unpacker learns new entry
+    /// kinds: `cargo test -p bulkhead-oci --lib write_fuzz_seeds -- --ignored`.
+    #[test]
+    #[ignore = "writes into the source tree"]
+    fn write_fuzz_seeds() -> TestResult {
+        use std::io::Write as _;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/layer_unpack");
+        std::fs::create_dir_all(&dir)?;
+        let seeds = [
+            (
+                "tree",
+                tar_of(&[
+                    E::Dir("etc"),
+                    E::File("etc/passwd", b"root:x:0:0::/root:/bin/sh\n", 0o644),
+                    E::Sym("etc/link", "passwd"),
+                    E::Link("etc/hard", "etc/passwd"),
+                    E::Char("dev-null"),
+                ]),
+            ),
+            (
+                "whiteouts",
+                tar_of(&[E::Dir("d"), E::File("d/.wh..wh..opq", b"", 0o644), E::File(".wh.gone", b"", 0o644)]),
+            ),
+            ("dotdot", tar_of(&[E::File("../escaped", b"x", 0o644)])),
+            ("symlink-escape", tar_of(&[E::Sym("up", ".."), E::File("up/escaped", b"x", 0o644)])),
+            ("absolute-symlink", tar_of(&[E::Sym("etc", "/etc"), E::File("etc/escaped", b"x", 0o644)])),
+            ("hardlink-escape", tar_of(&[E::Link("h", "../../etc/passwd")])),
+            ("compressible", tar_of(&[E::File("zeros", &[0; 4096], 0o644), E::File("zeros", &[0; 4096], 0o644)])),
+        ];
+        for (name, tar) in seeds {
+            std::fs::write(dir.join(name), &tar)?;
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            gz.write_all(&tar)?;
+            std::fs::write(dir.join(format!("{name}.gz")), gz.finish()?)?;
+        }
+        Ok(())
+    }
 }

@@ -25,6 +25,14 @@ pub const MAX_KEY_LEN: usize = 128;
 /// Largest record file read back; a bigger one is treated as corrupt rather than loaded.
 pub const MAX_RECORD_BYTES: u64 = 4 << 20;
 
+/// Unix time in nanoseconds: the timestamps records carry.
+pub type Nanos = i64;
+
+/// The current time as [`Nanos`] (0 if the clock is before 1970).
+pub fn now() -> Nanos {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as Nanos).unwrap_or(0)
+}
+
 /// Errors of the store; each names the file and the operation.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -198,7 +198,7 @@ pub fn layer_plans(manifest: &ImageManifest, diff_ids: Vec<Sha256Hex>) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::images::testing::write_busybox_layout;
+    use crate::testing::write_busybox_layout;
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 

@@ -1,5 +1,7 @@
-//! Image import: an OCI image layout (directory or tar) or a `docker save` archive on the node becomes a
-//! read-only erofs root image that zones mount as a PV block device.
+//! Bulkhead's images: pulls from registries and imports of an OCI image layout (directory or tar) or a
+//! `docker save` archive, each becoming a read-only erofs root image that zones mount as a PV block device.
+//! Knows nothing of Xen, zones or the daemon's API: the daemon maps its errors and asks whether an image is
+//! in use.
 //!
 //! On disk, under `<state-dir>/images/`:
 //! - `<hex>.erofs`: one root image per image, named by the hex of its id;
@@ -48,10 +50,9 @@ use tokio::io::AsyncWriteExt as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::{RecordStore, StoreError};
-use crate::zone::{Nanos, now};
+use bulkhead_store::{Nanos, RecordStore, StoreError, now};
 use layout::{Compression, DigestReader, ImagePlan, InputDir, LayerPlan, LayoutError, MAX_JSON_BYTES, Sha256Hex};
-use pull::{Credentials, PullError, PullProgress, Registries, Session};
+use pull::{Credentials, PullError, PullProgress, Registries, RetryPolicy, Session};
 use reference::{ImageName, ReferenceError};
 use unpack::{StreamKind, UnpackError, UnpackLimits, Unpacker};
 
@@ -143,6 +144,8 @@ pub struct ImageStoreConfig {
     pub mkfs_erofs: PathBuf,
     /// How to reach registries (mirrors, plain HTTP, credentials).
     pub registries: Registries,
+    /// Retries of blob downloads that failed for a transient reason.
+    pub retry: RetryPolicy,
 }
 
 impl ImageStoreConfig {
@@ -153,6 +156,7 @@ impl ImageStoreConfig {
             limits: UnpackLimits::default(),
             mkfs_erofs: erofs::MKFS_EROFS.into(),
             registries: Registries::default(),
+            retry: RetryPolicy::default(),
         }
     }
 }
@@ -548,6 +552,38 @@ impl ImageStore {
         if size > limit {
             return Err(content(LayoutError::TooLarge { what: what.to_owned(), size, limit }));
         }
+        let policy = self.inner.cfg.retry;
+        let mut attempt = 1;
+        loop {
+            match self.download_blob(name, session, what, digest, size, report).await {
+                Err(ImageError::Pull { source, .. }) if source.is_transient() && attempt < policy.attempts => {
+                    let delay = policy.delay(attempt);
+                    tracing::warn!(
+                        blob = %digest.digest(), registry = session.host(), attempt, ?delay,
+                        error = &*source as &dyn std::error::Error, "a blob download failed; retrying"
+                    );
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    /// One attempt at [`ImageStore::fetch_blob`]'s download, which holds the blob's lock: streams the blob
+    /// into a temporary file, checks it, and moves it into place.
+    async fn download_blob(
+        &self,
+        name: &ImageName,
+        session: &Session,
+        what: &str,
+        digest: &Sha256Hex,
+        size: u64,
+        report: &(dyn Fn(u64, bool) + Send + Sync),
+    ) -> Result<(), ImageError> {
+        let wrap = |source| ImageError::Pull { reference: name.normalized(), source: Box::new(source) };
+        let content = |source| wrap(PullError::Content { registry: session.host().to_owned(), source });
+        let dest = self.inner.blob_path(digest);
         let mut stream = session.blob(what, digest, size).await.map_err(wrap)?;
         let tmp = tempfile::Builder::new()
             .prefix("blob-")
@@ -712,7 +748,9 @@ fn sniff(r: &mut impl BufRead) -> io::Result<Compression> {
     })
 }
 
-fn decompress<'a, R: BufRead + 'a>(r: R, c: Compression) -> io::Result<Box<dyn Read + 'a>> {
+/// The decompressed stream of a layer compressed with `c` (`None` and `Detect` pass it through: callers sniff
+/// first). Public for the fuzz target, which must exercise the decoders layers go through.
+pub fn decompress<'a, R: BufRead + 'a>(r: R, c: Compression) -> io::Result<Box<dyn Read + 'a>> {
     Ok(match c {
         Compression::None | Compression::Detect => Box::new(r),
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(r)),
