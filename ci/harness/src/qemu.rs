@@ -1,4 +1,6 @@
-//! Boots QEMU -> Xen -> dom0 and follows one scenario to its end.
+//! Boots QEMU -> Xen -> dom0 and follows one scenario to its end. Two kinds of machine: the test bed, whose
+//! Xen and dom0 QEMU's multiboot loader starts directly ([`Machine::Multiboot`]), and the node image, which
+//! the firmware (SeaBIOS or OVMF) boots from its disk through its own GRUB ([`Machine::Disk`]).
 //!
 //! Channels between the host and dom0 (dom0 is a Xen PV guest, but it owns the emulated PCI bus, so QEMU's
 //! virtio-serial device works there): each is a QEMU chardev that connects, as a client, to a unix socket this
@@ -38,21 +40,58 @@ const TIMEOUT_BACKSTOP: Duration = Duration::from_secs(45);
 /// How long to wait for QEMU to connect its chardevs.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// What the emulated machine boots.
+#[derive(Debug, Clone)]
+pub enum Machine {
+    /// QEMU's multiboot loader starts Xen with dom0's kernel and initramfs as modules (the test bed); the
+    /// runner chooses Xen's and dom0's options.
+    Multiboot {
+        /// Xen, as the uncompressed multiboot ELF.
+        xen: PathBuf,
+        /// The dom0 kernel.
+        dom0_kernel: PathBuf,
+        /// dom0's initramfs (the base archive with the run's archive appended).
+        initrd: PathBuf,
+        /// Memory Xen gives dom0; the rest is for zones.
+        dom0_memory_mib: u32,
+        /// Extra Xen command-line options, appended after the defaults (diagnosis of the bed itself).
+        xen_extra_args: Vec<String>,
+    },
+    /// The firmware boots a disk image (the node image), whose own boot loader and configuration start Xen
+    /// and dom0. The image is opened with `snapshot=on`: a boot never changes it.
+    Disk {
+        /// The raw disk image.
+        image: PathBuf,
+        /// A second disk for the scenario (the node image runs what it carries), attached read-only.
+        run_disk: PathBuf,
+        /// BIOS (SeaBIOS) or UEFI (OVMF).
+        firmware: Firmware,
+    },
+}
+
+/// Firmware for [`Machine::Disk`].
+#[derive(Debug, Clone)]
+pub enum Firmware {
+    /// QEMU's default SeaBIOS.
+    Bios,
+    /// OVMF: its code (read-only) and a private, writable copy of its variable store.
+    Uefi {
+        /// OVMF_CODE (read-only flash).
+        code: PathBuf,
+        /// A copy of OVMF_VARS for this run (writable flash).
+        vars: PathBuf,
+    },
+}
+
 /// Everything one boot needs.
 #[derive(Debug, Clone)]
 pub struct BootConfig {
     /// The QEMU binary.
     pub qemu: PathBuf,
-    /// Xen, as the uncompressed multiboot ELF.
-    pub xen: PathBuf,
-    /// The dom0 kernel.
-    pub dom0_kernel: PathBuf,
-    /// dom0's initramfs (the base archive with the run's archive appended).
-    pub initrd: PathBuf,
+    /// What the machine boots.
+    pub machine: Machine,
     /// Memory of the emulated machine.
     pub memory_mib: u32,
-    /// Memory Xen gives dom0; the rest is for zones.
-    pub dom0_memory_mib: u32,
     /// How long the scenario may run; dom0's init enforces it, the host backs it up.
     pub timeout: Duration,
     /// How long QEMU + Xen + dom0 may take to report ready.
@@ -61,8 +100,6 @@ pub struct BootConfig {
     pub run_dir: PathBuf,
     /// Copy the serial console to stderr as it arrives.
     pub echo_serial: bool,
-    /// Extra Xen command-line options, appended after the defaults (diagnosis of the bed itself).
-    pub xen_extra_args: Vec<String>,
 }
 
 /// Errors that stop a boot before there is an outcome to report.
@@ -99,26 +136,19 @@ fn socket_path(run_dir: &Path, name: &str) -> PathBuf {
 
 /// QEMU's arguments for `cfg`. Pure, so the command line is unit-tested.
 pub fn qemu_args(cfg: &BootConfig) -> Result<Vec<OsString>, BootError> {
-    for p in [&cfg.xen, &cfg.dom0_kernel, &cfg.initrd, &cfg.run_dir] {
-        if p.to_string_lossy().contains(',') {
-            return Err(BootError::CommaInPath(p.clone()));
+    let mut paths = vec![&cfg.run_dir];
+    match &cfg.machine {
+        Machine::Multiboot { xen, dom0_kernel, initrd, .. } => paths.extend([xen, dom0_kernel, initrd]),
+        Machine::Disk { image, run_disk, firmware } => {
+            paths.extend([image, run_disk]);
+            if let Firmware::Uefi { code, vars } = firmware {
+                paths.extend([code, vars]);
+            }
         }
     }
-    // spec-ctrl=eager-fpu: Xen switches every vCPU's FPU/SSE/AVX state on each context switch instead of
-    // lazily (CR0.TS + #NM), its default on the AMD CPU QEMU's TCG `-cpu max` presents. With lazy switching,
-    // dom0 processes had their registers corrupted while other domains ran (segfaults, GP faults, glibc heap
-    // aborts, wrong sha256sums; ci/scenarios/concurrent-pv-boots.sh measures it). Emulated machines only: lazy
-    // switching with XSAVE corrupted (also without AVX, XSAVEOPT or XGETBV1), lazy switching on a CPU without
-    // XSAVE (FXSAVE) did not, so TCG's XSAVE/XRSTOR under CR0.TS is the suspect. Real hardware needs nothing.
-    let xen_args = format!(
-        "console=com1 com1=115200,8n1 dom0_mem={m}M,max:{m}M dom0_max_vcpus=1 noreboot spec-ctrl=eager-fpu",
-        m = cfg.dom0_memory_mib
-    );
-    let xen_args = std::iter::once(xen_args).chain(cfg.xen_extra_args.iter().cloned()).collect::<Vec<_>>().join(" ");
-    // Multiboot module lines are comma-separated, so dom0's arguments must not contain commas. Xen strips
-    // the first word of each module line (it stands for the file name).
-    let dom0_args = format!("console=hvc0 earlyprintk=xen quiet loglevel=4 bulkhead.timeout={}", cfg.timeout.as_secs());
-    let modules = format!("{} {},{}", cfg.dom0_kernel.display(), dom0_args, cfg.initrd.display());
+    if let Some(p) = paths.into_iter().find(|p| p.to_string_lossy().contains(',')) {
+        return Err(BootError::CommaInPath(p.clone()));
+    }
     let mut args: Vec<OsString> = [
         "-accel",
         "tcg",
@@ -141,12 +171,52 @@ pub fn qemu_args(cfg: &BootConfig) -> Result<Vec<OsString>, BootError> {
     .collect();
     args.push("-m".into());
     args.push(cfg.memory_mib.to_string().into());
-    args.push("-kernel".into());
-    args.push(cfg.xen.clone().into_os_string());
-    args.push("-append".into());
-    args.push(xen_args.into());
-    args.push("-initrd".into());
-    args.push(modules.into());
+    match &cfg.machine {
+        Machine::Multiboot { xen, dom0_kernel, initrd, dom0_memory_mib, xen_extra_args } => {
+            // spec-ctrl=eager-fpu: Xen switches every vCPU's FPU/SSE/AVX state on each context switch instead
+            // of lazily (CR0.TS + #NM), its default on the AMD CPU QEMU's TCG `-cpu max` presents. With lazy
+            // switching, dom0 processes had their registers corrupted while other domains ran (segfaults, GP
+            // faults, glibc heap aborts, wrong sha256sums; ci/scenarios/concurrent-pv-boots.sh measures it).
+            // Emulated machines only: lazy switching with XSAVE corrupted (also without AVX, XSAVEOPT or
+            // XGETBV1), lazy switching on a CPU without XSAVE (FXSAVE) did not, so TCG's XSAVE/XRSTOR under
+            // CR0.TS is the suspect. Real hardware needs nothing. (The node image sets it in image/boot.conf.)
+            let xen_args = format!(
+                "console=com1 com1=115200,8n1 dom0_mem={m}M,max:{m}M dom0_max_vcpus=1 noreboot spec-ctrl=eager-fpu",
+                m = dom0_memory_mib
+            );
+            let xen_args =
+                std::iter::once(xen_args).chain(xen_extra_args.iter().cloned()).collect::<Vec<_>>().join(" ");
+            // Multiboot module lines are comma-separated, so dom0's arguments must not contain commas. Xen
+            // strips the first word of each module line (it stands for the file name).
+            let dom0_args =
+                format!("console=hvc0 earlyprintk=xen quiet loglevel=4 bulkhead.timeout={}", cfg.timeout.as_secs());
+            let modules = format!("{} {},{}", dom0_kernel.display(), dom0_args, initrd.display());
+            args.push("-kernel".into());
+            args.push(xen.clone().into_os_string());
+            args.push("-append".into());
+            args.push(xen_args.into());
+            args.push("-initrd".into());
+            args.push(modules.into());
+        }
+        Machine::Disk { image, run_disk, firmware } => {
+            if let Firmware::Uefi { code, vars } = firmware {
+                args.push("-drive".into());
+                args.push(format!("if=pflash,format=raw,unit=0,readonly=on,file={}", code.display()).into());
+                args.push("-drive".into());
+                args.push(format!("if=pflash,format=raw,unit=1,file={}", vars.display()).into());
+            }
+            // virtio-blk: both firmwares boot from it and dom0's initramfs has the driver. The image is
+            // opened as a snapshot (writes go to a temporary overlay), so every boot is a first boot.
+            args.push("-drive".into());
+            args.push(format!("if=none,id=os,format=raw,snapshot=on,file={}", image.display()).into());
+            args.push("-device".into());
+            args.push("virtio-blk-pci,drive=os,bootindex=0".into());
+            args.push("-drive".into());
+            args.push(format!("if=none,id=run,format=raw,readonly=on,file={}", run_disk.display()).into());
+            args.push("-device".into());
+            args.push("virtio-blk-pci,drive=run".into());
+        }
+    }
     for name in CHANNELS {
         args.push("-chardev".into());
         args.push(format!("socket,id={name},path={}", socket_path(&cfg.run_dir, name).display()).into());
@@ -457,16 +527,26 @@ mod tests {
     fn cfg() -> BootConfig {
         BootConfig {
             qemu: "qemu-system-x86_64".into(),
-            xen: "/c/xen".into(),
-            dom0_kernel: "/c/vmlinuz".into(),
-            initrd: "/r/initrd.cpio".into(),
+            machine: Machine::Multiboot {
+                xen: "/c/xen".into(),
+                dom0_kernel: "/c/vmlinuz".into(),
+                initrd: "/r/initrd.cpio".into(),
+                dom0_memory_mib: 1024,
+                xen_extra_args: Vec::new(),
+            },
             memory_mib: 2048,
-            dom0_memory_mib: 1024,
             timeout: Duration::from_secs(60),
             boot_timeout: Duration::from_secs(300),
             run_dir: "/r".into(),
             echo_serial: false,
-            xen_extra_args: Vec::new(),
+        }
+    }
+
+    fn disk_cfg(firmware: Firmware) -> BootConfig {
+        BootConfig {
+            machine: Machine::Disk { image: "/i/node.raw".into(), run_disk: "/r/run.img".into(), firmware },
+            memory_mib: 1536,
+            ..cfg()
         }
     }
 
@@ -508,7 +588,29 @@ mod tests {
     #[test]
     fn commas_in_paths_are_refused() {
         let mut c = cfg();
-        c.initrd = "/r/a,b.cpio".into();
+        if let Machine::Multiboot { initrd, .. } = &mut c.machine {
+            *initrd = "/r/a,b.cpio".into();
+        }
         assert!(matches!(qemu_args(&c), Err(BootError::CommaInPath(_))));
+        let c = disk_cfg(Firmware::Uefi { code: "/o/code.fd".into(), vars: "/r/va,rs.fd".into() });
+        assert!(matches!(qemu_args(&c), Err(BootError::CommaInPath(_))));
+    }
+
+    #[test]
+    fn a_disk_machine_boots_its_image_from_firmware_with_the_run_disk_read_only() {
+        let s = joined(&qemu_args(&disk_cfg(Firmware::Bios)).unwrap_or_default());
+        assert!(!s.contains("-kernel"), "the image's own boot loader starts Xen: {s}");
+        assert!(!s.contains("pflash"), "BIOS needs no flash: {s}");
+        assert!(s.contains("if=none,id=os,format=raw,snapshot=on,file=/i/node.raw"), "{s}");
+        assert!(s.contains("virtio-blk-pci,drive=os,bootindex=0"), "{s}");
+        assert!(s.contains("if=none,id=run,format=raw,readonly=on,file=/r/run.img"), "{s}");
+        assert!(s.contains("-m 1536"), "{s}");
+        assert!(s.contains("chardev=status,name=bulkhead.status"), "the same channels as the bed: {s}");
+        let s = joined(
+            &qemu_args(&disk_cfg(Firmware::Uefi { code: "/o/code.fd".into(), vars: "/r/vars.fd".into() }))
+                .unwrap_or_default(),
+        );
+        assert!(s.contains("if=pflash,format=raw,unit=0,readonly=on,file=/o/code.fd"), "{s}");
+        assert!(s.contains("if=pflash,format=raw,unit=1,file=/r/vars.fd"), "{s}");
     }
 }

@@ -85,10 +85,17 @@ async fn serve(cfg: Config, hv: LibxlHypervisor) -> anyhow::Result<()> {
                 _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
                 _ = int.recv() => tracing::info!("SIGINT: shutting down"),
             }
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
             stop.cancel();
         }
     };
     tracing::info!(socket = %cfg.control_socket.display(), "serving the control API");
+    // The socket listens and clients' connections queue from here on: tell systemd (Type=notify) that the
+    // daemon is ready, so units ordered after it (and `systemctl start`) wait until the CLI can connect.
+    // Outside systemd ($NOTIFY_SOCKET unset) this does nothing.
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "telling systemd that the daemon is ready failed");
+    }
     let served = tonic::transport::Server::builder()
         .add_routes(services(manager.clone(), images, workloads))
         .serve_with_incoming_shutdown(incoming, shutdown)

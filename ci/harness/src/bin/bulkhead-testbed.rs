@@ -1,5 +1,6 @@
-//! The QEMU runner behind `ci/testbed run`: boots one prepared run directory and exits with the scenario's
-//! exit code, 124 when it timed out, 125 when the test bed failed. `ci/testbed` prepares its inputs.
+//! The QEMU runner behind `ci/testbed run` and `ci/image boot`: boots one prepared run directory (the test
+//! bed's Xen and dom0, or a node image's disk) and exits with the scenario's exit code, 124 when it timed
+//! out, 125 when the test machine failed. The scripts prepare its inputs.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,25 +8,39 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bulkhead_testbed::outcome::{EXIT_BED_FAILURE, Outcome};
-use bulkhead_testbed::qemu::{self, BootConfig};
+use bulkhead_testbed::qemu::{self, BootConfig, Firmware, Machine};
 use clap::Parser;
 
 #[derive(Debug, Parser)]
-#[command(about = "Boot QEMU -> Xen -> dom0 and follow one scenario (use ci/testbed run, which prepares the inputs)")]
+#[command(
+    about = "Boot QEMU -> Xen -> dom0 and follow one scenario (use ci/testbed run or ci/image boot, which prepare the inputs)"
+)]
 struct Args {
-    /// Xen as an uncompressed multiboot ELF.
-    #[arg(long)]
-    xen: PathBuf,
-    /// dom0's kernel.
-    #[arg(long)]
-    dom0_kernel: PathBuf,
-    /// dom0's initramfs.
-    #[arg(long)]
-    initrd: PathBuf,
+    /// Xen as an uncompressed multiboot ELF (test bed).
+    #[arg(long, required_unless_present = "disk", requires_all = ["dom0_kernel", "initrd"])]
+    xen: Option<PathBuf>,
+    /// dom0's kernel (test bed).
+    #[arg(long, conflicts_with = "disk")]
+    dom0_kernel: Option<PathBuf>,
+    /// dom0's initramfs (test bed).
+    #[arg(long, conflicts_with = "disk")]
+    initrd: Option<PathBuf>,
+    /// A raw disk image to boot through its own firmware boot loader (the node image), instead of --xen.
+    #[arg(long, conflicts_with = "xen", requires = "run_disk")]
+    disk: Option<PathBuf>,
+    /// With --disk: the disk carrying the scenario (ci/image boot makes it), attached read-only.
+    #[arg(long, requires = "disk")]
+    run_disk: Option<PathBuf>,
+    /// With --disk: boot with UEFI, from this OVMF code image (default: BIOS).
+    #[arg(long, requires_all = ["disk", "uefi_vars"])]
+    uefi_code: Option<PathBuf>,
+    /// With --uefi-code: this run's copy of OVMF's variable store (written by the firmware).
+    #[arg(long, requires = "uefi_code")]
+    uefi_vars: Option<PathBuf>,
     /// Memory of the emulated machine, MiB.
     #[arg(long, default_value_t = 2048)]
     memory: u32,
-    /// Memory for dom0, MiB.
+    /// Memory for dom0, MiB (test bed; a disk image sets its own).
     #[arg(long, default_value_t = 1024)]
     dom0_memory: u32,
     /// Seconds the scenario may run.
@@ -46,7 +61,7 @@ struct Args {
     /// Copy the serial console to stderr.
     #[arg(long)]
     echo_serial: bool,
-    /// An extra Xen command-line option (repeatable), appended after the defaults.
+    /// An extra Xen command-line option (repeatable), appended after the defaults (test bed).
     #[arg(long = "xen-arg")]
     xen_args: Vec<String>,
     /// QEMU binary.
@@ -66,29 +81,38 @@ fn main() -> ExitCode {
 
 fn real_main() -> anyhow::Result<i32> {
     let a = Args::parse();
-    let min = a.dom0_memory + 128;
-    anyhow::ensure!(
-        a.memory >= min,
-        "--memory {} is too small: dom0 alone takes {} MiB; give at least {min}",
-        a.memory,
-        a.dom0_memory
-    );
+    let machine = match (a.xen, a.dom0_kernel, a.initrd, a.disk, a.run_disk) {
+        (Some(xen), Some(dom0_kernel), Some(initrd), None, None) => {
+            let min = a.dom0_memory + 128;
+            anyhow::ensure!(
+                a.memory >= min,
+                "--memory {} is too small: dom0 alone takes {} MiB; give at least {min}",
+                a.memory,
+                a.dom0_memory
+            );
+            Machine::Multiboot { xen, dom0_kernel, initrd, dom0_memory_mib: a.dom0_memory, xen_extra_args: a.xen_args }
+        }
+        (None, None, None, Some(image), Some(run_disk)) => {
+            let firmware = match (a.uefi_code, a.uefi_vars) {
+                (Some(code), Some(vars)) => Firmware::Uefi { code, vars },
+                _ => Firmware::Bios,
+            };
+            Machine::Disk { image, run_disk, firmware }
+        }
+        _ => anyhow::bail!("give either --xen, --dom0-kernel and --initrd, or --disk and --run-disk"),
+    };
     let cfg = BootConfig {
         qemu: a.qemu,
-        xen: a.xen,
-        dom0_kernel: a.dom0_kernel,
-        initrd: a.initrd,
+        machine,
         memory_mib: a.memory,
-        dom0_memory_mib: a.dom0_memory,
         timeout: Duration::from_secs(a.timeout),
         boot_timeout: Duration::from_secs(a.boot_timeout),
         run_dir: a.run_dir.clone(),
         echo_serial: a.echo_serial,
-        xen_extra_args: a.xen_args,
     };
-    let result = qemu::run(&cfg).context("booting the test bed");
-    if a.consume_initrd {
-        let _ = std::fs::remove_file(&cfg.initrd);
+    let result = qemu::run(&cfg).context("booting the test machine");
+    if let (true, Machine::Multiboot { initrd, .. }) = (a.consume_initrd, &cfg.machine) {
+        let _ = std::fs::remove_file(initrd);
     }
     let outcome = result?;
     write_outcome(&a.run_dir.join("outcome.json"), &outcome)?;
