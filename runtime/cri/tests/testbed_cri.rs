@@ -4,9 +4,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use bulkhead_testbed::Scenario;
 use bulkhead_oci::layout::Compression;
 use bulkhead_oci::testing::{tar_directory, write_busybox_layout};
+use bulkhead_testbed::Scenario;
 
 #[test]
 #[ignore = "boots the Xen test bed (needs root; run by ci/test testbed)"]

@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bulkheadd::hypervisor::fake::FakeHypervisor;
 use bulkhead_oci::layout::Compression;
 use bulkhead_oci::testing::write_busybox_layout;
 use bulkhead_oci::{ImageStore, ImageStoreConfig};
-use bulkheadd::manager::{ManagerConfig, ZoneManager};
 use bulkhead_store::RecordStore;
+use bulkheadd::hypervisor::fake::FakeHypervisor;
+use bulkheadd::manager::{ManagerConfig, ZoneManager};
 use bulkheadd::workloads::WorkloadManager;
 use bulkheadd::zone::HostVirtCaps;
 use hyper_util::rt::TokioIo;

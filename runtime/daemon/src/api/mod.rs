@@ -19,9 +19,9 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::Status;
 
 use crate::hypervisor::Hypervisor;
-use bulkhead_oci::ImageStore;
 use crate::manager::{ManagerError, ZoneManager};
 use crate::workloads::WorkloadManager;
+use bulkhead_oci::ImageStore;
 
 /// The user-facing message of an error: its own text and its causes, on one line.
 pub(crate) fn message_chain(e: &dyn std::error::Error) -> String {
