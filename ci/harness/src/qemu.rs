@@ -60,7 +60,7 @@ pub enum Machine {
     /// The firmware boots a disk image (the node image), whose own boot loader and configuration start Xen
     /// and dom0. The image is opened with `snapshot=on`: a boot never changes it.
     Disk {
-        /// The raw disk image.
+        /// The disk image: qcow2 when its name ends in `.qcow2`, else raw.
         image: PathBuf,
         /// A second disk for the scenario (the node image runs what it carries), attached read-only.
         run_disk: PathBuf,
@@ -207,8 +207,10 @@ pub fn qemu_args(cfg: &BootConfig) -> Result<Vec<OsString>, BootError> {
             }
             // virtio-blk: both firmwares boot from it and dom0's initramfs has the driver. The image is
             // opened as a snapshot (writes go to a temporary overlay), so every boot is a first boot.
+            // A qcow2 (e.g. an overlay with a larger virtual disk over the raw image) or a raw image.
+            let format = if image.extension().is_some_and(|e| e == "qcow2") { "qcow2" } else { "raw" };
             args.push("-drive".into());
-            args.push(format!("if=none,id=os,format=raw,snapshot=on,file={}", image.display()).into());
+            args.push(format!("if=none,id=os,format={format},snapshot=on,file={}", image.display()).into());
             args.push("-device".into());
             args.push("virtio-blk-pci,drive=os,bootindex=0".into());
             args.push("-drive".into());
@@ -605,6 +607,16 @@ mod tests {
         assert!(s.contains("virtio-blk-pci,drive=os,bootindex=0"), "{s}");
         assert!(s.contains("if=none,id=run,format=raw,readonly=on,file=/r/run.img"), "{s}");
         assert!(s.contains("-m 1536"), "{s}");
+        let overlay = BootConfig {
+            machine: Machine::Disk {
+                image: "/r/node.qcow2".into(),
+                run_disk: "/r/run.img".into(),
+                firmware: Firmware::Bios,
+            },
+            ..cfg()
+        };
+        let o = joined(&qemu_args(&overlay).unwrap_or_default());
+        assert!(o.contains("if=none,id=os,format=qcow2,snapshot=on,file=/r/node.qcow2"), "{o}");
         assert!(s.contains("chardev=status,name=bulkhead.status"), "the same channels as the bed: {s}");
         let s = joined(
             &qemu_args(&disk_cfg(Firmware::Uefi { code: "/o/code.fd".into(), vars: "/r/vars.fd".into() }))

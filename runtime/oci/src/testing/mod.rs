@@ -186,9 +186,12 @@ pub fn write_busybox_layout(dir: &Path, busybox: &Path, compression: Compression
     Ok(Fixture { manifest_digest, config_digest, layer_blobs })
 }
 
-/// Writes `dir` as a tar file `out` (what `tar -C dir -cf out .` would).
+/// Writes `dir` as a tar file `out` (what `tar -C dir -cf out .` would), deterministically: fixed mtimes,
+/// owners and modes, so the same directory gives the same tar (the node image bakes one in and is rebuilt
+/// only when its inputs change).
 pub fn tar_directory(dir: &Path, out: &Path) -> io::Result<()> {
     let mut b = tar::Builder::new(fs::File::create(out)?);
+    b.mode(tar::HeaderMode::Deterministic);
     b.follow_symlinks(false);
     b.append_dir_all(".", dir)?;
     b.into_inner()?.sync_all()
