@@ -301,15 +301,15 @@ pub(crate) async fn serve_spdy<R: StreamingRuntime>(
     let (io, ends) = wire(opts, proto);
     let mut inputs = JoinSet::new();
     let mut outputs = JoinSet::new();
-    // Streams only the client writes are half-closed at once; the client never reads them.
+    // This end's side of the client-written streams stays open until the command ends: client-go closes its
+    // stdin stream as soon as it sees our FIN on it, even while its copy of stdin is still under way, and the
+    // bytes not yet sent are then lost (kubelet never half-closes it either).
     let mut kept = Vec::new();
-    if let (Some(mut s), Some(pipe)) = (streams.stdin, ends.stdin) {
-        let _ = s.writer.finish().await;
+    if let (Some(s), Some(pipe)) = (streams.stdin, ends.stdin) {
         inputs.spawn(async move { s.reader.copy_to(pipe).await });
         kept.push(s.writer);
     }
     if let (Some(mut s), Some(tx)) = (streams.resize, ends.resize) {
-        let _ = s.writer.finish().await;
         kept.push(s.writer);
         inputs.spawn(async move {
             let mut dec = ResizeDecoder::default();
@@ -339,6 +339,9 @@ pub(crate) async fn serve_spdy<R: StreamingRuntime>(
         let _ = err.writer.finish().await;
     }
     inputs.abort_all();
+    for mut w in kept {
+        let _ = w.finish().await;
+    }
     session.close().await;
     Ok(())
 }
@@ -425,6 +428,88 @@ mod tests {
     use super::*;
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    /// Writes "ready" as soon as it runs, then echoes stdin to stdout.
+    struct EchoAfterReady;
+
+    impl StreamingRuntime for EchoAfterReady {
+        async fn exec(&self, _req: ExecRequest, _io: StreamIo) -> Result<i32, RuntimeError> {
+            Err("exec is not used here".into())
+        }
+
+        async fn attach(&self, _req: AttachRequest, mut io: StreamIo) -> Result<(), RuntimeError> {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (Some(mut stdin), Some(mut stdout)) = (io.stdin.take(), io.stdout.take()) else {
+                return Err("stdin and stdout are needed".into());
+            };
+            stdout.write_all(b"ready").await?;
+            let mut input = Vec::new();
+            stdin.read_to_end(&mut input).await?;
+            stdout.write_all(&input).await?;
+            Ok(())
+        }
+
+        async fn port_forward(&self, _pod: &str, _port: u16, _stream: DuplexStream) -> Result<(), RuntimeError> {
+            Err("port-forward is not used here".into())
+        }
+    }
+
+    // client-go closes its stdin stream as soon as the server half-closes it, even with stdin bytes still
+    // to send. So no FIN may reach the client on stdin while the command runs: the runtime's "ready" on
+    // stdout proves it runs, and the session's frames arrive in order.
+    #[tokio::test]
+    async fn stdin_stays_open_while_the_command_runs() -> TestResult {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_util::codec::{FramedRead, FramedWrite};
+
+        use crate::spdy::frame::{FLAG_FIN, Frame, FrameDecoder, FrameEncoder};
+
+        let (server_io, client_io) = tokio::io::duplex(1 << 20);
+        let (rd, wr) = tokio::io::split(client_io);
+        let (mut rd, mut wr) =
+            (FramedRead::new(rd, FrameDecoder::default()), FramedWrite::new(wr, FrameEncoder::default()));
+        let cmd = Command::Attach(AttachRequest {
+            container_id: "c".into(),
+            tty: false,
+            stdin: true,
+            stdout: true,
+            stderr: false,
+        });
+        let server = tokio::spawn(serve_spdy(
+            Arc::new(EchoAfterReady),
+            Session::start(server_io),
+            Protocol::V4,
+            cmd,
+            Duration::from_secs(5),
+        ));
+        let (error, stdin, stdout) = (1, 3, 5);
+        for (id, ty) in [(error, "error"), (stdin, "stdin"), (stdout, "stdout")] {
+            let headers = vec![("streamtype".to_owned(), ty.to_owned())];
+            wr.send(Frame::SynStream { stream_id: id, associated_to: 0, priority: 0, flags: 0, headers }).await?;
+        }
+        let mut out = Vec::new();
+        while !out.starts_with(b"ready") {
+            match rd.next().await.ok_or("the session ended before the command ran")?? {
+                Frame::Data { stream_id, flags, .. } if stream_id == stdin && flags & FLAG_FIN != 0 => {
+                    return Err("the server half-closed stdin before the command ran".into());
+                }
+                Frame::Data { stream_id, data, .. } if stream_id == stdout => out.extend_from_slice(&data),
+                _ => {}
+            }
+        }
+        wr.send(Frame::Data { stream_id: stdin, flags: FLAG_FIN, data: Bytes::from_static(b"in") }).await?;
+        while let Some(frame) = rd.next().await {
+            match frame? {
+                Frame::Data { stream_id, data, .. } if stream_id == stdout => out.extend_from_slice(&data),
+                Frame::GoAway { .. } => break,
+                _ => {}
+            }
+        }
+        drop((rd, wr));
+        server.await??;
+        assert_eq!(String::from_utf8_lossy(&out), "readyin");
+        Ok(())
+    }
 
     #[test]
     fn v4_statuses_parse_as_client_go_expects() -> TestResult {

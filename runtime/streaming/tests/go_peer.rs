@@ -224,11 +224,7 @@ async fn exec_over_websocket_as_client_go_sees_it() -> TestResult {
     exec_case("ws").await
 }
 
-// Flaky in a fresh-clone CI run: once the runtime saw stdin's EOF without its bytes ("attached:" instead of
-// "attached:in"). Suspected: stdin data arriving before all of a command's streams are accepted is lost.
-// Kept runnable by hand (`--ignored`) until that race is found and fixed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky: attach's stdin bytes are sometimes lost before EOF; see the comment"]
 async fn attach_over_spdy_and_websocket() -> TestResult {
     let Some(peer) = peer() else { return Ok(()) };
     let rt = start().await?;
