@@ -19,6 +19,33 @@ start_daemon() {
   cat "$daemon_log" >&2
   exit 1
 }
+# start_registry STORAGE: Debian's docker-registry on dom0's 127.0.0.1:5000 serving STORAGE (a registry's
+# storage directory made on the host), and bulkheadd configured to pull from it over plain HTTP. Call it
+# before start_daemon.
+start_registry() {
+  cat >/root/registry.yml <<YML
+version: 0.1
+log:
+  level: info
+storage:
+  filesystem:
+    rootdirectory: $1
+http:
+  addr: 127.0.0.1:5000
+YML
+  docker-registry serve /root/registry.yml >/tmp/registry.log 2>&1 &
+  echo $! >/tmp/registry.pid
+  # Go's start under emulation takes seconds: up to 60 s.
+  for _ in $(seq 120); do
+    if (exec 3<>/dev/tcp/127.0.0.1/5000) 2>/dev/null; then
+      printf '\n[registries."127.0.0.1:5000"]\ninsecure = true\n' >>/etc/bulkhead/bulkheadd.toml
+      return 0
+    fi
+    sleep 0.5
+  done
+  cat /tmp/registry.log >&2
+  fail "docker-registry did not listen on 127.0.0.1:5000"
+}
 fail() {
   echo "FAILED: $*" >&2
   exit 1

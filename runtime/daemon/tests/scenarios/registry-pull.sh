@@ -9,29 +9,7 @@ set -Eeuo pipefail
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
 
-# The bed's dom0 has no network device and its init leaves loopback down.
-ip link set lo up
-cat >/root/registry.yml <<'YML'
-version: 0.1
-log:
-  level: info
-storage:
-  filesystem:
-    rootdirectory: /root/registry-storage
-http:
-  addr: 127.0.0.1:5000
-YML
-docker-registry serve /root/registry.yml >/tmp/registry.log 2>&1 &
-registry_pid=$!
-up=0
-# Go's start under emulation takes seconds: up to 60 s.
-for _ in $(seq 120); do
-  if (exec 3<>/dev/tcp/127.0.0.1/5000) 2>/dev/null; then up=1; break; fi
-  sleep 0.5
-done
-[ $up = 1 ] || { cat /tmp/registry.log >&2; fail "docker-registry did not listen on 127.0.0.1:5000"; }
-printf '\n[registries."127.0.0.1:5000"]\ninsecure = true\n' >>/etc/bulkhead/bulkheadd.toml
-
+start_registry /root/registry-storage
 start_daemon
 image=127.0.0.1:5000/test/busybox:gzip
 t0=$(now)
@@ -44,7 +22,7 @@ out=$(bulkhead zone launch --image "$image" --name pulled --memory 48 --attach -
 [ "$out" = pulled-marker ] || fail "launch --attach printed [$out]"
 [ "$rc" = 5 ] || fail "the workload's exit 5 gave $rc"
 bulkhead zone destroy pulled
-kill "$registry_pid"
+kill "$(cat /tmp/registry.pid)"
 
 # Nothing left behind: no domain, loop device, zone or workload record.
 nothing_left

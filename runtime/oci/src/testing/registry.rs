@@ -489,6 +489,20 @@ pub async fn push_all(addr: &str, auth: RegistryAuth, busybox: &Path) -> Result<
     Ok(Pushed { _layouts: layouts, gzip, gzip_layers, zstd, multi_native, docker_native })
 }
 
+/// Fills `dest` (which must not exist) with the storage of a docker-registry holding [`push_all`]'s images,
+/// for a registry that serves it elsewhere (the test bed's dom0 has docker-registry but nothing to push
+/// with): a registry on this host is started, pushed to, and its storage copied once the pushes returned.
+pub fn busybox_storage(busybox: &Path, dest: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let reg = Registry::start(None)?;
+    rt.block_on(push_all(&reg.addr, RegistryAuth::Anonymous, busybox))?;
+    let st = Command::new("cp").arg("-a").arg(reg.storage()).arg(dest).status()?;
+    if !st.success() {
+        return Err(format!("copying the registry storage to {}: {st}", dest.display()).into());
+    }
+    Ok(())
+}
+
 /// The manifest digest of the layout in `dir` (its index.json's only manifest).
 fn layout_manifest(dir: &Path) -> Result<String, Box<dyn std::error::Error>> {
     let index: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("index.json"))?)?;
