@@ -13,8 +13,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
 use bulkhead_wire::{
-    EnvVar, ErrorCode, ExitStatus, HostToZone, OutputFd, ResourceUsage, StreamId, User, WorkloadPhase, WorkloadSpec,
-    ZoneToHost, limits::MAX_DATA_CHUNK,
+    EnvVar, ErrorCode, ExitStatus, HostToZone, OutputFd, ResourceLimits, ResourceUsage, StreamId, User, WorkloadPhase,
+    WorkloadSpec, ZoneToHost, limits::MAX_DATA_CHUNK,
 };
 use bytes::Bytes;
 use nix::errno::Errno;
@@ -311,6 +311,10 @@ impl Agent {
                 }
             }
             HostToZone::GetStats { id } => out.push(self.stats(id)),
+            HostToZone::UpdateLimits { id, limits } => match self.update_limits(id, &limits) {
+                Ok(()) => out.push(ZoneToHost::LimitsUpdated { id }),
+                Err(e) => out.push(e.into_message(id)),
+            },
             HostToZone::QueryWorkload { id } => out.push(self.phase(id)),
         }
         Action::Continue
@@ -469,6 +473,14 @@ impl Agent {
             }
         };
         ZoneToHost::WorkloadStatus { id, phase }
+    }
+
+    fn update_limits(&self, id: StreamId, limits: &ResourceLimits) -> Result<(), Failure> {
+        let w = self.workloads.get(&id).ok_or_else(|| Failure::not_found(id))?;
+        let dir = w.cgroup.as_deref().ok_or_else(|| {
+            Failure::new(ErrorCode::FailedPrecondition, format!("workload {id} has no cgroup any more"))
+        })?;
+        Ok(cgroup::update(dir, limits)?)
     }
 
     fn stats(&self, id: Option<StreamId>) -> ZoneToHost {

@@ -74,7 +74,8 @@ fn user(sc: Option<&cri::LinuxContainerSecurityContext>) -> Result<Option<pb::Us
     }
 }
 
-fn limits(r: Option<&cri::LinuxContainerResources>) -> Result<Option<pb::ResourceLimits>, Status> {
+/// Limits from kubelet's resources; none when it sent none.
+pub fn limits(r: Option<&cri::LinuxContainerResources>) -> Result<Option<pb::ResourceLimits>, Status> {
     let Some(r) = r else { return Ok(None) };
     let non_negative = |v: i64, field: &str| {
         u64::try_from(v).map_err(|_| invalid(format!("resources.{field} {v} must not be negative")))

@@ -5,6 +5,7 @@
 
 pub mod container;
 pub mod images;
+pub mod metrics;
 pub mod runtime;
 pub mod sandbox;
 pub mod streams;

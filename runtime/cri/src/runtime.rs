@@ -552,9 +552,21 @@ impl cri::runtime_service_server::RuntimeService for CriRuntime {
 
     async fn update_container_resources(
         &self,
-        _req: Request<cri::UpdateContainerResourcesRequest>,
+        req: Request<cri::UpdateContainerResourcesRequest>,
     ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
-        Err(unimplemented("UpdateContainerResources", "changing a running workload's cgroup limits is not wired yet"))
+        let req = req.into_inner();
+        let id = req.container_id;
+        self.container(&id).await?;
+        // Nothing for Linux: nothing to change (Windows resources do not apply to a Linux zone).
+        let Some(limits) = container::limits(req.linux.as_ref())? else {
+            return Ok(Response::new(cri::UpdateContainerResourcesResponse {}));
+        };
+        self.workloads
+            .clone()
+            .update_workload_limits(pb::UpdateWorkloadLimitsRequest { workload_id: id.clone(), limits: Some(limits) })
+            .await
+            .map_err(|e| daemon_error(&format!("updating the resources of container {id}"), e))?;
+        Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
     }
 
     async fn reopen_container_log(
@@ -820,14 +832,20 @@ impl cri::runtime_service_server::RuntimeService for CriRuntime {
         &self,
         _req: Request<cri::ListMetricDescriptorsRequest>,
     ) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
-        Err(unimplemented("ListMetricDescriptors", "zone metrics are not collected yet"))
+        Ok(Response::new(cri::ListMetricDescriptorsResponse { descriptors: crate::metrics::descriptors() }))
     }
 
     async fn list_pod_sandbox_metrics(
         &self,
         _req: Request<cri::ListPodSandboxMetricsRequest>,
     ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
-        Err(unimplemented("ListPodSandboxMetrics", "zone metrics are not collected yet"))
+        let mut pod_metrics = Vec::new();
+        for (zone, record) in self.sandboxes().await? {
+            if zone.state() == pb::ZoneState::Ready {
+                pod_metrics.push(crate::metrics::pod_metrics(&self.pod_stats_of(&zone, &record).await?));
+            }
+        }
+        Ok(Response::new(cri::ListPodSandboxMetricsResponse { pod_metrics }))
     }
 
     async fn runtime_config(
@@ -847,10 +865,11 @@ impl CriRuntime {
     async fn container_event(&self, event: pb::Event) -> Option<cri::ContainerEventResponse> {
         let pb::event::Kind::Workload(w) = event.kind? else { return None };
         let kind = match w.state() {
+            _ if w.removed => cri::ContainerEventType::ContainerDeletedEvent,
             pb::WorkloadState::Created => cri::ContainerEventType::ContainerCreatedEvent,
             pb::WorkloadState::Running => cri::ContainerEventType::ContainerStartedEvent,
             pb::WorkloadState::Exited => cri::ContainerEventType::ContainerStoppedEvent,
-            pb::WorkloadState::Unspecified => cri::ContainerEventType::ContainerDeletedEvent,
+            pb::WorkloadState::Unspecified => return None,
         };
         // Only containers bulkhead-cri made (a removed one can no longer be checked, and is reported).
         match self.container(&w.workload_id).await {

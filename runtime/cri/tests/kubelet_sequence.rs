@@ -109,6 +109,9 @@ async fn kubelets_sequence_runs_a_pod_of_two_containers_and_cleans_up_idempotent
     assert_eq!(ps.metadata, config.metadata);
     assert_eq!(ps.annotations.get("note").map(String::as_str), Some("kept"));
 
+    // Evented PLEG: kubelet watches container events from here on.
+    let mut events = node.runtime.get_container_events(cri::GetEventsRequest {}).await?.into_inner();
+
     // Two containers: one exits 7, one keeps running.
     let create = |name: &str, argv: &[&str]| cri::CreateContainerRequest {
         pod_sandbox_id: pod.clone(),
@@ -126,6 +129,22 @@ async fn kubelets_sequence_runs_a_pod_of_two_containers_and_cleans_up_idempotent
     assert_eq!(done.log_path, logs.join("job/0.log").display().to_string());
     let running = wait_state(&mut node, &app, cri::ContainerState::ContainerRunning).await?;
     assert_eq!(running.labels.get("container").map(String::as_str), Some("app"));
+
+    // The job's life as events, in order, each with its pod's status.
+    let mut seen = Vec::new();
+    while !seen.contains(&cri::ContainerEventType::ContainerStoppedEvent) {
+        let e = tokio::time::timeout(Duration::from_secs(10), events.message()).await??.ok_or("events ended")?;
+        assert!(e.pod_sandbox_status.as_ref().is_some_and(|p| p.id == pod), "{e:?}");
+        assert!(e.created_at > 0);
+        if e.container_id == job {
+            seen.push(e.container_event_type());
+        }
+    }
+    use cri::ContainerEventType::{ContainerCreatedEvent, ContainerStartedEvent, ContainerStoppedEvent};
+    // A process that ends at once may be seen exited before its start is confirmed: no STARTED then.
+    let full = [ContainerCreatedEvent, ContainerStartedEvent, ContainerStoppedEvent];
+    assert!(seen == full || seen == [ContainerCreatedEvent, ContainerStoppedEvent], "{seen:?}");
+    drop(events);
 
     // Logs on disk, in the CRI format, where kubelet looks.
     let log = std::fs::read_to_string(logs.join("job/0.log"))?;
@@ -161,6 +180,40 @@ async fn kubelets_sequence_runs_a_pod_of_two_containers_and_cleans_up_idempotent
     assert_eq!(all.into_inner().stats.len(), 1);
     let pods = node.runtime.list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest { filter: None }).await?;
     assert_eq!(pods.into_inner().stats.len(), 1);
+
+    // Metrics (kubelet's /metrics/cadvisor from CRI): the same figures, labelled, each one described.
+    let described = node.runtime.list_metric_descriptors(cri::ListMetricDescriptorsRequest {}).await?.into_inner();
+    let names: Vec<&str> = described.descriptors.iter().map(|d| d.name.as_str()).collect();
+    let metrics = node.runtime.list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {}).await?.into_inner();
+    let [pm] = metrics.pod_metrics.as_slice() else { return Err(format!("{metrics:?}").into()) };
+    assert_eq!(pm.pod_sandbox_id, pod);
+    let value = |ms: &[cri::Metric], name: &str| ms.iter().find(|m| m.name == name).and_then(|m| m.value);
+    assert_eq!(value(&pm.metrics, "bulkhead_zone_memory_bytes").map(|v| v.value), Some(64 << 20));
+    let [cm] = pm.container_metrics.as_slice() else { return Err(format!("{pm:?}").into()) };
+    assert_eq!(cm.container_id, app);
+    assert_eq!(value(&cm.metrics, "container_memory_usage_bytes").map(|v| v.value), Some(1 << 20));
+    for m in pm.metrics.iter().chain(&cm.metrics) {
+        assert!(names.contains(&m.name.as_str()), "{} is not described", m.name);
+    }
+
+    // UpdateContainerResources: the zone's cgroup takes the new limits, and the status shows them.
+    let resources = |memory: i64| cri::LinuxContainerResources {
+        memory_limit_in_bytes: memory,
+        cpu_period: 100_000,
+        cpu_quota: 50_000,
+        ..Default::default()
+    };
+    let update = |id: &str, memory: i64| cri::UpdateContainerResourcesRequest {
+        container_id: id.into(),
+        linux: Some(resources(memory)),
+        ..Default::default()
+    };
+    node.runtime.update_container_resources(update(&app, 96 << 20)).await?;
+    let updated = status(&mut node, &app).await?.resources.and_then(|r| r.linux).ok_or("no resources in the status")?;
+    assert_eq!((updated.memory_limit_in_bytes, updated.cpu_quota), (96 << 20, 50_000));
+    assert_eq!(code(node.runtime.update_container_resources(update("nothere", 1 << 20)).await).0, Code::NotFound);
+    assert_eq!(code(node.runtime.update_container_resources(update(&app, -1)).await).0, Code::InvalidArgument);
+    assert_eq!(code(node.runtime.update_container_resources(update(&job, 1 << 20)).await).0, Code::FailedPrecondition);
 
     // ExecSync returns the command's output and exit code.
     let exec = cri::ExecSyncRequest { container_id: app.clone(), cmd: vec!["echo".into(), "hi".into()], timeout: 10 };

@@ -578,6 +578,7 @@ pub mod fake {
                             usage: ResourceUsage { cpu_usage_ns: 5_000_000, memory_bytes: 1 << 20 },
                         }]
                     }
+                    HostToZone::UpdateLimits { id, .. } => vec![ZoneToHost::LimitsUpdated { id }],
                     HostToZone::PortForward { stream_id, .. } => {
                         forwards.insert(stream_id);
                         vec![ZoneToHost::PortForwardConnected { stream_id }]

@@ -155,6 +155,7 @@ fn stream_of(msg: &ZoneToHost) -> Option<StreamId> {
         ZoneToHost::Stats { id, .. } => *id,
         ZoneToHost::WorkloadStatus { id, .. } => Some(*id),
         ZoneToHost::PortForwardConnected { stream_id } => Some(*stream_id),
+        ZoneToHost::LimitsUpdated { id } => Some(*id),
         ZoneToHost::Hello { .. } | ZoneToHost::InitFailed { .. } | ZoneToHost::Pong { .. } => None,
     }
 }
@@ -175,6 +176,7 @@ pub(crate) fn kind_of(msg: &ZoneToHost) -> &'static str {
         ZoneToHost::Stats { .. } => "Stats",
         ZoneToHost::WorkloadStatus { .. } => "WorkloadStatus",
         ZoneToHost::PortForwardConnected { .. } => "PortForwardConnected",
+        ZoneToHost::LimitsUpdated { .. } => "LimitsUpdated",
     }
 }
 

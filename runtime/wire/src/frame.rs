@@ -11,7 +11,7 @@ use crate::limits::MAX_FRAME_PAYLOAD;
 pub const MAGIC: [u8; 4] = *b"BHZW";
 
 /// The protocol version this crate speaks; frames of any other version are rejected.
-pub const PROTOCOL_VERSION: u8 = 4;
+pub const PROTOCOL_VERSION: u8 = 5;
 
 /// Length of the fixed frame header in bytes.
 pub const HEADER_LEN: usize = 16;
@@ -449,7 +449,7 @@ mod tests {
     fn golden_ping() -> TestResult {
         let f = encode(&HostToZone::Ping { nonce: 1 })?;
         let want = [
-            0x42, 0x48, 0x5a, 0x57, 0x04, 0x01, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0xf8, 0x8e, 0x80, 0xd6, 0x0b, 0x01,
+            0x42, 0x48, 0x5a, 0x57, 0x05, 0x01, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0xc6, 0xe5, 0x42, 0x39, 0x0b, 0x01,
         ];
         assert_eq!(f, want);
         Ok(())
@@ -459,7 +459,7 @@ mod tests {
     fn golden_pong() -> TestResult {
         let f = encode(&ZoneToHost::Pong { nonce: 0x102 })?;
         let want = [
-            0x42, 0x48, 0x5a, 0x57, 0x04, 0x02, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x50, 0xdb, 0xd6, 0xd1, 0x09, 0x82,
+            0x42, 0x48, 0x5a, 0x57, 0x05, 0x02, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x90, 0x04, 0x58, 0x10, 0x09, 0x82,
             0x02,
         ];
         assert_eq!(f, want);
@@ -506,6 +506,21 @@ mod tests {
     }
 
     #[test]
+    fn golden_update_limits_and_its_answer() -> TestResult {
+        // HostToZone variant 14, id 9, then the limits: memory Some(4096), cpu None, pids Some(7).
+        let limits = ResourceLimits { memory_bytes: Some(4096), cpu: None, pids_max: Some(7) };
+        assert_eq!(
+            encode(&HostToZone::UpdateLimits { id: StreamId(9), limits })?[HEADER_LEN..],
+            [0x0e, 0x09, 0x01, 0x80, 0x20, 0x00, 0x01, 0x07]
+        );
+        // ZoneToHost variant 13, id 9.
+        assert_eq!(encode(&ZoneToHost::LimitsUpdated { id: StreamId(9) })?[HEADER_LEN..], [0x0d, 0x09]);
+        let zero = ResourceLimits { memory_bytes: Some(0), cpu: None, pids_max: None };
+        assert!(HostToZone::UpdateLimits { id: StreamId(9), limits: zero }.validate().is_err());
+        Ok(())
+    }
+
+    #[test]
     fn golden_create_workload() -> TestResult {
         let m = HostToZone::CreateWorkload { id: StreamId(1), spec: spec() };
         let want: &[u8] = &[
@@ -536,7 +551,7 @@ mod tests {
 
     #[test]
     fn bad_version() {
-        for v in [0, 1, 2, 3, 5, 0xff] {
+        for v in [0, 1, 2, 3, 4, 6, 0xff] {
             let f = raw_frame(v, Direction::HostToZone as u8, 0, &[0x0b, 0x01]);
             assert!(
                 matches!(decode_slice::<HostToZone>(&f), Err(WireError::UnsupportedVersion { found }) if found == v)

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::ValidationError;
 use crate::frame::{Direction, Message};
 use crate::types::{
-    EnvVar, ErrorCode, ExitStatus, InitStage, OutputFd, ResourceUsage, StreamId, User, WorkloadPhase, WorkloadSpec,
-    validate_exec_overrides, validate_process,
+    EnvVar, ErrorCode, ExitStatus, InitStage, OutputFd, ResourceLimits, ResourceUsage, StreamId, User, WorkloadPhase,
+    WorkloadSpec, validate_exec_overrides, validate_process,
 };
 use crate::{PROTOCOL_VERSION, limits, validate};
 
@@ -126,6 +126,14 @@ pub enum HostToZone {
         /// The port, not 0.
         port: u16,
     },
+    /// Replace a created or running workload's resource limits (CRI UpdateContainerResources): `None`
+    /// lifts that limit. Answer: `LimitsUpdated`.
+    UpdateLimits {
+        /// The workload.
+        id: StreamId,
+        /// The new limits, whole.
+        limits: ResourceLimits,
+    },
 }
 
 /// Messages from the zone's init to bulkheadd. The zone is untrusted: everything here is validated on decode.
@@ -222,6 +230,11 @@ pub enum ZoneToHost {
         /// The port-forward stream.
         stream_id: StreamId,
     },
+    /// Answer to `HostToZone::UpdateLimits`: the workload's cgroup has the new limits.
+    LimitsUpdated {
+        /// The workload.
+        id: StreamId,
+    },
 }
 
 impl crate::frame::sealed::Sealed for HostToZone {}
@@ -247,6 +260,7 @@ impl Message for HostToZone {
             }
             HostToZone::Stdin { data, .. } => validate::chunk("stdin.data", data),
             HostToZone::PortForward { port: 0, .. } => Err(ValidationError::PortZero),
+            HostToZone::UpdateLimits { limits, .. } => limits.validate(),
             HostToZone::StartWorkload { .. }
             | HostToZone::RemoveWorkload { .. }
             | HostToZone::CloseStdin { .. }
@@ -286,7 +300,8 @@ impl Message for ZoneToHost {
             | ZoneToHost::Pong { .. }
             | ZoneToHost::Stats { .. }
             | ZoneToHost::WorkloadStatus { .. }
-            | ZoneToHost::PortForwardConnected { .. } => Ok(()),
+            | ZoneToHost::PortForwardConnected { .. }
+            | ZoneToHost::LimitsUpdated { .. } => Ok(()),
         }
     }
 }

@@ -132,6 +132,7 @@ impl Arbitrary for HostToZone {
             any::<u64>().prop_map(|nonce| HostToZone::Ping { nonce }),
             id().prop_map(|id| HostToZone::QueryWorkload { id }),
             (id(), 1..=u16::MAX).prop_map(|(stream_id, port)| HostToZone::PortForward { stream_id, port }),
+            (id(), resource_limits()).prop_map(|(id, limits)| HostToZone::UpdateLimits { id, limits }),
         ]
         .boxed()
     }
@@ -191,6 +192,7 @@ impl Arbitrary for ZoneToHost {
             )
                 .prop_map(|(id, phase)| ZoneToHost::WorkloadStatus { id, phase }),
             id().prop_map(|stream_id| ZoneToHost::PortForwardConnected { stream_id }),
+            id().prop_map(|id| ZoneToHost::LimitsUpdated { id }),
         ]
         .boxed()
     }

@@ -95,7 +95,7 @@ pub struct ResourceLimits {
 }
 
 impl ResourceLimits {
-    fn validate(&self) -> Result<(), ValidationError> {
+    pub(crate) fn validate(&self) -> Result<(), ValidationError> {
         if self.memory_bytes == Some(0) {
             return Err(ValidationError::LimitOutOfRange { field: "limits.memory_bytes" });
         }

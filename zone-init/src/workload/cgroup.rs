@@ -14,19 +14,41 @@ use super::Layout;
 use super::error::WorkloadError;
 use crate::cgroup::{enable_line, parse_controllers, to_enable};
 
-/// The writes that apply `limits`, as (file, value), in order. Nothing for `None` limits.
-pub fn limit_writes(limits: &ResourceLimits) -> Vec<(&'static str, String)> {
+/// How limits that are `None` are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unset {
+    /// Not at all: a new cgroup starts unlimited.
+    Leave,
+    /// As "max": an update replaces the whole set, so a limit it leaves out is lifted.
+    Lift,
+}
+
+/// The writes that apply `limits`, as (file, value), in order.
+pub fn limit_writes(limits: &ResourceLimits, unset: Unset) -> Vec<(&'static str, String)> {
+    let lift = |file: &'static str, writes: &mut Vec<(&'static str, String)>| {
+        if unset == Unset::Lift {
+            writes.push((file, "max".to_owned()));
+        }
+    };
     let mut writes = Vec::new();
-    if let Some(bytes) = limits.memory_bytes {
-        writes.push(("memory.max", bytes.to_string()));
-        // Without this a workload at its limit would swap instead of being OOM-killed.
-        writes.push(("memory.swap.max", "0".to_owned()));
+    match limits.memory_bytes {
+        Some(bytes) => {
+            writes.push(("memory.max", bytes.to_string()));
+            // Without this a workload at its limit would swap instead of being OOM-killed.
+            writes.push(("memory.swap.max", "0".to_owned()));
+        }
+        None => {
+            lift("memory.max", &mut writes);
+            lift("memory.swap.max", &mut writes);
+        }
     }
-    if let Some(cpu) = limits.cpu {
-        writes.push(("cpu.max", format!("{} {}", cpu.quota_us, cpu.period_us)));
+    match limits.cpu {
+        Some(cpu) => writes.push(("cpu.max", format!("{} {}", cpu.quota_us, cpu.period_us))),
+        None => lift("cpu.max", &mut writes),
     }
-    if let Some(pids) = limits.pids_max {
-        writes.push(("pids.max", pids.to_string()));
+    match limits.pids_max {
+        Some(pids) => writes.push(("pids.max", pids.to_string())),
+        None => lift("pids.max", &mut writes),
     }
     writes
 }
@@ -52,17 +74,31 @@ pub fn create(layout: &Layout, workload_id: u64, limits: &ResourceLimits) -> Res
     }
     let dir = layout.cgroup_dir(workload_id);
     mkdir(&dir)?;
-    for (file, value) in limit_writes(limits) {
+    apply(&dir, limits, Unset::Leave)?;
+    Ok(dir)
+}
+
+/// Replaces the limits of the workload cgroup `dir` with `limits` (CRI UpdateContainerResources): what
+/// `limits` leaves out is lifted. Lowering memory.max below what the workload uses makes the kernel reclaim,
+/// then OOM-kill, as on any Linux host.
+pub fn update(dir: &Path, limits: &ResourceLimits) -> Result<(), WorkloadError> {
+    apply(dir, limits, Unset::Lift)
+}
+
+fn apply(dir: &Path, limits: &ResourceLimits, unset: Unset) -> Result<(), WorkloadError> {
+    for (file, value) in limit_writes(limits, unset) {
         let path = dir.join(file);
         if !path.exists() {
-            if file == "memory.swap.max" {
+            // memory.swap.max exists only with swap support; without swap there is nothing to limit. A
+            // lifted limit whose controller is missing was never limited either.
+            if file == "memory.swap.max" || value == "max" {
                 continue;
             }
-            return Err(WorkloadError::LimitUnsupported { file, cgroup: dir });
+            return Err(WorkloadError::LimitUnsupported { file, cgroup: dir.to_owned() });
         }
         write(path, &value)?;
     }
-    Ok(dir)
+    Ok(())
 }
 
 fn mkdir(dir: &Path) -> Result<(), WorkloadError> {
@@ -110,18 +146,27 @@ mod tests {
 
     #[test]
     fn limits_become_cgroup_writes() {
-        assert!(limit_writes(&ResourceLimits::default()).is_empty());
+        assert!(limit_writes(&ResourceLimits::default(), Unset::Leave).is_empty());
         let limits = ResourceLimits {
             memory_bytes: Some(64 << 20),
             cpu: Some(CpuLimit { quota_us: 50_000, period_us: 100_000 }),
             pids_max: Some(100),
         };
-        let writes = limit_writes(&limits);
+        let want =
+            [("memory.max", "67108864"), ("memory.swap.max", "0"), ("cpu.max", "50000 100000"), ("pids.max", "100")];
+        for unset in [Unset::Leave, Unset::Lift] {
+            let writes = limit_writes(&limits, unset);
+            let got: Vec<(&str, &str)> = writes.iter().map(|(f, v)| (*f, v.as_str())).collect();
+            assert_eq!(got, want, "{unset:?}");
+        }
+    }
+
+    #[test]
+    fn an_update_lifts_what_it_leaves_out() {
+        let limits = ResourceLimits { memory_bytes: None, cpu: None, pids_max: Some(10) };
+        let writes = limit_writes(&limits, Unset::Lift);
         let got: Vec<(&str, &str)> = writes.iter().map(|(f, v)| (*f, v.as_str())).collect();
-        assert_eq!(
-            got,
-            [("memory.max", "67108864"), ("memory.swap.max", "0"), ("cpu.max", "50000 100000"), ("pids.max", "100")]
-        );
+        assert_eq!(got, [("memory.max", "max"), ("memory.swap.max", "max"), ("cpu.max", "max"), ("pids.max", "10")]);
     }
 
     #[test]
@@ -162,6 +207,25 @@ mod tests {
         assert_eq!((mem?.as_str(), cpu?.as_str(), pids?.as_str()), ("1048576", "max\n", "5"));
         assert_eq!(subtree?, "+cpu +memory +pids");
         assert!(oom);
+        Ok(())
+    }
+
+    #[test]
+    fn an_update_replaces_the_limits() -> Result<(), Box<dyn std::error::Error>> {
+        let layout = fake_root("update", &["memory.max", "cpu.max", "pids.max"])?;
+        let first = ResourceLimits { memory_bytes: Some(1 << 20), cpu: None, pids_max: Some(5) };
+        let dir = create(&layout, 3, &first)?;
+        let second = ResourceLimits {
+            memory_bytes: None,
+            cpu: Some(CpuLimit { quota_us: 20_000, period_us: 100_000 }),
+            pids_max: None,
+        };
+        let updated = update(&dir, &second);
+        let read = |f: &str| std::fs::read_to_string(dir.join(f));
+        let (mem, cpu, pids) = (read("memory.max"), read("cpu.max"), read("pids.max"));
+        std::fs::remove_dir_all(&layout.cgroup_root)?;
+        updated?;
+        assert_eq!((mem?.as_str(), cpu?.as_str(), pids?.as_str()), ("max", "20000 100000", "max"));
         Ok(())
     }
 

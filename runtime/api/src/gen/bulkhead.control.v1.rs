@@ -193,6 +193,9 @@ pub struct WorkloadEvent {
     /// Set when state is EXITED.
     #[prost(message, optional, tag = "4")]
     pub exit: ::core::option::Option<ExitStatus>,
+    /// The workload is gone (removed, or with its zone); state is its last one.
+    #[prost(bool, tag = "5")]
+    pub removed: bool,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct EnvVar {
@@ -405,6 +408,18 @@ pub struct ReopenWorkloadLogRequest {
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ReopenWorkloadLogResponse {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct UpdateWorkloadLimitsRequest {
+    #[prost(string, tag = "1")]
+    pub workload_id: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "2")]
+    pub limits: ::core::option::Option<ResourceLimits>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct UpdateWorkloadLimitsResponse {
+    #[prost(message, optional, tag = "1")]
+    pub workload: ::core::option::Option<WorkloadStatus>,
+}
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct TerminalSize {
     #[prost(uint32, tag = "1")]
@@ -2252,6 +2267,37 @@ pub mod workload_service_client {
                 );
             self.inner.unary(req, path, codec).await
         }
+        /// Replaces a workload's resource limits in its zone (its cgroup), whole: a limit left at 0 is lifted.
+        /// Returns the workload with its new spec. FAILED_PRECONDITION once it has exited.
+        pub async fn update_workload_limits(
+            &mut self,
+            request: impl tonic::IntoRequest<super::UpdateWorkloadLimitsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::UpdateWorkloadLimitsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/bulkhead.control.v1.WorkloadService/UpdateWorkloadLimits",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(
+                    GrpcMethod::new(
+                        "bulkhead.control.v1.WorkloadService",
+                        "UpdateWorkloadLimits",
+                    ),
+                );
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -2385,6 +2431,15 @@ pub mod workload_service_server {
             request: tonic::Request<super::ReopenWorkloadLogRequest>,
         ) -> std::result::Result<
             tonic::Response<super::ReopenWorkloadLogResponse>,
+            tonic::Status,
+        >;
+        /// Replaces a workload's resource limits in its zone (its cgroup), whole: a limit left at 0 is lifted.
+        /// Returns the workload with its new spec. FAILED_PRECONDITION once it has exited.
+        async fn update_workload_limits(
+            &self,
+            request: tonic::Request<super::UpdateWorkloadLimitsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::UpdateWorkloadLimitsResponse>,
             tonic::Status,
         >;
     }
@@ -3049,6 +3104,55 @@ pub mod workload_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ReopenWorkloadLogSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/bulkhead.control.v1.WorkloadService/UpdateWorkloadLimits" => {
+                    #[allow(non_camel_case_types)]
+                    struct UpdateWorkloadLimitsSvc<T: WorkloadService>(pub Arc<T>);
+                    impl<
+                        T: WorkloadService,
+                    > tonic::server::UnaryService<super::UpdateWorkloadLimitsRequest>
+                    for UpdateWorkloadLimitsSvc<T> {
+                        type Response = super::UpdateWorkloadLimitsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::UpdateWorkloadLimitsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as WorkloadService>::update_workload_limits(
+                                        &inner,
+                                        request,
+                                    )
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = UpdateWorkloadLimitsSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

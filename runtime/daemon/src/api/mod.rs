@@ -86,7 +86,8 @@ pub fn services<H: Hypervisor>(
             Box::pin(async move { workloads.forget_zone(&zone_id).await })
         })
     };
-    tonic::service::Routes::new(ZoneServiceServer::new(zones::ZoneApi::new(zones).with_destroy_hook(destroy_hook)))
+    let zone_api = zones::ZoneApi::new(zones).with_destroy_hook(destroy_hook).with_workload_events(workloads.clone());
+    tonic::service::Routes::new(ZoneServiceServer::new(zone_api))
         .add_service(ImageServiceServer::new(images::ImageApi::with_in_use(images, in_use)))
         .add_service(WorkloadServiceServer::new(workloads::WorkloadApi::new(workloads)))
 }

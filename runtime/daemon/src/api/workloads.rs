@@ -13,7 +13,9 @@ use super::message_chain;
 use crate::hypervisor::Hypervisor;
 use crate::workloads::logs::LogEntry;
 use crate::workloads::spec::{self, WorkloadRequest};
-use crate::workloads::{ExecRequest, WorkloadError, WorkloadManager, WorkloadMeta, WorkloadRecord, WorkloadState};
+use crate::workloads::{
+    ExecRequest, WorkloadError, WorkloadEvent, WorkloadManager, WorkloadMeta, WorkloadRecord, WorkloadState,
+};
 use crate::zone::MAX_CLIENT_STATE_LEN;
 
 /// The service, over a shared workload manager.
@@ -154,12 +156,7 @@ pub fn status_to_pb(r: &WorkloadRecord, log_path: &Path) -> pb::WorkloadStatus {
             client_state: r.client_state.clone(),
             log_path: r.log_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
         }),
-        state: match r.state {
-            WorkloadState::Created => pb::WorkloadState::Created,
-            WorkloadState::Running => pb::WorkloadState::Running,
-            WorkloadState::Exited => pb::WorkloadState::Exited,
-        }
-        .into(),
+        state: state_to_pb(r.state).into(),
         pid: r.pid,
         exit: r.exit.as_ref().map(|e| exit_to_pb(e, r.zone_lost)),
         created_at: r.created_at,
@@ -167,6 +164,28 @@ pub fn status_to_pb(r: &WorkloadRecord, log_path: &Path) -> pb::WorkloadStatus {
         finished_at: r.finished_at,
         image_digest: r.image_id.clone(),
         log_path: log_path.display().to_string(),
+    }
+}
+
+fn state_to_pb(state: WorkloadState) -> pb::WorkloadState {
+    match state {
+        WorkloadState::Created => pb::WorkloadState::Created,
+        WorkloadState::Running => pb::WorkloadState::Running,
+        WorkloadState::Exited => pb::WorkloadState::Exited,
+    }
+}
+
+/// A workload event as watchers of the zone service's event stream see it.
+pub fn event_to_pb(e: WorkloadEvent) -> pb::Event {
+    pb::Event {
+        timestamp: e.at,
+        kind: Some(pb::event::Kind::Workload(pb::WorkloadEvent {
+            zone_id: e.zone_id,
+            workload_id: e.workload_id,
+            state: state_to_pb(e.state).into(),
+            exit: e.exit.as_ref().map(|x| exit_to_pb(x, e.zone_lost)),
+            removed: e.removed,
+        })),
     }
 }
 
@@ -200,6 +219,13 @@ impl Drop for SessionGuard {
     }
 }
 
+/// The API's zero-means-unlimited limits, checked.
+fn limits_from_pb(l: Option<pb::ResourceLimits>) -> Result<bulkhead_wire::ResourceLimits, Status> {
+    let l = l.unwrap_or_default();
+    spec::limits(l.memory_bytes, l.cpu_quota_us, l.cpu_period_us, l.pids_max)
+        .map_err(|e| Status::invalid_argument(format!("invalid limits: {e}")))
+}
+
 #[tonic::async_trait]
 impl<H: Hypervisor> pb::workload_service_server::WorkloadService for WorkloadApi<H> {
     async fn create_workload(
@@ -211,9 +237,7 @@ impl<H: Hypervisor> pb::workload_service_server::WorkloadService for WorkloadApi
         if s.name.is_empty() || s.image.is_empty() {
             return Err(Status::invalid_argument("a workload needs a name and an image"));
         }
-        let l = s.limits.unwrap_or_default();
-        let limits = spec::limits(l.memory_bytes, l.cpu_quota_us, l.cpu_period_us, l.pids_max)
-            .map_err(|e| Status::invalid_argument(format!("invalid limits: {e}")))?;
+        let limits = limits_from_pb(s.limits)?;
         let request = WorkloadRequest {
             command: s.command,
             args: s.args,
@@ -475,6 +499,15 @@ impl<H: Hypervisor> pb::workload_service_server::WorkloadService for WorkloadApi
             cpu_usage_ns: usage.cpu_usage_ns,
             memory_bytes: usage.memory_bytes,
         }))
+    }
+
+    async fn update_workload_limits(
+        &self,
+        req: Request<pb::UpdateWorkloadLimitsRequest>,
+    ) -> Result<Response<pb::UpdateWorkloadLimitsResponse>, Status> {
+        let req = req.into_inner();
+        let rec = self.workloads.update_limits(&req.workload_id, limits_from_pb(req.limits)?).await?;
+        Ok(Response::new(pb::UpdateWorkloadLimitsResponse { workload: Some(self.status(&rec)) }))
     }
 
     async fn reopen_workload_log(

@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 
 use crate::hypervisor::Hypervisor;
 use crate::manager::{ZoneEvent, ZoneManager};
+use crate::workloads::{WorkloadEvent, WorkloadManager};
 use crate::zone::{SpecError, VirtMode, ZoneName, ZoneRecord, ZoneSpec, ZoneState};
 
 /// How long a stop waits for a graceful power-off when the request names no timeout.
@@ -24,10 +25,29 @@ const MAX_STOP_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Called with a zone's id after the zone was destroyed (the workload layer forgets its workloads).
 pub type DestroyHook = Arc<dyn Fn(String) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
+/// Where the event stream takes workload events from: the workload manager.
+pub trait WorkloadEvents: Send + Sync {
+    /// Events from now on.
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<WorkloadEvent>;
+    /// One event per existing workload.
+    fn current(&self) -> Pin<Box<dyn Future<Output = Vec<WorkloadEvent>> + Send + '_>>;
+}
+
+impl<H: Hypervisor> WorkloadEvents for WorkloadManager<H> {
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<WorkloadEvent> {
+        WorkloadManager::subscribe(self)
+    }
+
+    fn current(&self) -> Pin<Box<dyn Future<Output = Vec<WorkloadEvent>> + Send + '_>> {
+        Box::pin(self.current_events())
+    }
+}
+
 /// The service, over a shared manager.
 pub struct ZoneApi<H> {
     manager: Arc<ZoneManager<H>>,
     on_destroyed: Option<DestroyHook>,
+    workload_events: Option<Arc<dyn WorkloadEvents>>,
 }
 
 impl<H> std::fmt::Debug for ZoneApi<H> {
@@ -39,7 +59,13 @@ impl<H> std::fmt::Debug for ZoneApi<H> {
 impl<H> ZoneApi<H> {
     /// Serves `manager`.
     pub fn new(manager: Arc<ZoneManager<H>>) -> Self {
-        ZoneApi { manager, on_destroyed: None }
+        ZoneApi { manager, on_destroyed: None, workload_events: None }
+    }
+
+    /// Also streams the workloads' events to watchers.
+    pub fn with_workload_events(mut self, source: Arc<dyn WorkloadEvents>) -> Self {
+        self.workload_events = Some(source);
+        self
     }
 
     /// Also runs `hook` after each zone destruction.
@@ -225,38 +251,50 @@ impl<H: Hypervisor> pb::zone_service_server::ZoneService for ZoneApi<H> {
         req: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         // Subscribe before taking the snapshot: a change in between is seen twice, never missed.
-        let mut rx = self.manager.subscribe();
-        let current: Vec<pb::Event> = if req.into_inner().include_current {
-            self.manager
-                .list()
-                .await
-                .into_iter()
-                .map(|r| {
-                    event_to_pb(ZoneEvent {
-                        zone_id: r.id,
-                        state: r.state,
-                        reason: r.failure_reason,
-                        at: r.finished_at.max(r.ready_at).max(r.started_at).max(r.created_at),
-                    })
+        let mut zones = self.manager.subscribe();
+        let mut workloads = self.workload_events.as_ref().map(|w| w.subscribe());
+        let mut current: Vec<pb::Event> = Vec::new();
+        if req.into_inner().include_current {
+            current.extend(self.manager.list().await.into_iter().map(|r| {
+                event_to_pb(ZoneEvent {
+                    zone_id: r.id,
+                    state: r.state,
+                    reason: r.failure_reason,
+                    at: r.finished_at.max(r.ready_at).max(r.started_at).max(r.created_at),
                 })
-                .collect()
-        } else {
-            Vec::new()
+            }));
+            if let Some(w) = &self.workload_events {
+                current.extend(w.current().await.into_iter().map(super::workloads::event_to_pb));
+            }
+        }
+        let lagged = |n: u64| {
+            Status::data_loss(format!(
+                "this watcher fell {n} events behind and was cut off: list the zones and workloads and watch again"
+            ))
         };
         let stream = async_stream::stream! {
             for e in current {
                 yield Ok(e);
             }
             loop {
-                match rx.recv().await {
-                    Ok(e) => yield Ok(event_to_pb(e)),
-                    Err(RecvError::Lagged(n)) => {
-                        yield Err(Status::data_loss(format!(
-                            "this watcher fell {n} events behind and was cut off: list the zones and watch again"
-                        )));
-                        break;
+                let next_workload = async {
+                    match workloads.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
                     }
-                    Err(RecvError::Closed) => break,
+                };
+                tokio::select! {
+                    z = zones.recv() => match z {
+                        Ok(e) => yield Ok(event_to_pb(e)),
+                        Err(RecvError::Lagged(n)) => { yield Err(lagged(n)); break; }
+                        Err(RecvError::Closed) => break,
+                    },
+                    w = next_workload => match w {
+                        Ok(e) => yield Ok(super::workloads::event_to_pb(e)),
+                        Err(RecvError::Lagged(n)) => { yield Err(lagged(n)); break; }
+                        // The workload layer went away; zone events go on.
+                        Err(RecvError::Closed) => workloads = None,
+                    },
                 }
             }
         };

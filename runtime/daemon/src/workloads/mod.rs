@@ -16,7 +16,8 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 use bulkhead_wire::{
-    EnvVar, ErrorCode, ExitStatus, HostToZone, ResourceUsage, StreamId, User, WorkloadPhase, WorkloadSpec, ZoneToHost,
+    EnvVar, ErrorCode, ExitStatus, HostToZone, ResourceLimits, ResourceUsage, StreamId, User, WorkloadPhase,
+    WorkloadSpec, ZoneToHost,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, broadcast, mpsc, oneshot, watch};
@@ -270,7 +271,45 @@ pub struct WorkloadManager<H: Hypervisor> {
     /// Stream ids: start from the clock in microseconds, so ids stay unique across daemon restarts (a zone
     /// may still run execs started by the previous daemon).
     next_stream: std::sync::atomic::AtomicU64,
+    /// Every change of a workload's state, for watchers (kubelet's evented PLEG through bulkhead-cri).
+    events: broadcast::Sender<WorkloadEvent>,
 }
+
+/// A workload changed state, or was removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadEvent {
+    /// Its zone.
+    pub zone_id: String,
+    /// The workload.
+    pub workload_id: String,
+    /// Its state now (the last one, for a removal).
+    pub state: WorkloadState,
+    /// How it ended, once exited.
+    pub exit: Option<ExitStatus>,
+    /// It ended because its zone went away.
+    pub zone_lost: bool,
+    /// It is gone: removed, or forgotten with its zone.
+    pub removed: bool,
+    /// When.
+    pub at: Nanos,
+}
+
+impl WorkloadEvent {
+    fn of(r: &WorkloadRecord, removed: bool, at: Nanos) -> Self {
+        WorkloadEvent {
+            zone_id: r.zone_id.clone(),
+            workload_id: r.id.clone(),
+            state: r.state,
+            exit: r.exit,
+            zone_lost: r.zone_lost,
+            removed,
+            at,
+        }
+    }
+}
+
+/// Events a watcher may fall behind by before it is cut off.
+const EVENT_BACKLOG: usize = 1024;
 
 impl<H: Hypervisor> WorkloadManager<H> {
     /// Loads the persisted workloads. `state_dir` holds `workloads/` (records) and `logs/`.
@@ -296,6 +335,7 @@ impl<H: Hypervisor> WorkloadManager<H> {
             state: Mutex::new(State { records, ..State::default() }),
             reconnected: tokio::sync::Notify::new(),
             next_stream: std::sync::atomic::AtomicU64::new(start),
+            events: broadcast::channel(EVENT_BACKLOG).0,
         });
         let weak = Arc::downgrade(&manager);
         manager.zones.on_connect(Arc::new(move |zone_id, link| {
@@ -406,6 +446,7 @@ impl<H: Hypervisor> WorkloadManager<H> {
         next.pid = pid;
         next.started_at = now();
         self.persist(&next)?;
+        self.emit(&next, false);
         *r = next;
         Ok(())
     }
@@ -442,6 +483,23 @@ impl<H: Hypervisor> WorkloadManager<H> {
 
     fn persist(&self, r: &WorkloadRecord) -> Result<(), WorkloadError> {
         self.store.put(&r.id, r).map_err(WorkloadError::Store)
+    }
+
+    fn emit(&self, r: &WorkloadRecord, removed: bool) {
+        // No watchers is fine.
+        let _ = self.events.send(WorkloadEvent::of(r, removed, now()));
+    }
+
+    /// Workload events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<WorkloadEvent> {
+        self.events.subscribe()
+    }
+
+    /// One event per existing workload, with its current state (for watchers that start with a snapshot).
+    pub async fn current_events(&self) -> Vec<WorkloadEvent> {
+        let state = self.state.lock().await;
+        let at = |r: &WorkloadRecord| r.finished_at.max(r.started_at).max(r.created_at);
+        state.records.values().map(|r| WorkloadEvent::of(r, false, at(r))).collect()
     }
 
     /// Zone `zone`, if it is ready or still booting, with its domain.
@@ -560,6 +618,7 @@ impl<H: Hypervisor> WorkloadManager<H> {
         match call(&rt, &link, HostToZone::CreateWorkload { id: stream, spec: wire_spec }).await {
             Ok(ZoneToHost::WorkloadCreated { .. }) => {
                 tracing::info!(zone = %zone_name, workload = %rec.id, name, image, "workload created");
+                self.emit(&rec, false);
                 Ok(rec)
             }
             other => {
@@ -642,6 +701,25 @@ impl<H: Hypervisor> WorkloadManager<H> {
         }
     }
 
+    /// Replaces the workload's resource limits in its zone, then in its record.
+    pub async fn update_limits(&self, id: &str, limits: ResourceLimits) -> Result<WorkloadRecord, WorkloadError> {
+        let (rec, rt, link) = self.runtime_and_link(id).await?;
+        if rec.state == WorkloadState::Exited {
+            return Err(WorkloadError::WrongState { id: rec.id, state: rec.state, what: "it has no cgroup any more" });
+        }
+        match call(&rt, &link, HostToZone::UpdateLimits { id: StreamId(rec.stream), limits }).await {
+            Ok(ZoneToHost::LimitsUpdated { .. }) => {}
+            other => return Err(unexpected(other)),
+        }
+        let mut state = self.state.lock().await;
+        let r = state.records.get_mut(&rec.id).ok_or_else(|| WorkloadError::NotFound(rec.id.clone()))?;
+        let mut next = r.clone();
+        next.spec.limits = limits;
+        self.persist(&next)?;
+        *r = next;
+        Ok(r.clone())
+    }
+
     /// Waits until the workload has exited; returns its record. A workload whose zone has not reconnected
     /// yet (after a daemon restart) is waited for up to the call timeout.
     pub async fn wait(&self, id: &str) -> Result<WorkloadRecord, WorkloadError> {
@@ -717,6 +795,7 @@ impl<H: Hypervisor> WorkloadManager<H> {
         state.records.remove(&rec.id);
         state.runtimes.remove(&rec.id);
         drop(state);
+        self.emit(&rec, true);
         self.remove_own_log(&rec);
         tracing::info!(workload = %rec.id, "workload removed");
         Ok(())
@@ -843,6 +922,7 @@ impl<H: Hypervisor> WorkloadManager<H> {
             }
             state.records.remove(&rec.id);
             state.runtimes.remove(&rec.id);
+            self.emit(&rec, true);
             self.remove_own_log(&rec);
         }
         state.disks.retain(|(z, _, _), _| z != zone_id);
@@ -871,6 +951,7 @@ impl<H: Hypervisor> WorkloadManager<H> {
             tracing::error!(workload = %id, error = %e, "recording a workload's exit failed");
         }
         tracing::info!(workload = %id, exit = ?next.exit, zone_lost = next.zone_lost, "workload exited");
+        self.emit(&next, false);
         *r = next;
         r.exit
     }
