@@ -71,6 +71,9 @@ printf '[Service]\nEnvironment="BULKHEADD_ARGS=--config /run/bulkhead-test/bulkh
 cri_pid=$(systemctl show -P MainPID bulkhead-cri)
 systemctl daemon-reload
 systemctl restart bulkheadd || fail "restarting bulkheadd"
+# The restart returns once bulkheadd is ready; bulkhead-cri's restart (same transaction) may still be
+# activating: starting it waits for that job (bounded).
+timeout 120 systemctl start bulkhead-cri || fail "bulkhead-cri did not come back after bulkheadd's restart"
 for u in bulkheadd bulkhead-cri; do
   systemctl is-active --quiet "$u" || fail "$u is $(systemctl is-active "$u" || true) after restarting bulkheadd"
 done
