@@ -1,6 +1,8 @@
-//! Boots QEMU -> Xen -> dom0 and follows one scenario to its end. Two kinds of machine: the test bed, whose
-//! Xen and dom0 QEMU's multiboot loader starts directly ([`Machine::Multiboot`]), and the node image, which
-//! the firmware (SeaBIOS or OVMF) boots from its disk through its own GRUB ([`Machine::Disk`]).
+//! Boots QEMU -> Xen -> dom0 and follows one scenario to its end. Three kinds of machine: the test bed, whose
+//! Xen and dom0 QEMU's multiboot loader starts directly ([`Machine::Multiboot`]), the node image, which
+//! the firmware (SeaBIOS or OVMF) boots from its disk through its own GRUB ([`Machine::Disk`]), and the node
+//! image's PXE bundle, which QEMU's multiboot loader starts with the bundle's own command lines, standing in
+//! for iPXE ([`Machine::Bundle`]).
 //!
 //! Channels between the host and dom0 (dom0 is a Xen PV guest, but it owns the emulated PCI bus, so QEMU's
 //! virtio-serial device works there): each is a QEMU chardev that connects, as a client, to a unix socket this
@@ -67,6 +69,22 @@ pub enum Machine {
         /// BIOS (SeaBIOS) or UEFI (OVMF).
         firmware: Firmware,
     },
+    /// QEMU's multiboot loader starts Xen, dom0's kernel and initramfs (the node image's PXE bundle) with the
+    /// command lines the bundle's boot script gives them: the runner adds nothing.
+    Bundle {
+        /// Xen, as the uncompressed multiboot ELF.
+        xen: PathBuf,
+        /// The dom0 kernel.
+        dom0_kernel: PathBuf,
+        /// dom0's initramfs (the whole root).
+        initrd: PathBuf,
+        /// Xen's command line.
+        xen_cmdline: String,
+        /// dom0's command line (no commas: it travels in QEMU's comma-separated module list).
+        dom0_cmdline: String,
+        /// The disk carrying the scenario, attached read-only.
+        run_disk: PathBuf,
+    },
 }
 
 /// Firmware for [`Machine::Disk`].
@@ -100,6 +118,8 @@ pub struct BootConfig {
     pub run_dir: PathBuf,
     /// Copy the serial console to stderr as it arrives.
     pub echo_serial: bool,
+    /// Further raw disks attached read-only after the machine's own (e.g. a NoCloud `CIDATA` disk).
+    pub extra_disks: Vec<PathBuf>,
 }
 
 /// Errors that stop a boot before there is an outcome to report.
@@ -108,6 +128,9 @@ pub enum BootError {
     /// A path QEMU receives in a comma-separated option contains a comma.
     #[error("path {0} contains a comma, which QEMU's option syntax cannot carry: move it")]
     CommaInPath(PathBuf),
+    /// dom0's command line contains a comma, which QEMU's multiboot module list cannot carry.
+    #[error("dom0's command line [{0}] contains a comma, which QEMU's multiboot module list cannot carry")]
+    CommaInCmdline(String),
     /// A socket for one of the channels could not be created.
     #[error("creating the {name} socket at {path}")]
     Bind {
@@ -139,6 +162,12 @@ pub fn qemu_args(cfg: &BootConfig) -> Result<Vec<OsString>, BootError> {
     let mut paths = vec![&cfg.run_dir];
     match &cfg.machine {
         Machine::Multiboot { xen, dom0_kernel, initrd, .. } => paths.extend([xen, dom0_kernel, initrd]),
+        Machine::Bundle { xen, dom0_kernel, initrd, run_disk, dom0_cmdline, .. } => {
+            if dom0_cmdline.contains(',') {
+                return Err(BootError::CommaInCmdline(dom0_cmdline.clone()));
+            }
+            paths.extend([xen, dom0_kernel, initrd, run_disk]);
+        }
         Machine::Disk { image, run_disk, firmware } => {
             paths.extend([image, run_disk]);
             if let Firmware::Uefi { code, vars } = firmware {
@@ -146,6 +175,7 @@ pub fn qemu_args(cfg: &BootConfig) -> Result<Vec<OsString>, BootError> {
             }
         }
     }
+    paths.extend(&cfg.extra_disks);
     if let Some(p) = paths.into_iter().find(|p| p.to_string_lossy().contains(',')) {
         return Err(BootError::CommaInPath(p.clone()));
     }
@@ -198,6 +228,19 @@ pub fn qemu_args(cfg: &BootConfig) -> Result<Vec<OsString>, BootError> {
             args.push("-initrd".into());
             args.push(modules.into());
         }
+        Machine::Bundle { xen, dom0_kernel, initrd, xen_cmdline, dom0_cmdline, run_disk } => {
+            // Xen strips the first word of each module line (the file name, as iPXE's `module` passes it).
+            args.push("-kernel".into());
+            args.push(xen.clone().into_os_string());
+            args.push("-append".into());
+            args.push(xen_cmdline.into());
+            args.push("-initrd".into());
+            args.push(format!("{} {},{}", dom0_kernel.display(), dom0_cmdline, initrd.display()).into());
+            args.push("-drive".into());
+            args.push(format!("if=none,id=run,format=raw,readonly=on,file={}", run_disk.display()).into());
+            args.push("-device".into());
+            args.push("virtio-blk-pci,drive=run".into());
+        }
         Machine::Disk { image, run_disk, firmware } => {
             if let Firmware::Uefi { code, vars } = firmware {
                 args.push("-drive".into());
@@ -218,6 +261,12 @@ pub fn qemu_args(cfg: &BootConfig) -> Result<Vec<OsString>, BootError> {
             args.push("-device".into());
             args.push("virtio-blk-pci,drive=run".into());
         }
+    }
+    for (i, disk) in cfg.extra_disks.iter().enumerate() {
+        args.push("-drive".into());
+        args.push(format!("if=none,id=extra{i},format=raw,readonly=on,file={}", disk.display()).into());
+        args.push("-device".into());
+        args.push(format!("virtio-blk-pci,drive=extra{i}").into());
     }
     for name in CHANNELS {
         args.push("-chardev".into());
@@ -541,6 +590,7 @@ mod tests {
             boot_timeout: Duration::from_secs(300),
             run_dir: "/r".into(),
             echo_serial: false,
+            extra_disks: Vec::new(),
         }
     }
 
@@ -624,5 +674,40 @@ mod tests {
         );
         assert!(s.contains("if=pflash,format=raw,unit=0,readonly=on,file=/o/code.fd"), "{s}");
         assert!(s.contains("if=pflash,format=raw,unit=1,file=/r/vars.fd"), "{s}");
+    }
+
+    #[test]
+    fn a_bundle_boots_with_its_own_command_lines_and_extra_disks_are_read_only() {
+        let c = BootConfig {
+            machine: Machine::Bundle {
+                xen: "/p/xen".into(),
+                dom0_kernel: "/p/vmlinuz".into(),
+                initrd: "/p/root.cpio.zst".into(),
+                xen_cmdline: "console=com1 com1=115200,8n1 dom0_mem=2048M,max:2048M".into(),
+                dom0_cmdline: "console=hvc0 bulkhead.boot=pxe".into(),
+                run_disk: "/r/run.img".into(),
+            },
+            extra_disks: vec!["/r/cidata.img".into()],
+            ..cfg()
+        };
+        let args = qemu_args(&c).unwrap_or_default();
+        let s = joined(&args);
+        assert!(
+            s.contains("-kernel /p/xen -append console=com1 com1=115200,8n1 dom0_mem=2048M,max:2048M -initrd"),
+            "{s}"
+        );
+        assert!(!s.contains("bulkhead.timeout"), "the runner adds nothing to the bundle's lines: {s}");
+        let initrd = args.iter().position(|a| a == "-initrd").map(|i| args[i + 1].to_string_lossy().into_owned());
+        assert_eq!(initrd.as_deref(), Some("/p/vmlinuz console=hvc0 bulkhead.boot=pxe,/p/root.cpio.zst"));
+        assert!(s.contains("if=none,id=run,format=raw,readonly=on,file=/r/run.img"), "{s}");
+        assert!(s.contains("if=none,id=extra0,format=raw,readonly=on,file=/r/cidata.img"), "{s}");
+        assert!(s.contains("virtio-blk-pci,drive=extra0"), "{s}");
+        let mut comma = c.clone();
+        if let Machine::Bundle { dom0_cmdline, .. } = &mut comma.machine {
+            *dom0_cmdline = "console=hvc0,x".into();
+        }
+        assert!(matches!(qemu_args(&comma), Err(BootError::CommaInCmdline(_))));
+        let bad = BootConfig { extra_disks: vec!["/r/a,b.img".into()], ..cfg() };
+        assert!(matches!(qemu_args(&bad), Err(BootError::CommaInPath(_))));
     }
 }

@@ -125,8 +125,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = int.recv() => tracing::info!("SIGINT: shutting down"),
         }
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     };
     tracing::info!(socket = %args.socket.display(), daemon = %args.daemon_socket.display(), "serving CRI v1");
+    // The socket listens (kubelet's connections queue from here on): tell systemd (Type=notify), so kubelet,
+    // ordered after this unit, starts against a live socket. Outside systemd ($NOTIFY_SOCKET unset) a no-op.
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "telling systemd that the CRI server is ready failed");
+    }
     tonic::transport::Server::builder()
         .add_routes(bulkhead_cri::services(daemon, settings, streams))
         .serve_with_incoming_shutdown(incoming, shutdown)

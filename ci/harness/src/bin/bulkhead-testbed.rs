@@ -28,9 +28,20 @@ struct Args {
     /// A raw disk image to boot through its own firmware boot loader (the node image), instead of --xen.
     #[arg(long, conflicts_with = "xen", requires = "run_disk")]
     disk: Option<PathBuf>,
-    /// With --disk: the disk carrying the scenario (ci/image boot makes it), attached read-only.
-    #[arg(long, requires = "disk")]
+    /// With --disk or --bundle-xen-cmdline: the disk carrying the scenario (ci/image boot makes it),
+    /// attached read-only.
+    #[arg(long)]
     run_disk: Option<PathBuf>,
+    /// With --xen: boot a PXE bundle with exactly this Xen command line (its boot script's), instead of
+    /// the test bed's; needs --bundle-dom0-cmdline and --run-disk.
+    #[arg(long, requires_all = ["xen", "bundle_dom0_cmdline", "run_disk"])]
+    bundle_xen_cmdline: Option<String>,
+    /// With --bundle-xen-cmdline: dom0's command line (no commas).
+    #[arg(long, requires = "bundle_xen_cmdline")]
+    bundle_dom0_cmdline: Option<String>,
+    /// A further raw disk to attach read-only (repeatable), e.g. a NoCloud CIDATA disk.
+    #[arg(long = "extra-disk")]
+    extra_disks: Vec<PathBuf>,
     /// With --disk: boot with UEFI, from this OVMF code image (default: BIOS).
     #[arg(long, requires_all = ["disk", "uefi_vars"])]
     uefi_code: Option<PathBuf>,
@@ -82,6 +93,14 @@ fn main() -> ExitCode {
 fn real_main() -> anyhow::Result<i32> {
     let a = Args::parse();
     let machine = match (a.xen, a.dom0_kernel, a.initrd, a.disk, a.run_disk) {
+        (Some(xen), Some(dom0_kernel), Some(initrd), None, Some(run_disk)) => {
+            let (Some(xen_cmdline), Some(dom0_cmdline)) = (a.bundle_xen_cmdline, a.bundle_dom0_cmdline) else {
+                anyhow::bail!(
+                    "--run-disk with --xen boots a PXE bundle: give --bundle-xen-cmdline and --bundle-dom0-cmdline"
+                );
+            };
+            Machine::Bundle { xen, dom0_kernel, initrd, xen_cmdline, dom0_cmdline, run_disk }
+        }
         (Some(xen), Some(dom0_kernel), Some(initrd), None, None) => {
             let min = a.dom0_memory + 128;
             anyhow::ensure!(
@@ -99,7 +118,9 @@ fn real_main() -> anyhow::Result<i32> {
             };
             Machine::Disk { image, run_disk, firmware }
         }
-        _ => anyhow::bail!("give either --xen, --dom0-kernel and --initrd, or --disk and --run-disk"),
+        _ => anyhow::bail!(
+            "give either --xen, --dom0-kernel and --initrd (with --run-disk and --bundle-*-cmdline for a PXE bundle), or --disk and --run-disk"
+        ),
     };
     let cfg = BootConfig {
         qemu: a.qemu,
@@ -109,6 +130,7 @@ fn real_main() -> anyhow::Result<i32> {
         boot_timeout: Duration::from_secs(a.boot_timeout),
         run_dir: a.run_dir.clone(),
         echo_serial: a.echo_serial,
+        extra_disks: a.extra_disks,
     };
     let result = qemu::run(&cfg).context("booting the test machine");
     if let (true, Machine::Multiboot { initrd, .. }) = (a.consume_initrd, &cfg.machine) {
