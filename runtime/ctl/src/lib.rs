@@ -4,6 +4,7 @@
 pub mod commands;
 pub mod format;
 pub mod progress;
+pub mod systemd;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
