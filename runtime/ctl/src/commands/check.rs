@@ -288,14 +288,20 @@ async fn gather_node_facts(root: &HostRoot, daemon_socket: &Path, cri_socket: &P
     let (host_info, baked_images) = match daemon {
         Ok(channel) => {
             let mut host = pb::host_service_client::HostServiceClient::new(channel.clone());
+            let mut images = pb::image_service_client::ImageServiceClient::new(channel);
             let host_info = bounded("bulkheadd", async {
-                host.get_host_info(pb::GetHostInfoRequest {})
-                    .await
-                    .map(tonic::Response::into_inner)
-                    .map_err(|s| format!("GetHostInfo failed: {}", s.message()))
+                match host.get_host_info(pb::GetHostInfoRequest {}).await {
+                    Ok(r) => Ok(Some(r.into_inner())),
+                    // A daemon without HostService still answers: prove it with a call every bulkheadd serves.
+                    Err(s) if s.code() == tonic::Code::Unimplemented => images
+                        .list_images(pb::ListImagesRequest::default())
+                        .await
+                        .map(|_| None)
+                        .map_err(|s| format!("ListImages failed: {}", s.message())),
+                    Err(s) => Err(format!("GetHostInfo failed: {}", s.message())),
+                }
             })
             .await;
-            let mut images = pb::image_service_client::ImageServiceClient::new(channel);
             let mut baked = Vec::new();
             for reference in check_node::baked_image_references(root) {
                 let found = bounded("bulkheadd", async {

@@ -51,8 +51,8 @@ pub type BakedImages = Result<Vec<(String, Result<Option<String>, String>)>, Str
 pub struct NodeFacts {
     /// The units' states.
     pub units: UnitStates,
-    /// bulkheadd's GetHostInfo.
-    pub host_info: Result<pb::GetHostInfoResponse, String>,
+    /// bulkheadd's GetHostInfo; `None` when the daemon answers but does not serve HostService.
+    pub host_info: Result<Option<pb::GetHostInfoResponse>, String>,
     /// bulkhead-cri's Version.
     pub cri: Result<k8s_cri::v1::VersionResponse, String>,
     /// The baked images.
@@ -151,9 +151,23 @@ fn unit_verdict(u: &Unit, s: &UnitState) -> Check {
     }
 }
 
-fn daemon_checks(host_info: &Result<pb::GetHostInfoResponse, String>) -> Vec<Check> {
+fn daemon_checks(host_info: &Result<Option<pb::GetHostInfoResponse>, String>) -> Vec<Check> {
     let h = match host_info {
-        Ok(h) => h,
+        Ok(Some(h)) => h,
+        // Alive but without HostService: what only GetHostInfo knows is unknown, and said so.
+        Ok(None) => {
+            return vec![
+                Check::pass("bulkheadd", Group::Required, "answers (ListImages); GetHostInfo is not implemented"),
+                Check::warn(
+                    "virt-mode",
+                    Group::Required,
+                    "unknown: this bulkheadd does not serve GetHostInfo",
+                    "use a bulkheadd that serves HostService.GetHostInfo to see the mode zones will use",
+                ),
+                Check::skip("zone-memory", Group::Advisory, "bulkheadd does not serve GetHostInfo"),
+                Check::skip("zone-cpus", Group::Advisory, "bulkheadd does not serve GetHostInfo"),
+            ];
+        }
         Err(e) => {
             return vec![
                 Check::fail(
@@ -305,7 +319,7 @@ mod tests {
     fn healthy() -> NodeFacts {
         NodeFacts {
             units: Ok(all_running()),
-            host_info: Ok(host_info()),
+            host_info: Ok(Some(host_info())),
             cri: Ok(k8s_cri::v1::VersionResponse {
                 version: "0.1.0".into(),
                 runtime_name: "bulkhead".into(),
@@ -413,22 +427,34 @@ mod tests {
     #[test]
     fn the_mode_zones_use_comes_from_the_daemon() {
         let mut f = healthy();
-        if let Ok(h) = &mut f.host_info {
+        if let Ok(Some(h)) = &mut f.host_info {
             h.auto_virt_mode = pb::VirtMode::Pvh.into();
             h.auto_virt_mode_reason = "auto: HVM and HAP".into();
             h.pvh_capable = true;
         }
         assert!(find(&postinstall(&f), "virt-mode").detail.starts_with("zones run PVH (auto: HVM and HAP"));
-        if let Ok(h) = &mut f.host_info {
+        if let Ok(Some(h)) = &mut f.host_info {
             h.auto_virt_mode = pb::VirtMode::Unspecified.into();
         }
         assert_eq!(find(&postinstall(&f), "virt-mode").status, Status::Fail);
     }
 
     #[test]
+    fn a_daemon_without_host_info_is_alive_but_the_mode_is_unknown() {
+        let mut f = healthy();
+        f.host_info = Ok(None);
+        let checks = postinstall(&f);
+        assert_eq!(find(&checks, "bulkheadd").status, Status::Pass);
+        let mode = find(&checks, "virt-mode");
+        assert_eq!((mode.group, mode.status), (Group::Required, Status::Warn));
+        assert_eq!(find(&checks, "zone-memory").status, Status::Skip);
+        assert_eq!(Report::new("postinstall", checks).exit_code(), 0);
+    }
+
+    #[test]
     fn little_memory_or_one_cpu_are_advisory_warnings() {
         let mut f = healthy();
-        if let Ok(h) = &mut f.host_info {
+        if let Ok(Some(h)) = &mut f.host_info {
             h.free_memory_bytes = 100 << 20;
             h.cpus = 1;
         }
