@@ -51,6 +51,7 @@ echo "state: /var on $(findmnt -no SOURCE /var), ${state_mib} MiB (built as 512 
 fi
 [ -w /var/lib/bulkhead ] || fail "/var/lib/bulkhead is not writable"
 bulkhead image inspect busybox:baked >/dev/null || fail "the baked image busybox:baked was not imported"
+bulkhead check postinstall && json=$(bulkhead check postinstall -o json) && grep -q '"ok": true' <<<"$json" || fail "bulkhead check postinstall: the node is not ready (see its table above)"
 
 # PV: under QEMU's TCG Xen reports HVM + HAP but PVH guests do not boot (on hardware, leave --virt auto).
 t0=$(date +%s.%N)

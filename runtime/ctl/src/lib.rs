@@ -4,6 +4,7 @@
 pub mod commands;
 pub mod format;
 pub mod progress;
+pub mod systemd;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -37,6 +38,9 @@ pub enum Command {
     /// Images: the read-only root filesystems workloads run from.
     #[command(subcommand)]
     Image(commands::image::ImageCommand),
+    /// Readiness: can this machine be a node (preinstall), is it a working one (postinstall)?
+    #[command(subcommand)]
+    Check(commands::check::CheckCommand),
 }
 
 /// Connects to bulkheadd over its unix socket.
@@ -51,9 +55,12 @@ pub async fn connect(socket: &Path) -> anyhow::Result<Channel> {
 
 /// Runs one command, writing results to `out`; returns the process exit code.
 pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<i32> {
-    let channel = connect(&cli.socket).await?;
     match cli.command {
-        Command::Zone(cmd) => commands::zone::run(cmd, channel, out).await,
-        Command::Image(cmd) => commands::image::run(cmd, ImageServiceClient::new(channel), out).await,
+        Command::Zone(cmd) => commands::zone::run(cmd, connect(&cli.socket).await?, out).await,
+        Command::Image(cmd) => {
+            commands::image::run(cmd, ImageServiceClient::new(connect(&cli.socket).await?), out).await
+        }
+        // Needs no daemon: reporting one that does not answer is part of its job.
+        Command::Check(cmd) => commands::check::run(cmd, &cli.socket, out).await,
     }
 }

@@ -1,5 +1,8 @@
 //! One module per command group.
 
+pub mod check;
+pub mod check_host;
+pub mod check_node;
 pub mod image;
 pub mod workload;
 pub mod zone;
