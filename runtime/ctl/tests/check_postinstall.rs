@@ -1,27 +1,34 @@
-//! `bulkhead check postinstall` against a real bulkheadd image API (in process) on a unix socket: what the
-//! daemon answers reaches the report, and a socket nobody serves is a Required failure.
+//! `bulkhead check postinstall` against a whole bulkheadd (in process, on the in-memory hypervisor) on a unix
+//! socket: what the daemon answers reaches the report, and a socket nobody serves is a Required failure.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bulkhead_api::control::v1::image_service_server::ImageServiceServer;
 use bulkhead_oci::{ImageStore, ImageStoreConfig};
+use bulkhead_store::RecordStore;
 use bulkheadd::api::bind_control_socket;
-use bulkheadd::api::images::ImageApi;
+use bulkheadd::hypervisor::fake::FakeHypervisor;
+use bulkheadd::manager::{ManagerConfig, ZoneManager};
+use bulkheadd::workloads::WorkloadManager;
+use bulkheadd::zone::HostVirtCaps;
 
 mod common;
 use common::bulkhead;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-/// bulkheadd's image API, as the daemon serves it; no HostService (bulkheadd does not serve one yet).
+/// bulkheadd's services, as the daemon serves them, over a host that cannot run PVH.
 async fn serve(dir: &Path) -> Result<PathBuf, Box<dyn std::error::Error>> {
-    let store = Arc::new(ImageStore::open(ImageStoreConfig::new(dir.join("images"))).await?);
+    let hv = FakeHypervisor::new(HostVirtCaps { hvm: true, hap: false });
+    let zones =
+        Arc::new(ZoneManager::open(hv, RecordStore::open(dir.join("zones"))?, ManagerConfig::new("/k", "/i")).await?);
+    let images = Arc::new(ImageStore::open(ImageStoreConfig::new(dir.join("images"))).await?);
+    let workloads = WorkloadManager::open(zones.clone(), images.clone(), dir)?;
     let socket = dir.join("control.sock");
     let incoming = bind_control_socket(&socket)?;
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(ImageServiceServer::new(ImageApi::new(store)))
+            .add_routes(bulkheadd::api::services(zones, images, workloads))
             .serve_with_incoming(incoming),
     );
     Ok(socket)
@@ -54,7 +61,13 @@ async fn what_the_daemon_answers_reaches_the_report() -> TestResult {
     // This host has no Xen, no systemd on D-Bus and no CRI server: Required failures, exit 1.
     assert_eq!(code, 1);
     assert_eq!(check(&report, "bulkheadd")["status"], "pass", "{report:#}");
-    assert_eq!(check(&report, "virt-mode")["status"], "warn");
+    // GetHostInfo: the mode `auto` resolves to on this host, with the daemon's reason.
+    let mode = check(&report, "virt-mode");
+    assert_eq!(mode["status"], "pass", "{report:#}");
+    assert!(
+        mode["detail"].as_str().is_some_and(|d| d.starts_with("zones run PV (auto: the host has no HAP")),
+        "{mode}"
+    );
     let baked = check(&report, "baked-images");
     assert_eq!(baked["status"], "fail");
     assert_eq!(baked["detail"], "missing: busybox:baked (not imported)");

@@ -168,10 +168,31 @@ pub enum HypervisorError {
     },
 }
 
+/// The host as the hypervisor describes it (`bulkhead check`, `GetHostInfo`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostInfo {
+    /// The hypervisor's name.
+    pub hypervisor: String,
+    /// Its version, e.g. "4.17.5".
+    pub version: String,
+    /// PV guests can run.
+    pub pv: bool,
+    /// What decides PVH.
+    pub caps: HostVirtCaps,
+    /// All of the host's memory.
+    pub total_memory_bytes: u64,
+    /// Memory no domain holds: what new zones can get.
+    pub free_memory_bytes: u64,
+    /// Online physical CPUs.
+    pub cpus: u32,
+}
+
 /// The operations zone orchestration needs. Implementations must be safe to call concurrently.
 pub trait Hypervisor: Send + Sync + 'static {
     /// What the host can run.
     fn host_caps(&self) -> impl Future<Output = Result<HostVirtCaps, HypervisorError>> + Send;
+    /// The host's hypervisor, capabilities, memory and CPUs.
+    fn host_info(&self) -> impl Future<Output = Result<HostInfo, HypervisorError>> + Send;
     /// Builds a domain and leaves it paused (the daemon sets up the zone's channel before it runs).
     fn create_paused(&self, req: &DomainRequest) -> impl Future<Output = Result<u32, HypervisorError>> + Send;
     /// Lets a paused domain run.
@@ -357,6 +378,19 @@ pub mod fake {
     impl Hypervisor for FakeHypervisor {
         async fn host_caps(&self) -> Result<HostVirtCaps, HypervisorError> {
             Ok(self.caps)
+        }
+
+        async fn host_info(&self) -> Result<HostInfo, HypervisorError> {
+            // An in-memory host: its own name, so nobody mistakes it for Xen.
+            Ok(HostInfo {
+                hypervisor: "fake".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                pv: true,
+                caps: self.caps,
+                total_memory_bytes: 8 << 30,
+                free_memory_bytes: 4 << 30,
+                cpus: 2,
+            })
         }
 
         async fn create_paused(&self, req: &DomainRequest) -> Result<u32, HypervisorError> {

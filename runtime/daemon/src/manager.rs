@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::{Mutex, broadcast, mpsc};
 
 use crate::hypervisor::{
-    DomainKind, DomainRequest, DomainRunState, Hypervisor, HypervisorError, ShutdownKind, WaitOutcome,
+    DomainKind, DomainRequest, DomainRunState, HostInfo, Hypervisor, HypervisorError, ShutdownKind, WaitOutcome,
     ZONE_CHANNEL_PATH,
 };
 use crate::link::{LinkEvent, LinkParams, ZoneLink};
@@ -233,6 +233,13 @@ impl<H: Hypervisor> ZoneManager<H> {
             }
         }
         Ok(Ok(()))
+    }
+
+    /// The host, and the mode `auto` zones get on it with the reason (or why they cannot start).
+    pub async fn host_info(&self) -> Result<(HostInfo, Result<(VirtMode, String), String>), HypervisorError> {
+        let info = self.hv.host_info().await?;
+        let auto = resolve_virt_mode(VirtMode::Auto, info.caps, self.cfg.auto_virt_mode);
+        Ok((info, auto))
     }
 
     /// State changes from now on. A watcher more than a thousand changes behind gets `Lagged` and should

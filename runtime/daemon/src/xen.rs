@@ -10,7 +10,7 @@ use bulkhead_xen::{AsyncVchan, DiskSpec, DomainInfo, Libxl, LibxlWorker, Shutdow
 
 use crate::api::message_chain;
 use crate::hypervisor::{
-    ChannelStream, DomainKind, DomainObservation, DomainRequest, DomainRunState, Hypervisor, HypervisorError,
+    ChannelStream, DomainKind, DomainObservation, DomainRequest, DomainRunState, HostInfo, Hypervisor, HypervisorError,
     ShutdownKind, WaitOutcome, ZONE_CHANNEL_PATH,
 };
 use crate::loopdev;
@@ -171,6 +171,21 @@ impl Hypervisor for LibxlHypervisor {
     async fn host_caps(&self) -> Result<HostVirtCaps, HypervisorError> {
         let p = self.worker.physinfo().await.map_err(|e| HypervisorError::HostCaps(message_chain(&e)))?;
         Ok(HostVirtCaps { hvm: p.caps.hvm, hap: p.caps.hap })
+    }
+
+    async fn host_info(&self) -> Result<HostInfo, HypervisorError> {
+        let err = |e: bulkhead_xen::Error| HypervisorError::HostCaps(message_chain(&e));
+        let p = self.worker.physinfo().await.map_err(err)?;
+        let v = self.worker.version_info().await.map_err(err)?;
+        Ok(HostInfo {
+            hypervisor: "xen".into(),
+            version: v.version(),
+            pv: p.caps.pv,
+            caps: HostVirtCaps { hvm: p.caps.hvm, hap: p.caps.hap },
+            total_memory_bytes: p.total_memory_kib().saturating_mul(1024),
+            free_memory_bytes: p.free_memory_kib().saturating_mul(1024),
+            cpus: p.nr_cpus,
+        })
     }
 
     async fn create_paused(&self, req: &DomainRequest) -> Result<u32, HypervisorError> {

@@ -1,6 +1,7 @@
 //! The gRPC edge: one file per service converts protobuf to the core's types and back, and maps core
 //! errors to gRPC status codes on purpose. Served on a unix socket that only root can reach.
 
+pub mod host;
 pub mod images;
 pub mod workloads;
 pub mod zones;
@@ -10,6 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use bulkhead_api::control::v1::host_service_server::HostServiceServer;
 use bulkhead_api::control::v1::image_service_server::ImageServiceServer;
 use bulkhead_api::control::v1::workload_service_server::WorkloadServiceServer;
 use bulkhead_api::control::v1::zone_service_server::ZoneServiceServer;
@@ -86,8 +88,10 @@ pub fn services<H: Hypervisor>(
             Box::pin(async move { workloads.forget_zone(&zone_id).await })
         })
     };
+    let host_api = host::HostApi::new(zones.clone());
     let zone_api = zones::ZoneApi::new(zones).with_destroy_hook(destroy_hook).with_workload_events(workloads.clone());
     tonic::service::Routes::new(ZoneServiceServer::new(zone_api))
+        .add_service(HostServiceServer::new(host_api))
         .add_service(ImageServiceServer::new(images::ImageApi::with_in_use(images, in_use)))
         .add_service(WorkloadServiceServer::new(workloads::WorkloadApi::new(workloads)))
 }

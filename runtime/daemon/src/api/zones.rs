@@ -84,7 +84,7 @@ fn virt_mode_from_pb(v: i32) -> Result<VirtMode, Status> {
     }
 }
 
-fn virt_mode_to_pb(v: VirtMode) -> pb::VirtMode {
+pub(crate) fn virt_mode_to_pb(v: VirtMode) -> pb::VirtMode {
     match v {
         VirtMode::Auto => pb::VirtMode::Auto,
         VirtMode::Pv => pb::VirtMode::Pv,
