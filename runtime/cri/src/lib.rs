@@ -7,6 +7,7 @@ pub mod container;
 pub mod images;
 pub mod runtime;
 pub mod sandbox;
+pub mod security;
 pub mod streams;
 
 use std::path::{Path, PathBuf};

@@ -11,7 +11,7 @@ use crate::limits::MAX_FRAME_PAYLOAD;
 pub const MAGIC: [u8; 4] = *b"BHZW";
 
 /// The protocol version this crate speaks; frames of any other version are rejected.
-pub const PROTOCOL_VERSION: u8 = 4;
+pub const PROTOCOL_VERSION: u8 = 5;
 
 /// Length of the fixed frame header in bytes.
 pub const HEADER_LEN: usize = 16;
@@ -234,8 +234,8 @@ mod tests {
     use super::*;
     use crate::limits::{MAX_ARGS, MAX_DATA_CHUNK, MAX_ENV};
     use crate::{
-        EnvVar, ExitStatus, HostToZone, OutputFd, ResourceLimits, StreamId, User, WorkloadPhase, WorkloadSpec,
-        ZoneToHost,
+        BpfInstruction, Capabilities, EnvVar, ExitStatus, HostToZone, OutputFd, ResourceLimits, SeccompProgram,
+        Security, StreamId, User, WorkloadPhase, WorkloadSpec, ZoneToHost,
     };
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -284,6 +284,20 @@ mod tests {
             readonly_rootfs: true,
             hostname: None,
             root_device: "xvdb".into(),
+            security: Some(Security {
+                capabilities: Capabilities {
+                    bounding: 0x400,
+                    effective: 0x400,
+                    permitted: 0x400,
+                    inheritable: 0,
+                    ambient: 0,
+                },
+                no_new_privs: true,
+                masked_paths: vec!["/k".into()],
+                readonly_paths: Vec::new(),
+                seccomp: vec![SeccompProgram(vec![BpfInstruction { code: 6, jt: 1, jf: 2, k: 0x7fff_0000 }])],
+                privileged: false,
+            }),
         }
     }
 
@@ -449,7 +463,7 @@ mod tests {
     fn golden_ping() -> TestResult {
         let f = encode(&HostToZone::Ping { nonce: 1 })?;
         let want = [
-            0x42, 0x48, 0x5a, 0x57, 0x04, 0x01, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0xf8, 0x8e, 0x80, 0xd6, 0x0b, 0x01,
+            0x42, 0x48, 0x5a, 0x57, 0x05, 0x01, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0xc6, 0xe5, 0x42, 0x39, 0x0b, 0x01,
         ];
         assert_eq!(f, want);
         Ok(())
@@ -459,7 +473,7 @@ mod tests {
     fn golden_pong() -> TestResult {
         let f = encode(&ZoneToHost::Pong { nonce: 0x102 })?;
         let want = [
-            0x42, 0x48, 0x5a, 0x57, 0x04, 0x02, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x50, 0xdb, 0xd6, 0xd1, 0x09, 0x82,
+            0x42, 0x48, 0x5a, 0x57, 0x05, 0x02, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x90, 0x04, 0x58, 0x10, 0x09, 0x82,
             0x02,
         ];
         assert_eq!(f, want);
@@ -519,6 +533,13 @@ mod tests {
             0x01, // readonly_rootfs
             0x00, // hostname None
             0x04, b'x', b'v', b'd', b'b', // root_device
+            0x01, // security Some
+            0x80, 0x08, 0x80, 0x08, 0x80, 0x08, 0x00, 0x00, // capabilities: bounding, effective, permitted 0x400
+            0x01, // no_new_privs
+            0x01, 0x02, b'/', b'k', // masked_paths ["/k"]
+            0x00, // readonly_paths []
+            0x01, 0x01, 0x06, 0x01, 0x02, 0x80, 0x80, 0xfc, 0xff, 0x07, // one program: RET 0x7fff0000
+            0x00, // privileged
         ];
         assert_eq!(&encode(&m)?[HEADER_LEN..], want);
         Ok(())
@@ -536,7 +557,7 @@ mod tests {
 
     #[test]
     fn bad_version() {
-        for v in [0, 1, 2, 3, 5, 0xff] {
+        for v in [0, 1, 2, 3, 4, 6, 0xff] {
             let f = raw_frame(v, Direction::HostToZone as u8, 0, &[0x0b, 0x01]);
             assert!(
                 matches!(decode_slice::<HostToZone>(&f), Err(WireError::UnsupportedVersion { found }) if found == v)
@@ -646,7 +667,7 @@ mod tests {
         for _ in 0..MAX_ARGS {
             payload.extend_from_slice(&[0x01, b'x']);
         }
-        payload.extend_from_slice(&[0x00, 0x01, b'/', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, b'x']);
+        payload.extend_from_slice(&[0x00, 0x01, b'/', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, b'x', 0x00]);
         assert!(matches!(decode_slice::<HostToZone>(&host_frame(&payload)), Ok(Some(_))));
         // Env: Exec { 1, 2, ["x"], <MAX_ENV + 1 entries> }.
         let mut payload = vec![0x05, 0x01, 0x02, 0x01, 0x01, b'x'];
