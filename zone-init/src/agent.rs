@@ -387,6 +387,7 @@ impl Agent {
             cwd: req.cwd.unwrap_or_else(|| w.spec.cwd.clone()),
             user: req.user.unwrap_or_else(|| w.spec.user.clone()),
             tty: req.tty,
+            security: w.spec.security.clone(),
             helper_exe: PathBuf::from(workload::SELF_EXE),
         };
         let spawned = workload::spawn_exec(&launch)?;

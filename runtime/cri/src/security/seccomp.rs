@@ -25,7 +25,7 @@
 //! container holds that capability, so adding one works as users expect. `clone3` answers ENOSYS, because its
 //! flags sit in memory a filter cannot read; libc then falls back to `clone`, whose flags are checked.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use seccompiler::{TargetArch, sock_filter};
@@ -527,6 +527,7 @@ pub fn localhost(path: &Path, caps: u64) -> Result<Vec<Vec<sock_filter>>, Seccom
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     fn allow_but(names: &[&str], action: Action) -> Profile {
         Profile {
