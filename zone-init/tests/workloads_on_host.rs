@@ -634,14 +634,14 @@ fn assert_restricted(out: &str) {
 fn security_settings_hold_in_the_workload_and_in_its_execs() -> TestResult {
     let host = Host::new("security")?;
     let mut s = sh(SECURITY_SCRIPT);
-    s.security = Some(restricted());
+    s.security = Some(Box::new(restricted()));
     let (out, err, st) = run_to_end(&host.start(s)?)?;
     assert_eq!(st, ExitStatus::Code(0), "{err}");
     assert_restricted(&out);
 
     // An exec inherits the workload's settings.
     let mut s = spec(&["sleep", "100"]);
-    s.security = Some(restricted());
+    s.security = Some(Box::new(restricted()));
     let (_, launch) = host.launch(s.clone())?;
     let w = spawn_workload(&launch)?;
     let exec = ExecLaunch {
@@ -652,7 +652,7 @@ fn security_settings_hold_in_the_workload_and_in_its_execs() -> TestResult {
         cwd: "/".into(),
         user: User::root(),
         tty: false,
-        security: s.security.clone(),
+        security: s.security.as_deref().cloned(),
         helper_exe: PathBuf::from(BIN),
     };
     let (out, err, st) = run_to_end(&spawn_exec(&exec)?)?;
@@ -681,7 +681,7 @@ fn a_non_root_user_starts_without_capabilities_and_privileged_gets_them_all() ->
     };
     let script = "grep -E '^(CapEff|Seccomp):' /proc/self/status; grep ' /sys sysfs ' /proc/self/mounts";
     let mut s = sh(script);
-    s.security = Some(privileged.clone());
+    s.security = Some(Box::new(privileged.clone()));
     let (out, err, st) = run_to_end(&host.start(s)?)?;
     assert_eq!(st, ExitStatus::Code(0), "{err}");
     let full = format!("CapEff:\t{held:016x}");
@@ -689,7 +689,7 @@ fn a_non_root_user_starts_without_capabilities_and_privileged_gets_them_all() ->
     // A non-root program gets nothing from execve, whatever the sets before it (as with runc).
     let mut s = sh("grep -E '^(CapEff|CapPrm):' /proc/self/status");
     s.user = User { uid: 1000, gid: 1000, additional_gids: vec![] };
-    s.security = Some(Security { privileged: false, ..privileged });
+    s.security = Some(Box::new(Security { privileged: false, ..privileged }));
     let (out, err, st) = run_to_end(&host.start(s)?)?;
     assert_eq!(st, ExitStatus::Code(0), "{err}");
     assert!(out.contains("CapEff:\t0000000000000000") && out.contains("CapPrm:\t0000000000000000"), "{out:?}");
@@ -703,7 +703,7 @@ fn a_filter_the_kernel_refuses_is_a_seccomp_setup_failure() -> TestResult {
     let mut security = restricted();
     // A jump past the end of the program.
     security.seccomp = vec![SeccompProgram(vec![BpfInstruction { code: 0x05, jt: 0, jf: 0, k: 10 }])];
-    s.security = Some(security);
+    s.security = Some(Box::new(security));
     match host.start(s) {
         Err(e) => {
             let e = e.downcast::<WorkloadError>().map_err(|e| format!("not a workload error: {e}"))?;

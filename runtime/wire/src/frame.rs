@@ -284,7 +284,7 @@ mod tests {
             readonly_rootfs: true,
             hostname: None,
             root_device: "xvdb".into(),
-            security: Some(Security {
+            security: Some(Box::new(Security {
                 capabilities: Capabilities {
                     bounding: 0x400,
                     effective: 0x400,
@@ -297,7 +297,7 @@ mod tests {
                 readonly_paths: Vec::new(),
                 seccomp: vec![SeccompProgram(vec![BpfInstruction { code: 6, jt: 1, jf: 2, k: 0x7fff_0000 }])],
                 privileged: false,
-            }),
+            })),
         }
     }
 

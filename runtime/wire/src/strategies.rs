@@ -77,7 +77,7 @@ fn workload_spec() -> impl Strategy<Value = WorkloadSpec> {
         any::<bool>(),
         option::of(hostname()),
         "[a-z0-9]{1,15}",
-        option::of(security()),
+        option::of(security().prop_map(Box::new)),
     )
         .prop_map(|(argv, env, cwd, user, tty, limits, readonly_rootfs, hostname, root_device, security)| {
             WorkloadSpec { argv, env, cwd, user, tty, limits, readonly_rootfs, hostname, root_device, security }

@@ -143,7 +143,7 @@ pub struct WorkloadSpec {
     /// The process's security settings, resolved on the host; execs inherit them. `None` runs it as the zone
     /// init runs its own children: every capability, no seccomp filter, nothing masked (what `bulkhead zone
     /// launch` asks for).
-    pub security: Option<Security>,
+    pub security: Option<Box<Security>>,
 }
 
 /// The security settings of a workload, resolved on the host into what the zone applies as given (the zone
@@ -261,7 +261,7 @@ impl WorkloadSpec {
             validate::hostname("spec.hostname", h)?;
         }
         validate::device_name("spec.root_device", &self.root_device)?;
-        self.security.as_ref().map_or(Ok(()), Security::validate)
+        self.security.as_deref().map_or(Ok(()), Security::validate)
     }
 }
 
@@ -423,7 +423,7 @@ mod tests {
             readonly_rootfs: false,
             hostname: Some("web-0.example".into()),
             root_device: "xvdb".into(),
-            security: Some(Security {
+            security: Some(Box::new(Security {
                 capabilities: Capabilities {
                     bounding: 0x400,
                     effective: 0x400,
@@ -436,7 +436,7 @@ mod tests {
                 readonly_paths: vec!["/proc/sys".into()],
                 seccomp: vec![SeccompProgram(vec![BpfInstruction { code: 6, jt: 0, jf: 0, k: 0x7fff_0000 }])],
                 privileged: false,
-            }),
+            })),
         }
     }
 

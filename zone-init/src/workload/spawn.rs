@@ -116,7 +116,14 @@ pub fn spawn_workload(launch: &Launch) -> Result<Spawned, WorkloadError> {
     let spec = &launch.spec;
     let request = Request {
         target: Target::Workload { rootfs: launch.rootfs.clone(), hostname: spec.hostname.clone() },
-        process: process_config(&spec.argv, &spec.env, &spec.cwd, &spec.user, spec.tty, spec.security.clone())?,
+        process: process_config(
+            &spec.argv,
+            &spec.env,
+            &spec.cwd,
+            &spec.user,
+            spec.tty,
+            spec.security.as_deref().cloned(),
+        )?,
         cgroup: launch.cgroup.clone(),
     };
     run_setup(&launch.helper_exe, WORKLOAD_SETUP_ARG, &request)

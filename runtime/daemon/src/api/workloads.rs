@@ -231,7 +231,7 @@ pub fn status_to_pb(r: &WorkloadRecord, log_path: &Path) -> pb::WorkloadStatus {
             labels: r.labels.clone().into_iter().collect(),
             client_state: r.client_state.clone(),
             log_path: r.log_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
-            security: s.security.as_ref().map(security_to_pb),
+            security: s.security.as_deref().map(security_to_pb),
         }),
         state: match r.state {
             WorkloadState::Created => pb::WorkloadState::Created,

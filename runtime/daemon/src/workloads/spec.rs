@@ -102,7 +102,7 @@ pub fn build(req: &WorkloadRequest, image: &ImageConfig, root_device: &str) -> R
         readonly_rootfs: req.readonly_rootfs,
         hostname: None,
         root_device: root_device.to_owned(),
-        security: req.security.clone(),
+        security: req.security.clone().map(Box::new),
     })
 }
 
