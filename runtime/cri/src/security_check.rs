@@ -184,12 +184,15 @@ async fn run_cases(
     localhost: &Path,
 ) -> anyhow::Result<()> {
     for case in cases(localhost) {
+        // As root: the test image runs as 1000, and execve gives a non-root program no capabilities at all.
+        let security =
+            cri::LinuxContainerSecurityContext { run_as_user: Some(cri::Int64Value { value: 0 }), ..case.security };
         let c = cri::ContainerConfig {
             metadata: Some(cri::ContainerMetadata { name: case.name.into(), attempt: 0 }),
             image: Some(cri::ImageSpec { image: image.into(), ..Default::default() }),
             command: vec!["/bin/busybox".into(), "sleep".into(), "600".into()],
             log_path: format!("{}/0.log", case.name),
-            linux: Some(cri::LinuxContainerConfig { resources: None, security_context: Some(case.security) }),
+            linux: Some(cri::LinuxContainerConfig { resources: None, security_context: Some(security) }),
             ..Default::default()
         };
         let req = cri::CreateContainerRequest {
