@@ -391,6 +391,7 @@ impl Agent {
             cwd: req.cwd.unwrap_or_else(|| w.spec.cwd.clone()),
             user: req.user.unwrap_or_else(|| w.spec.user.clone()),
             tty: req.tty,
+            security: w.spec.security.as_deref().cloned(),
             helper_exe: PathBuf::from(workload::SELF_EXE),
         };
         let spawned = workload::spawn_exec(&launch)?;

@@ -12,7 +12,9 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bulkhead_wire::{EnvVar, ExitStatus, ResourceLimits, User, WorkloadSpec};
+use bulkhead_wire::{
+    BpfInstruction, Capabilities, EnvVar, ExitStatus, ResourceLimits, SeccompProgram, Security, User, WorkloadSpec,
+};
 use bulkhead_zone::workload::{
     self, ExecLaunch, Launch, Layout, SetupStage, Spawned, WorkloadError, cgroup, rootfs, spawn_exec, spawn_workload,
 };
@@ -25,9 +27,9 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 const BIN: &str = env!("CARGO_BIN_EXE_bulkhead-zone");
 const TIMEOUT: Duration = Duration::from_secs(20);
-const APPLETS: [&str; 23] = [
+const APPLETS: [&str; 24] = [
     "sh", "echo", "cat", "sleep", "id", "hostname", "ls", "tty", "stty", "head", "tail", "dd", "touch", "test", "[",
-    "true", "false", "env", "readlink", "pwd", "mkdir", "tr", "grep",
+    "true", "false", "env", "readlink", "pwd", "mkdir", "tr", "grep", "wc",
 ];
 
 static NEXT: AtomicU64 = AtomicU64::new(1);
@@ -166,6 +168,7 @@ fn spec(argv: &[&str]) -> WorkloadSpec {
         readonly_rootfs: false,
         hostname: None,
         root_device: "xvdb".into(),
+        security: None,
     }
 }
 
@@ -442,6 +445,7 @@ fn exec_joins_a_running_workloads_namespaces() -> TestResult {
         cwd: "/tmp".into(),
         user: User::root(),
         tty: false,
+        security: None,
         helper_exe: PathBuf::from(BIN),
     };
     let e = spawn_exec(&exec)?;
@@ -571,5 +575,141 @@ fn a_missing_helper_is_an_error_not_a_hang() -> TestResult {
     launch.helper_exe = PathBuf::from("/bin/true");
     let got = spawn_workload(&launch);
     assert!(matches!(got, Err(WorkloadError::HelperFailed { .. } | WorkloadError::SendRequest(_))), "{got:?}");
+    Ok(())
+}
+
+/// A seccomp program by hand: x86_64 only (anything else is killed), mkdir (83) fails with EPERM, the rest runs.
+fn deny_mkdir() -> SeccompProgram {
+    let i = |code, jt, jf, k| BpfInstruction { code, jt, jf, k };
+    SeccompProgram(vec![
+        i(0x20, 0, 0, 4),           // ld [4]: arch
+        i(0x15, 1, 0, 0xc000_003e), // jeq AUDIT_ARCH_X86_64
+        i(0x06, 0, 0, 0x8000_0000), // ret KILL_PROCESS
+        i(0x20, 0, 0, 0),           // ld [0]: nr
+        i(0x15, 0, 1, 83),          // jeq mkdir
+        i(0x06, 0, 0, 0x0005_0001), // ret ERRNO(EPERM)
+        i(0x06, 0, 0, 0x7fff_0000), // ret ALLOW
+    ])
+}
+
+fn restricted() -> Security {
+    let net_bind_service = 1 << 10;
+    Security {
+        capabilities: Capabilities {
+            bounding: net_bind_service,
+            effective: net_bind_service,
+            permitted: net_bind_service,
+            inheritable: 0,
+            ambient: 0,
+        },
+        no_new_privs: true,
+        masked_paths: vec!["/proc/kallsyms".into(), "/proc/no-such-file".into(), "/sys/kernel".into()],
+        readonly_paths: vec!["/proc/sys".into()],
+        seccomp: vec![deny_mkdir()],
+        privileged: false,
+    }
+}
+
+/// The checks, run by the workload and by an exec into it: each prints a line that must be there.
+const SECURITY_SCRIPT: &str = "grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status; \
+    mkdir /made 2>/dev/null && echo mkdir-allowed || echo mkdir-denied; \
+    echo kallsyms=$(cat /proc/kallsyms | wc -c) sys-kernel=$(ls /sys/kernel | wc -l); \
+    grep -q ' /proc/sys proc ro,' /proc/self/mounts && echo proc-sys-ro";
+
+fn assert_restricted(out: &str) {
+    for want in [
+        "CapEff:\t0000000000000400",
+        "CapBnd:\t0000000000000400",
+        "NoNewPrivs:\t1",
+        "Seccomp:\t2",
+        "mkdir-denied",
+        "kallsyms=0 sys-kernel=0",
+        "proc-sys-ro",
+    ] {
+        assert!(out.contains(want), "{want:?} missing in {out:?}");
+    }
+}
+
+#[test]
+fn security_settings_hold_in_the_workload_and_in_its_execs() -> TestResult {
+    let host = Host::new("security")?;
+    let mut s = sh(SECURITY_SCRIPT);
+    s.security = Some(Box::new(restricted()));
+    let (out, err, st) = run_to_end(&host.start(s)?)?;
+    assert_eq!(st, ExitStatus::Code(0), "{err}");
+    assert_restricted(&out);
+
+    // An exec inherits the workload's settings.
+    let mut s = spec(&["sleep", "100"]);
+    s.security = Some(Box::new(restricted()));
+    let (_, launch) = host.launch(s.clone())?;
+    let w = spawn_workload(&launch)?;
+    let exec = ExecLaunch {
+        target: w.pid,
+        cgroup: launch.cgroup.clone(),
+        argv: vec!["sh".into(), "-c".into(), SECURITY_SCRIPT.into()],
+        env: s.env.clone(),
+        cwd: "/".into(),
+        user: User::root(),
+        tty: false,
+        security: s.security.as_deref().cloned(),
+        helper_exe: PathBuf::from(BIN),
+    };
+    let (out, err, st) = run_to_end(&spawn_exec(&exec)?)?;
+    let _ = nix::sys::signal::kill(w.pid, nix::sys::signal::Signal::SIGKILL);
+    let _ = wait(w.pid);
+    assert_eq!(st, ExitStatus::Code(0), "{err}");
+    assert_restricted(&out);
+    Ok(())
+}
+
+#[test]
+fn a_non_root_user_starts_without_capabilities_and_privileged_gets_them_all() -> TestResult {
+    let host = Host::new("caps")?;
+    // Every capability this test process holds (a build host's sandbox may lack some; the zone has all).
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let bounding = status.lines().find_map(|l| l.strip_prefix("CapBnd:")).ok_or("no CapBnd")?.trim();
+    let held = u64::from_str_radix(bounding, 16)? & Capabilities::ALL;
+    let all = Capabilities { bounding: held, effective: held, permitted: held, inheritable: 0, ambient: 0 };
+    let privileged = Security {
+        capabilities: all,
+        no_new_privs: false,
+        masked_paths: vec![],
+        readonly_paths: vec![],
+        seccomp: vec![],
+        privileged: true,
+    };
+    let script = "grep -E '^(CapEff|Seccomp):' /proc/self/status; grep ' /sys sysfs ' /proc/self/mounts";
+    let mut s = sh(script);
+    s.security = Some(Box::new(privileged.clone()));
+    let (out, err, st) = run_to_end(&host.start(s)?)?;
+    assert_eq!(st, ExitStatus::Code(0), "{err}");
+    let full = format!("CapEff:\t{held:016x}");
+    assert!(out.contains(&full) && out.contains("Seccomp:\t0") && out.contains(" sysfs rw,"), "{out:?}");
+    // A non-root program gets nothing from execve, whatever the sets before it (as with runc).
+    let mut s = sh("grep -E '^(CapEff|CapPrm):' /proc/self/status");
+    s.user = User { uid: 1000, gid: 1000, additional_gids: vec![] };
+    s.security = Some(Box::new(Security { privileged: false, ..privileged }));
+    let (out, err, st) = run_to_end(&host.start(s)?)?;
+    assert_eq!(st, ExitStatus::Code(0), "{err}");
+    assert!(out.contains("CapEff:\t0000000000000000") && out.contains("CapPrm:\t0000000000000000"), "{out:?}");
+    Ok(())
+}
+
+#[test]
+fn a_filter_the_kernel_refuses_is_a_seccomp_setup_failure() -> TestResult {
+    let host = Host::new("bad-filter")?;
+    let mut s = sh("true");
+    let mut security = restricted();
+    // A jump past the end of the program.
+    security.seccomp = vec![SeccompProgram(vec![BpfInstruction { code: 0x05, jt: 0, jf: 0, k: 10 }])];
+    s.security = Some(Box::new(security));
+    match host.start(s) {
+        Err(e) => {
+            let e = e.downcast::<WorkloadError>().map_err(|e| format!("not a workload error: {e}"))?;
+            assert!(matches!(*e, WorkloadError::Setup { stage: SetupStage::Seccomp, .. }), "{e:?}");
+        }
+        Ok(_) => return Err("an invalid filter was installed".into()),
+    }
     Ok(())
 }

@@ -135,6 +135,9 @@ pub fn workload_spec(
         labels: [(MANAGED_LABEL.to_owned(), "container".to_owned())].into_iter().collect(),
         client_state,
         log_path,
+        security: Some(crate::security::policy(sc).map_err(|e| {
+            Status::invalid_argument(format!("container {}: security context: {}", meta.name, e.message()))
+        })?),
     })
 }
 

@@ -8,6 +8,7 @@ pub mod images;
 pub mod metrics;
 pub mod runtime;
 pub mod sandbox;
+pub mod security;
 pub mod streams;
 
 use std::path::{Path, PathBuf};

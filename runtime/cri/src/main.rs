@@ -12,6 +12,7 @@ use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_stream::wrappers::UnixListenerStream;
 
+mod security_check;
 mod smoke;
 
 #[derive(Debug, Parser)]
@@ -52,6 +53,17 @@ enum Command {
         #[arg(long, default_value = "/var/log/pods")]
         log_dir: PathBuf,
     },
+    /// Runs containers with kubelet's security settings (capabilities, no_new_privs, seccomp, masked and
+    /// read-only paths, privileged) in a real pod against --socket and checks from inside each container and
+    /// an exec into it that they hold. Exits non-zero at the first failure.
+    SecurityCheck {
+        /// An image with /bin/sh and /bin/busybox (applets run as `busybox APPLET`).
+        #[arg(long)]
+        image: String,
+        /// Where the pod's logs and the Localhost seccomp profile go.
+        #[arg(long, default_value = "/var/lib/bulkhead-cri/security-check")]
+        work_dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -78,6 +90,14 @@ fn main() -> ExitCode {
                 println!("figure: RunPodSandbox {:.2} s", f.run_sandbox.as_secs_f64());
                 println!("figure: pod start to first output {:.2} s", f.pod_to_first_output.as_secs_f64());
             })
+        }
+        Some(Command::SecurityCheck { ref image, ref work_dir }) => {
+            let t = security_check::SecurityCheck {
+                socket: args.socket.clone(),
+                image: image.clone(),
+                work_dir: work_dir.clone(),
+            };
+            rt.block_on(security_check::run(&t)).map(|()| println!("security check passed"))
         }
         None => rt.block_on(run(args)),
     };

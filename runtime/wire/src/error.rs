@@ -166,6 +166,12 @@ pub enum ValidationError {
         /// The version in the message.
         found: u8,
     },
+    /// Capability sets that break the kernel's rules or name unknown capabilities.
+    #[error("invalid capability sets: {reason}")]
+    InvalidCapabilities {
+        /// Which rule.
+        reason: &'static str,
+    },
     /// A port-forward to port 0.
     #[error("port-forward to port 0: give a port from 1 to 65535")]
     PortZero,

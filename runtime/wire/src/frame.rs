@@ -234,8 +234,8 @@ mod tests {
     use super::*;
     use crate::limits::{MAX_ARGS, MAX_DATA_CHUNK, MAX_ENV};
     use crate::{
-        EnvVar, ExitStatus, HostToZone, OutputFd, ResourceLimits, StreamId, User, WorkloadPhase, WorkloadSpec,
-        ZoneToHost,
+        BpfInstruction, Capabilities, EnvVar, ExitStatus, HostToZone, OutputFd, ResourceLimits, SeccompProgram,
+        Security, StreamId, User, WorkloadPhase, WorkloadSpec, ZoneToHost,
     };
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -284,6 +284,20 @@ mod tests {
             readonly_rootfs: true,
             hostname: None,
             root_device: "xvdb".into(),
+            security: Some(Box::new(Security {
+                capabilities: Capabilities {
+                    bounding: 0x400,
+                    effective: 0x400,
+                    permitted: 0x400,
+                    inheritable: 0,
+                    ambient: 0,
+                },
+                no_new_privs: true,
+                masked_paths: vec!["/k".into()],
+                readonly_paths: Vec::new(),
+                seccomp: vec![SeccompProgram(vec![BpfInstruction { code: 6, jt: 1, jf: 2, k: 0x7fff_0000 }])],
+                privileged: false,
+            })),
         }
     }
 
@@ -534,6 +548,13 @@ mod tests {
             0x01, // readonly_rootfs
             0x00, // hostname None
             0x04, b'x', b'v', b'd', b'b', // root_device
+            0x01, // security Some
+            0x80, 0x08, 0x80, 0x08, 0x80, 0x08, 0x00, 0x00, // capabilities: bounding, effective, permitted 0x400
+            0x01, // no_new_privs
+            0x01, 0x02, b'/', b'k', // masked_paths ["/k"]
+            0x00, // readonly_paths []
+            0x01, 0x01, 0x06, 0x01, 0x02, 0x80, 0x80, 0xfc, 0xff, 0x07, // one program: RET 0x7fff0000
+            0x00, // privileged
         ];
         assert_eq!(&encode(&m)?[HEADER_LEN..], want);
         Ok(())
@@ -661,7 +682,7 @@ mod tests {
         for _ in 0..MAX_ARGS {
             payload.extend_from_slice(&[0x01, b'x']);
         }
-        payload.extend_from_slice(&[0x00, 0x01, b'/', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, b'x']);
+        payload.extend_from_slice(&[0x00, 0x01, b'/', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, b'x', 0x00]);
         assert!(matches!(decode_slice::<HostToZone>(&host_frame(&payload)), Ok(Some(_))));
         // Env: Exec { 1, 2, ["x"], <MAX_ENV + 1 entries> }.
         let mut payload = vec![0x05, 0x01, 0x02, 0x01, 0x01, b'x'];

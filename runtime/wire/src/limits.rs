@@ -44,3 +44,13 @@ pub const MAX_DEVICE_NAME_LEN: usize = 15;
 
 /// Highest signal number accepted (Linux `SIGRTMAX`); the lowest is 1.
 pub const MAX_SIGNAL: i32 = 64;
+
+/// Most masked paths, and most read-only paths, of a workload.
+pub const MAX_SECURITY_PATHS: usize = 256;
+
+/// Most seccomp programs of a workload.
+pub const MAX_SECCOMP_PROGRAMS: usize = 8;
+
+/// Most seccomp instructions of a workload, all programs together (a single program may not exceed the
+/// kernel's `BPF_MAXINSNS`, 4096, either).
+pub const MAX_SECCOMP_INSTRUCTIONS: usize = 4096;

@@ -7,8 +7,9 @@ use proptest::prelude::*;
 
 use crate::limits;
 use crate::{
-    CpuLimit, EnvVar, ErrorCode, ExitStatus, HostToZone, InitStage, OutputFd, PROTOCOL_VERSION, ResourceLimits,
-    ResourceUsage, StreamId, User, WorkloadPhase, WorkloadSpec, ZoneToHost,
+    BpfInstruction, Capabilities, CpuLimit, EnvVar, ErrorCode, ExitStatus, HostToZone, InitStage, OutputFd,
+    PROTOCOL_VERSION, ResourceLimits, ResourceUsage, SeccompProgram, Security, StreamId, User, WorkloadPhase,
+    WorkloadSpec, ZoneToHost,
 };
 
 /// Printable text without NUL, including non-ASCII.
@@ -76,17 +77,48 @@ fn workload_spec() -> impl Strategy<Value = WorkloadSpec> {
         any::<bool>(),
         option::of(hostname()),
         "[a-z0-9]{1,15}",
+        option::of(security().prop_map(Box::new)),
     )
-        .prop_map(|(argv, env, cwd, user, tty, limits, readonly_rootfs, hostname, root_device)| WorkloadSpec {
-            argv,
-            env,
-            cwd,
-            user,
-            tty,
-            limits,
-            readonly_rootfs,
-            hostname,
-            root_device,
+        .prop_map(|(argv, env, cwd, user, tty, limits, readonly_rootfs, hostname, root_device, security)| {
+            WorkloadSpec { argv, env, cwd, user, tty, limits, readonly_rootfs, hostname, root_device, security }
+        })
+}
+
+fn capabilities() -> impl Strategy<Value = Capabilities> {
+    // Each set within the one the kernel derives it from, as validation requires.
+    (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(b, p, e, i, a)| {
+        let bounding = b & Capabilities::ALL;
+        let permitted = p & bounding;
+        let inheritable = i & Capabilities::ALL;
+        Capabilities {
+            bounding,
+            effective: e & permitted,
+            permitted,
+            inheritable,
+            ambient: a & permitted & inheritable,
+        }
+    })
+}
+
+fn seccomp_program() -> impl Strategy<Value = SeccompProgram> {
+    let insn = (any::<u16>(), any::<u8>(), any::<u8>(), any::<u32>()).prop_map(|(code, jt, jf, k)| BpfInstruction {
+        code,
+        jt,
+        jf,
+        k,
+    });
+    vec(insn, 1..16).prop_map(SeccompProgram)
+}
+
+fn security() -> impl Strategy<Value = Security> {
+    (capabilities(), any::<bool>(), vec(path(), 0..4), vec(path(), 0..4), vec(seccomp_program(), 0..3), any::<bool>())
+        .prop_map(|(capabilities, no_new_privs, masked_paths, readonly_paths, seccomp, privileged)| Security {
+            capabilities,
+            no_new_privs,
+            masked_paths,
+            readonly_paths,
+            seccomp,
+            privileged,
         })
 }
 

@@ -140,7 +140,116 @@ pub struct WorkloadSpec {
     /// The zone's block device (e.g. `xvdb`) holding the workload's root image, an erofs filesystem: 1 to
     /// [`limits::MAX_DEVICE_NAME_LEN`] ASCII lowercase letters and digits.
     pub root_device: String,
+    /// The process's security settings, resolved on the host; execs inherit them. `None` runs it as the zone
+    /// init runs its own children: every capability, no seccomp filter, nothing masked (what `bulkhead zone
+    /// launch` asks for).
+    pub security: Option<Box<Security>>,
 }
+
+/// The security settings of a workload, resolved on the host into what the zone applies as given (the zone
+/// init makes no policy decisions): the zone is the boundary to the node, these settings protect a pod's
+/// containers from each other and the zone's kernel from its containers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Security {
+    /// The capability sets the program starts with.
+    pub capabilities: Capabilities,
+    /// Set `PR_SET_NO_NEW_PRIVS`: execve never grants privileges (setuid bits, file capabilities).
+    pub no_new_privs: bool,
+    /// Paths hidden from the workload: `/dev/null` bound over files, an empty read-only tmpfs over
+    /// directories; missing ones are skipped. Absolute, at most [`limits::MAX_SECURITY_PATHS`].
+    #[serde(deserialize_with = "validate::de_security_paths")]
+    pub masked_paths: Vec<String>,
+    /// Paths made read-only (bound onto themselves, remounted read-only); missing ones are skipped. Absolute,
+    /// at most [`limits::MAX_SECURITY_PATHS`].
+    #[serde(deserialize_with = "validate::de_security_paths")]
+    pub readonly_paths: Vec<String>,
+    /// Classic BPF seccomp programs, installed in order right before the program runs (empty: none); the
+    /// kernel applies the most restrictive verdict of all of them. At most [`limits::MAX_SECCOMP_PROGRAMS`]
+    /// programs of [`limits::MAX_SECCOMP_INSTRUCTIONS`] instructions in all; none is empty.
+    #[serde(deserialize_with = "validate::de_seccomp_programs")]
+    pub seccomp: Vec<SeccompProgram>,
+    /// Privileged within the zone: `/sys` is mounted writable. (Capabilities, seccomp and paths say the rest;
+    /// nothing of the node is ever reachable from a zone.)
+    pub privileged: bool,
+}
+
+impl Security {
+    /// Checks the rules and limits documented on the fields (also checked on encode and decode).
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        self.capabilities.validate()?;
+        for (field, paths) in
+            [("security.masked_paths", &self.masked_paths), ("security.readonly_paths", &self.readonly_paths)]
+        {
+            validate::count(field, paths.len(), limits::MAX_SECURITY_PATHS)?;
+            paths.iter().try_for_each(|p| validate::absolute_path(field, p))?;
+        }
+        validate::count("security.seccomp", self.seccomp.len(), limits::MAX_SECCOMP_PROGRAMS)?;
+        if self.seccomp.iter().any(|p| p.0.is_empty()) {
+            return Err(ValidationError::Empty { field: "security.seccomp" });
+        }
+        let instructions = self.seccomp.iter().map(|p| p.0.len()).sum();
+        validate::count("security.seccomp instructions", instructions, limits::MAX_SECCOMP_INSTRUCTIONS)
+    }
+}
+
+/// The capability sets of a process, one bit per capability (bit `n` is capability number `n`, as in
+/// `/proc/<pid>/status`), all within [`Capabilities::ALL`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// The bounding set: what the process and its descendants can ever gain.
+    pub bounding: u64,
+    /// The effective set; a subset of `permitted`.
+    pub effective: u64,
+    /// The permitted set; a subset of `bounding`.
+    pub permitted: u64,
+    /// The inheritable set.
+    pub inheritable: u64,
+    /// The ambient set; a subset of both `permitted` and `inheritable`.
+    pub ambient: u64,
+}
+
+impl Capabilities {
+    /// The highest capability number the protocol knows (`CAP_CHECKPOINT_RESTORE`, Linux 5.9).
+    pub const LAST: u32 = 40;
+    /// Every capability up to [`Capabilities::LAST`].
+    pub const ALL: u64 = (1 << (Self::LAST + 1)) - 1;
+
+    fn validate(&self) -> Result<(), ValidationError> {
+        let sets = [self.bounding, self.effective, self.permitted, self.inheritable, self.ambient];
+        if sets.iter().any(|s| s & !Self::ALL != 0) {
+            return Err(ValidationError::InvalidCapabilities { reason: "a capability number is out of range" });
+        }
+        if self.effective & !self.permitted != 0 || self.permitted & !self.bounding != 0 {
+            return Err(ValidationError::InvalidCapabilities {
+                reason: "effective must be within permitted, permitted within bounding",
+            });
+        }
+        if self.ambient & !(self.permitted & self.inheritable) != 0 {
+            return Err(ValidationError::InvalidCapabilities {
+                reason: "ambient must be within both permitted and inheritable",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// One classic BPF instruction (`struct sock_filter` of `linux/filter.h`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BpfInstruction {
+    /// Operation.
+    pub code: u16,
+    /// Jump offset if true.
+    pub jt: u8,
+    /// Jump offset if false.
+    pub jf: u8,
+    /// Operand.
+    pub k: u32,
+}
+
+/// A seccomp filter: a classic BPF program over `struct seccomp_data`, checked by the kernel when installed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SeccompProgram(#[serde(deserialize_with = "validate::de_bpf")] pub Vec<BpfInstruction>);
 
 impl WorkloadSpec {
     pub(crate) fn validate(&self) -> Result<(), ValidationError> {
@@ -151,7 +260,8 @@ impl WorkloadSpec {
         if let Some(h) = &self.hostname {
             validate::hostname("spec.hostname", h)?;
         }
-        validate::device_name("spec.root_device", &self.root_device)
+        validate::device_name("spec.root_device", &self.root_device)?;
+        self.security.as_deref().map_or(Ok(()), Security::validate)
     }
 }
 
@@ -313,7 +423,77 @@ mod tests {
             readonly_rootfs: false,
             hostname: Some("web-0.example".into()),
             root_device: "xvdb".into(),
+            security: Some(Box::new(Security {
+                capabilities: Capabilities {
+                    bounding: 0x400,
+                    effective: 0x400,
+                    permitted: 0x400,
+                    inheritable: 0,
+                    ambient: 0,
+                },
+                no_new_privs: true,
+                masked_paths: vec!["/proc/kcore".into()],
+                readonly_paths: vec!["/proc/sys".into()],
+                seccomp: vec![SeccompProgram(vec![BpfInstruction { code: 6, jt: 0, jf: 0, k: 0x7fff_0000 }])],
+                privileged: false,
+            })),
         }
+    }
+
+    fn security(edit: impl FnOnce(&mut Security)) -> Result<(), ValidationError> {
+        check(|s| {
+            if let Some(sec) = s.security.as_mut() {
+                edit(sec);
+            }
+        })
+    }
+
+    #[test]
+    fn security_rules() {
+        use ValidationError as V;
+        assert_eq!(check(|s| s.security = None), Ok(()));
+        assert!(matches!(security(|s| s.capabilities.bounding = 1 << 41), Err(V::InvalidCapabilities { .. })));
+        assert!(matches!(security(|s| s.capabilities.effective = 0x401), Err(V::InvalidCapabilities { .. })));
+        assert!(matches!(security(|s| s.capabilities.permitted = 0x800), Err(V::InvalidCapabilities { .. })));
+        assert!(matches!(security(|s| s.capabilities.ambient = 0x400), Err(V::InvalidCapabilities { .. })));
+        assert_eq!(
+            security(|s| {
+                s.capabilities.inheritable = 0x400;
+                s.capabilities.ambient = 0x400;
+            }),
+            Ok(())
+        );
+        assert_eq!(
+            security(|s| s.capabilities = Capabilities {
+                bounding: Capabilities::ALL,
+                effective: Capabilities::ALL,
+                permitted: Capabilities::ALL,
+                inheritable: 0,
+                ambient: 0
+            }),
+            Ok(())
+        );
+        assert_eq!(
+            security(|s| s.masked_paths.push("proc/x".into())),
+            Err(V::NotAbsolute { field: "security.masked_paths" })
+        );
+        assert!(matches!(
+            security(|s| s.readonly_paths = vec!["/p".into(); limits::MAX_SECURITY_PATHS + 1]),
+            Err(V::TooMany { field: "security.readonly_paths", .. })
+        ));
+        assert_eq!(
+            security(|s| s.seccomp.push(SeccompProgram(Vec::new()))),
+            Err(V::Empty { field: "security.seccomp" })
+        );
+        let insn = BpfInstruction { code: 6, jt: 0, jf: 0, k: 0 };
+        assert!(matches!(
+            security(|s| s.seccomp = vec![SeccompProgram(vec![insn; 3000]), SeccompProgram(vec![insn; 3000])]),
+            Err(V::TooMany { field: "security.seccomp instructions", .. })
+        ));
+        assert!(matches!(
+            security(|s| s.seccomp = vec![SeccompProgram(vec![insn]); limits::MAX_SECCOMP_PROGRAMS + 1]),
+            Err(V::TooMany { field: "security.seccomp", .. })
+        ));
     }
 
     fn check(edit: impl FnOnce(&mut WorkloadSpec)) -> Result<(), ValidationError> {

@@ -140,3 +140,23 @@ where
 pub(crate) fn de_gids<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
     bounded_vec(d, "additional_gids", limits::MAX_ADDITIONAL_GIDS)
 }
+
+pub(crate) fn de_security_paths<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    bounded_vec(d, "security paths", limits::MAX_SECURITY_PATHS)
+}
+
+pub(crate) fn de_seccomp_programs<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    bounded_vec(d, "seccomp programs", limits::MAX_SECCOMP_PROGRAMS)
+}
+
+pub(crate) fn de_bpf<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    bounded_vec(d, "seccomp instructions", limits::MAX_SECCOMP_INSTRUCTIONS)
+}

@@ -24,7 +24,7 @@ use nix::unistd::{Gid, Uid};
 
 use super::error::SetupStage;
 use super::protocol::{ProcessConfig, Report, Request, Target, send_report};
-use super::sys;
+use super::{security, sys};
 
 /// The `PATH` used when the environment has none (the one runc and Docker use).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -61,9 +61,15 @@ fn setup_and_exec(sock: BorrowedFd<'_>, request: &Request, stdio: Option<[OwnedF
     let env = c_strings(&process.env, "env")?;
     if let Target::Workload { rootfs, hostname } = &request.target {
         unshare(CloneFlags::CLONE_NEWCGROUP).map_err(fail(SetupStage::CgroupNamespace, ""))?;
-        enter_rootfs(rootfs)?;
+        let privileged = process.security.as_ref().is_some_and(|s| s.privileged);
+        enter_rootfs(rootfs, privileged)?;
         if let Some(name) = hostname {
             nix::unistd::sethostname(name).map_err(fail(SetupStage::Hostname, name.clone()))?;
+        }
+        // An exec joins the workload's mount namespace, where these are in place already.
+        if let Some(sec) = &process.security {
+            security::mask_paths(&sec.masked_paths)?;
+            security::readonly_paths(&sec.readonly_paths)?;
         }
     }
     nix::unistd::setsid().map_err(fail(SetupStage::Session, ""))?;
@@ -76,11 +82,17 @@ fn setup_and_exec(sock: BorrowedFd<'_>, request: &Request, stdio: Option<[OwnedF
                 .map_err(fail(SetupStage::Stdio, "dup2"))?;
         }
     }
+    if let Some(sec) = &process.security {
+        security::before_user_switch(sec)?;
+    }
     switch_user(process)?;
     nix::unistd::chdir(process.cwd.as_str()).map_err(fail(SetupStage::Cwd, process.cwd.clone()))?;
     sys::reset_signal_dispositions();
     SigSet::empty().thread_set_mask().map_err(fail(SetupStage::CloseFds, "clearing the signal mask"))?;
     sys::cloexec_from(3).map_err(fail(SetupStage::CloseFds, "close_range"))?;
+    if let Some(sec) = &process.security {
+        security::before_exec(sec)?;
+    }
     Err(exec(process, &argv, &env))
 }
 
@@ -162,7 +174,8 @@ const DEV_LINKS: [(&str, &str); 5] = [
     ("ptmx", "pts/ptmx"),
 ];
 
-fn enter_rootfs(rootfs: &Path) -> Result<(), Report> {
+/// Enters the root; `privileged` mounts `/sys` writable (privileged within the zone).
+fn enter_rootfs(rootfs: &Path, privileged: bool) -> Result<(), Report> {
     // Nothing mounted from here on may propagate back into the zone's mount namespace.
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
         .map_err(fail(SetupStage::PrivateMounts, "/"))?;
@@ -178,7 +191,8 @@ fn enter_rootfs(rootfs: &Path) -> Result<(), Report> {
             }
             std::fs::create_dir_all(&target).map_err(io_fail(SetupStage::Mounts, target.display().to_string()))?;
         }
-        mount(Some(m.source), &target, Some(m.fstype), m.flags, m.data)
+        let flags = if privileged && m.target == "sys" { m.flags.difference(MsFlags::MS_RDONLY) } else { m.flags };
+        mount(Some(m.source), &target, Some(m.fstype), flags, m.data)
             .map_err(fail(SetupStage::Mounts, format!("{} on {}", m.fstype, target.display())))?;
     }
     populate_dev(&rootfs.join("dev"))?;

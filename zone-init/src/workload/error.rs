@@ -46,6 +46,16 @@ pub enum SetupStage {
     CloseFds,
     /// `execve` of the program (not found, not executable, ...).
     Exec,
+    /// Hiding the masked paths.
+    MaskPaths,
+    /// Making the read-only paths read-only.
+    ReadonlyPaths,
+    /// Setting the capability sets.
+    Capabilities,
+    /// `PR_SET_NO_NEW_PRIVS`.
+    NoNewPrivs,
+    /// Installing the seccomp filters.
+    Seccomp,
 }
 
 impl fmt::Display for SetupStage {
@@ -68,6 +78,11 @@ impl fmt::Display for SetupStage {
             SetupStage::Cwd => "changing to the working directory",
             SetupStage::CloseFds => "closing inherited descriptors",
             SetupStage::Exec => "exec",
+            SetupStage::MaskPaths => "masking paths",
+            SetupStage::ReadonlyPaths => "making paths read-only",
+            SetupStage::Capabilities => "setting capabilities",
+            SetupStage::NoNewPrivs => "setting no_new_privs",
+            SetupStage::Seccomp => "installing the seccomp filter",
         })
     }
 }

@@ -31,6 +31,7 @@ pub mod error;
 pub mod helper;
 mod protocol;
 pub mod rootfs;
+mod security;
 pub mod spawn;
 pub(crate) mod sys;
 

@@ -75,6 +75,8 @@ pub(crate) struct ProcessConfig {
     pub(crate) groups: Vec<u32>,
     /// A pseudo-terminal instead of pipes.
     pub(crate) tty: bool,
+    /// Security settings (an exec has its workload's); `None`: the zone's defaults.
+    pub(crate) security: Option<bulkhead_wire::Security>,
 }
 
 /// What the helper and the process report.
@@ -240,6 +242,7 @@ mod tests {
                 gid: 2,
                 groups: vec![3],
                 tty: false,
+                security: None,
             },
             cgroup: Some("/sys/fs/cgroup/workloads/1".into()),
         }

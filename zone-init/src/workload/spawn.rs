@@ -83,6 +83,8 @@ pub struct ExecLaunch {
     pub user: User,
     /// A pseudo-terminal instead of pipes.
     pub tty: bool,
+    /// The workload's security settings: an exec inherits them, as with runc.
+    pub security: Option<bulkhead_wire::Security>,
     /// The setup helper's executable, as in [`Launch::helper_exe`].
     pub helper_exe: PathBuf,
 }
@@ -114,7 +116,14 @@ pub fn spawn_workload(launch: &Launch) -> Result<Spawned, WorkloadError> {
     let spec = &launch.spec;
     let request = Request {
         target: Target::Workload { rootfs: launch.rootfs.clone(), hostname: spec.hostname.clone() },
-        process: process_config(&spec.argv, &spec.env, &spec.cwd, &spec.user, spec.tty)?,
+        process: process_config(
+            &spec.argv,
+            &spec.env,
+            &spec.cwd,
+            &spec.user,
+            spec.tty,
+            spec.security.as_deref().cloned(),
+        )?,
         cgroup: launch.cgroup.clone(),
     };
     run_setup(&launch.helper_exe, WORKLOAD_SETUP_ARG, &request)
@@ -125,7 +134,7 @@ pub fn spawn_workload(launch: &Launch) -> Result<Spawned, WorkloadError> {
 pub fn spawn_exec(exec: &ExecLaunch) -> Result<Spawned, WorkloadError> {
     let request = Request {
         target: Target::Join { pid: exec.target.as_raw() },
-        process: process_config(&exec.argv, &exec.env, &exec.cwd, &exec.user, exec.tty)?,
+        process: process_config(&exec.argv, &exec.env, &exec.cwd, &exec.user, exec.tty, exec.security.clone())?,
         cgroup: exec.cgroup.clone(),
     };
     run_setup(&exec.helper_exe, EXEC_SETUP_ARG, &request)
@@ -137,6 +146,7 @@ fn process_config(
     cwd: &str,
     user: &User,
     tty: bool,
+    security: Option<bulkhead_wire::Security>,
 ) -> Result<ProcessConfig, WorkloadError> {
     if argv.first().is_none_or(String::is_empty) {
         return Err(WorkloadError::InvalidProcess { reason: "argv is empty or argv[0] is empty" });
@@ -152,6 +162,7 @@ fn process_config(
         gid: user.gid,
         groups: user.additional_gids.clone(),
         tty,
+        security,
     })
 }
 

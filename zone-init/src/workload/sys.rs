@@ -143,6 +143,106 @@ pub(crate) fn reset_signal_dispositions() {
     }
 }
 
+/// `prctl(option, arg2)` with the unused arguments zero.
+fn prctl(option: libc::c_int, arg2: libc::c_ulong) -> Result<(), Errno> {
+    // SAFETY: the options used here (PR_CAPBSET_DROP, PR_SET_KEEPCAPS, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT)
+    // take integers only; no memory is passed.
+    let ret = unsafe { libc::prctl(option, arg2, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) };
+    Errno::result(ret).map(drop)
+}
+
+/// Removes capability `cap` from the bounding set (needs CAP_SETPCAP).
+pub(crate) fn drop_bounding(cap: u32) -> Result<(), Errno> {
+    prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap))
+}
+
+/// Keeps the permitted capabilities across a switch away from uid 0 (`PR_SET_KEEPCAPS`).
+pub(crate) fn set_keep_caps() -> Result<(), Errno> {
+    prctl(libc::PR_SET_KEEPCAPS, 1)
+}
+
+/// Sets `PR_SET_NO_NEW_PRIVS`: execve grants no privileges from now on, for this process and its children.
+pub(crate) fn set_no_new_privs() -> Result<(), Errno> {
+    prctl(libc::PR_SET_NO_NEW_PRIVS, 1)
+}
+
+/// Empties the ambient set, then raises each capability of `ambient` in it.
+pub(crate) fn set_ambient(ambient: u64) -> Result<(), Errno> {
+    // SAFETY: PR_CAP_AMBIENT takes integers only.
+    let ret = unsafe {
+        libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0 as libc::c_ulong, 0, 0)
+    };
+    Errno::result(ret)?;
+    for cap in (0..64u32).filter(|c| ambient & (1 << c) != 0) {
+        // SAFETY: as above.
+        let ret = unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                libc::c_ulong::from(cap),
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            )
+        };
+        Errno::result(ret)?;
+    }
+    Ok(())
+}
+
+/// `_LINUX_CAPABILITY_VERSION_3` (`include/uapi/linux/capability.h`): 64-bit sets in two 32-bit halves.
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// Sets the calling thread's effective, permitted and inheritable capabilities (`capset`).
+pub(crate) fn capset(effective: u64, permitted: u64, inheritable: u64) -> Result<(), Errno> {
+    let header = CapHeader { version: CAPABILITY_VERSION_3, pid: 0 };
+    // Low halves first, as the kernel reads them; the casts keep exactly 32 bits each.
+    let half = |v: u64, hi: bool| if hi { (v >> 32) as u32 } else { v as u32 };
+    let data = [false, true].map(|hi| CapData {
+        effective: half(effective, hi),
+        permitted: half(permitted, hi),
+        inheritable: half(inheritable, hi),
+    });
+    // SAFETY: `header` and the two `data` entries are valid, initialised `struct __user_cap_header_struct`
+    // and `struct __user_cap_data_struct` (version 3 takes two), alive for the whole call, which only reads them.
+    let ret = unsafe { libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) };
+    Errno::result(ret).map(drop)
+}
+
+/// Installs one seccomp filter, a classic BPF program (`prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER)`); without
+/// no_new_privs the caller needs CAP_SYS_ADMIN. The kernel checks the program.
+pub(crate) fn install_seccomp(program: &[bulkhead_wire::BpfInstruction]) -> Result<(), Errno> {
+    let filter: Vec<libc::sock_filter> =
+        program.iter().map(|i| libc::sock_filter { code: i.code, jt: i.jt, jf: i.jf, k: i.k }).collect();
+    let len = u16::try_from(filter.len()).map_err(|_| Errno::EINVAL)?;
+    let prog = libc::sock_fprog { len, filter: filter.as_ptr().cast_mut() };
+    // SAFETY: `prog` points at `filter`, `len` valid instructions alive for the whole call; the kernel copies
+    // the program and never writes through the pointer.
+    let ret = unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+            &prog as *const libc::sock_fprog,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    Errno::result(ret).map(drop)
+}
+
 /// Takes ownership of a descriptor received in an `SCM_RIGHTS` control message.
 pub(crate) fn own_received_fd(fd: RawFd) -> OwnedFd {
     // SAFETY: the kernel installed `fd` in this process's table while delivering the message, and nothing

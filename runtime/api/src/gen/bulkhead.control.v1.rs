@@ -271,6 +271,42 @@ pub struct WorkloadSpec {
     /// the daemon's own log directory. Its directory must exist. See ReopenWorkloadLog for rotation.
     #[prost(string, tag = "14")]
     pub log_path: ::prost::alloc::string::String,
+    /// The process's security settings, already resolved (bulkhead-cri does it from kubelet's security context);
+    /// execs inherit them. Unset: every capability, no seccomp filter, nothing masked.
+    #[prost(message, optional, tag = "15")]
+    pub security: ::core::option::Option<SecurityPolicy>,
+}
+/// What a workload's process may do inside its zone; the zone applies it as given. The zone is the boundary to
+/// the node: nothing here grants access to the node, privileged included.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SecurityPolicy {
+    /// Capability sets, bit n = capability number n (as in /proc/<pid>/status).
+    #[prost(uint64, tag = "1")]
+    pub cap_bounding: u64,
+    #[prost(uint64, tag = "2")]
+    pub cap_effective: u64,
+    #[prost(uint64, tag = "3")]
+    pub cap_permitted: u64,
+    #[prost(uint64, tag = "4")]
+    pub cap_inheritable: u64,
+    #[prost(uint64, tag = "5")]
+    pub cap_ambient: u64,
+    /// PR_SET_NO_NEW_PRIVS.
+    #[prost(bool, tag = "6")]
+    pub no_new_privs: bool,
+    /// Absolute paths hidden (files: /dev/null bound over them; directories: an empty read-only tmpfs).
+    #[prost(string, repeated, tag = "7")]
+    pub masked_paths: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Absolute paths made read-only.
+    #[prost(string, repeated, tag = "8")]
+    pub readonly_paths: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Seccomp filters, each a classic BPF program: struct sock_filter entries of 8 bytes, little-endian
+    /// (u16 code, u8 jt, u8 jf, u32 k). Empty: no filter.
+    #[prost(bytes = "vec", repeated, tag = "9")]
+    pub seccomp_programs: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
+    /// Privileged within the zone: /sys writable.
+    #[prost(bool, tag = "10")]
+    pub privileged: bool,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ExitStatus {

@@ -5,7 +5,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bulkhead_api::control::v1 as pb;
-use bulkhead_wire::{EnvVar, ErrorCode, ExitStatus, HostToZone, OutputFd, StreamId, User, ZoneToHost};
+use bulkhead_wire::{
+    BpfInstruction, Capabilities, EnvVar, ErrorCode, ExitStatus, HostToZone, OutputFd, SeccompProgram, Security,
+    StreamId, User, ZoneToHost,
+};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -102,6 +105,81 @@ fn log_path(s: String) -> Result<Option<PathBuf>, Status> {
     Ok(Some(p))
 }
 
+/// The security policy as the zone takes it; INVALID_ARGUMENT for one it would refuse.
+fn security_from_pb(p: Option<pb::SecurityPolicy>) -> Result<Option<Security>, Status> {
+    let Some(p) = p else { return Ok(None) };
+    let seccomp = p
+        .seccomp_programs
+        .iter()
+        .map(|bytes| {
+            if bytes.len() % 8 != 0 {
+                return Err(Status::invalid_argument(format!(
+                    "security.seccomp_programs: {} bytes is not a whole number of 8-byte BPF instructions",
+                    bytes.len()
+                )));
+            }
+            Ok(SeccompProgram(
+                bytes
+                    .chunks_exact(8)
+                    .map(|i| BpfInstruction {
+                        code: u16::from_le_bytes([i[0], i[1]]),
+                        jt: i[2],
+                        jf: i[3],
+                        k: u32::from_le_bytes([i[4], i[5], i[6], i[7]]),
+                    })
+                    .collect(),
+            ))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let security = Security {
+        capabilities: Capabilities {
+            bounding: p.cap_bounding,
+            effective: p.cap_effective,
+            permitted: p.cap_permitted,
+            inheritable: p.cap_inheritable,
+            ambient: p.cap_ambient,
+        },
+        no_new_privs: p.no_new_privs,
+        masked_paths: p.masked_paths,
+        readonly_paths: p.readonly_paths,
+        seccomp,
+        privileged: p.privileged,
+    };
+    security.validate().map_err(|e| Status::invalid_argument(format!("invalid security policy: {e}")))?;
+    Ok(Some(security))
+}
+
+fn security_to_pb(s: &Security) -> pb::SecurityPolicy {
+    let c = &s.capabilities;
+    pb::SecurityPolicy {
+        cap_bounding: c.bounding,
+        cap_effective: c.effective,
+        cap_permitted: c.permitted,
+        cap_inheritable: c.inheritable,
+        cap_ambient: c.ambient,
+        no_new_privs: s.no_new_privs,
+        masked_paths: s.masked_paths.clone(),
+        readonly_paths: s.readonly_paths.clone(),
+        seccomp_programs: s
+            .seccomp
+            .iter()
+            .map(|p| {
+                p.0.iter()
+                    .flat_map(|i| {
+                        let mut b = [0u8; 8];
+                        b[..2].copy_from_slice(&i.code.to_le_bytes());
+                        b[2] = i.jt;
+                        b[3] = i.jf;
+                        b[4..].copy_from_slice(&i.k.to_le_bytes());
+                        b
+                    })
+                    .collect()
+            })
+            .collect(),
+        privileged: s.privileged,
+    }
+}
+
 fn env_from_pb(env: Vec<pb::EnvVar>) -> Vec<EnvVar> {
     env.into_iter().map(|e| EnvVar { name: e.name, value: e.value }).collect()
 }
@@ -155,6 +233,7 @@ pub fn status_to_pb(r: &WorkloadRecord, log_path: &Path) -> pb::WorkloadStatus {
             labels: r.labels.clone().into_iter().collect(),
             client_state: r.client_state.clone(),
             log_path: r.log_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            security: s.security.as_deref().map(security_to_pb),
         }),
         state: state_to_pb(r.state).into(),
         pid: r.pid,
@@ -247,6 +326,7 @@ impl<H: Hypervisor> pb::workload_service_server::WorkloadService for WorkloadApi
             tty: s.tty,
             limits,
             readonly_rootfs: s.readonly_rootfs,
+            security: security_from_pb(s.security)?,
         };
         let meta = WorkloadMeta {
             labels: s.labels.into_iter().collect(),
@@ -565,4 +645,34 @@ fn live_entries(
 fn resize(stream_id: StreamId, size: &pb::TerminalSize) -> HostToZone {
     let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
     HostToZone::Resize { stream_id, rows: clamp(size.rows), cols: clamp(size.cols) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn security_policies_map_both_ways_and_bad_ones_are_invalid_arguments() -> Result<(), Status> {
+        let policy = pb::SecurityPolicy {
+            cap_bounding: 0x400,
+            cap_effective: 0x400,
+            cap_permitted: 0x400,
+            no_new_privs: true,
+            masked_paths: vec!["/proc/kcore".into()],
+            readonly_paths: vec!["/proc/sys".into()],
+            // BPF_RET | BPF_K, SECCOMP_RET_ALLOW.
+            seccomp_programs: vec![vec![0x06, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0x7f]],
+            ..Default::default()
+        };
+        let security = security_from_pb(Some(policy.clone()))?.ok_or_else(|| Status::internal("no policy"))?;
+        assert_eq!(security.seccomp[0].0, [BpfInstruction { code: 6, jt: 0, jf: 0, k: 0x7fff_0000 }]);
+        assert_eq!(security_to_pb(&security), policy);
+        assert_eq!(security_from_pb(None)?, None);
+        let torn = pb::SecurityPolicy { seccomp_programs: vec![vec![0; 7]], ..policy.clone() };
+        assert_eq!(security_from_pb(Some(torn)).map_err(|e| e.code()), Err(tonic::Code::InvalidArgument));
+        let wider = pb::SecurityPolicy { cap_effective: 0x401, ..policy };
+        let err = security_from_pb(Some(wider)).err().map(|e| e.message().to_owned()).unwrap_or_default();
+        assert!(err.contains("effective must be within permitted"), "{err}");
+        Ok(())
+    }
 }

@@ -5,7 +5,7 @@
 //! the image's, then `/`. The user is numeric (`uid`, `uid:gid`): names would need the image's
 //! /etc/passwd, which the daemon does not read yet.
 
-use bulkhead_wire::{CpuLimit, EnvVar, ResourceLimits, User, WorkloadSpec};
+use bulkhead_wire::{CpuLimit, EnvVar, ResourceLimits, Security, User, WorkloadSpec};
 
 use bulkhead_oci::ImageConfig;
 
@@ -28,6 +28,8 @@ pub struct WorkloadRequest {
     pub limits: ResourceLimits,
     /// Read-only root filesystem.
     pub readonly_rootfs: bool,
+    /// Security settings, passed to the zone as given; `None` = the zone's defaults (all capabilities).
+    pub security: Option<Security>,
 }
 
 /// Why a workload spec cannot be built.
@@ -100,6 +102,7 @@ pub fn build(req: &WorkloadRequest, image: &ImageConfig, root_device: &str) -> R
         readonly_rootfs: req.readonly_rootfs,
         hostname: None,
         root_device: root_device.to_owned(),
+        security: req.security.clone().map(Box::new),
     })
 }
 
