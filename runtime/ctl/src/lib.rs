@@ -4,6 +4,7 @@
 pub mod commands;
 pub mod format;
 pub mod progress;
+pub mod systemd;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -37,6 +38,9 @@ pub enum Command {
     /// Images: the read-only root filesystems workloads run from.
     #[command(subcommand)]
     Image(commands::image::ImageCommand),
+    /// This node's own OS: A/B image upgrades with rollback (needs no bulkheadd).
+    #[command(subcommand)]
+    Node(commands::node::NodeCommand),
 }
 
 /// Connects to bulkheadd over its unix socket.
@@ -51,9 +55,11 @@ pub async fn connect(socket: &Path) -> anyhow::Result<Channel> {
 
 /// Runs one command, writing results to `out`; returns the process exit code.
 pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<i32> {
-    let channel = connect(&cli.socket).await?;
     match cli.command {
-        Command::Zone(cmd) => commands::zone::run(cmd, channel, out).await,
-        Command::Image(cmd) => commands::image::run(cmd, ImageServiceClient::new(channel), out).await,
+        Command::Zone(cmd) => commands::zone::run(cmd, connect(&cli.socket).await?, out).await,
+        Command::Image(cmd) => {
+            commands::image::run(cmd, ImageServiceClient::new(connect(&cli.socket).await?), out).await
+        }
+        Command::Node(cmd) => commands::node::run(cmd, out).await,
     }
 }

@@ -1,6 +1,9 @@
 //! One module per command group.
 
 pub mod image;
+pub mod node;
+pub mod node_artefact;
+pub mod node_bootenv;
 pub mod workload;
 pub mod zone;
 
