@@ -100,6 +100,9 @@ pub struct BootConfig {
     pub run_dir: PathBuf,
     /// Copy the serial console to stderr as it arrives.
     pub echo_serial: bool,
+    /// Let the guest reboot (no `-no-reboot`): the scenario runs on every boot until one reports its exit,
+    /// and `timeout` bounds the whole sequence from the first start (the node image's upgrade test).
+    pub allow_reboots: bool,
 }
 
 /// Errors that stop a boot before there is an outcome to report.
@@ -150,25 +153,16 @@ pub fn qemu_args(cfg: &BootConfig) -> Result<Vec<OsString>, BootError> {
         return Err(BootError::CommaInPath(p.clone()));
     }
     let mut args: Vec<OsString> = [
-        "-accel",
-        "tcg",
-        "-cpu",
-        "max",
-        "-machine",
-        "pc",
-        "-smp",
-        "2",
-        "-display",
-        "none",
-        "-monitor",
-        "none",
-        "-no-reboot",
-        "-nic",
+        "-accel", "tcg", "-cpu", "max", "-machine", "pc", "-smp", "2", "-display", "none", "-monitor", "none", "-nic",
         "none",
     ]
     .iter()
     .map(OsString::from)
     .collect();
+    if !cfg.allow_reboots {
+        // A reboot is a crash unless the run expects it: QEMU exits instead, and the run ends.
+        args.push("-no-reboot".into());
+    }
     args.push("-m".into());
     args.push(cfg.memory_mib.to_string().into());
     match &cfg.machine {
@@ -350,7 +344,10 @@ fn follow(cfg: &BootConfig, child: &mut Child, rx: &Receiver<Event>, t0: Instant
         }
         match rx.recv_timeout((deadline - now).min(Duration::from_millis(250))) {
             Ok(Event::Status(StatusLine::Ready)) => tl.ready = Some(Instant::now()),
-            Ok(Event::Status(StatusLine::Started)) => tl.started = Some(Instant::now()),
+            // With reboots, every boot starts the scenario again; the timeout counts from the first start.
+            Ok(Event::Status(StatusLine::Started)) => {
+                tl.started.get_or_insert_with(Instant::now);
+            }
             Ok(Event::Status(StatusLine::Exit(code))) => {
                 tl.ended = Some(Instant::now());
                 return Outcome::Exited { code };
@@ -541,6 +538,7 @@ mod tests {
             boot_timeout: Duration::from_secs(300),
             run_dir: "/r".into(),
             echo_serial: false,
+            allow_reboots: false,
         }
     }
 
@@ -585,6 +583,9 @@ mod tests {
             assert!(s.contains(&format!("chardev={port},name=bulkhead.{port}")), "{s}");
         }
         assert!(s.contains("-nic none"), "test VMs get no network: {s}");
+        assert!(s.contains("-no-reboot"), "a reboot ends the run: {s}");
+        let s = joined(&qemu_args(&BootConfig { allow_reboots: true, ..cfg() }).unwrap_or_default());
+        assert!(!s.contains("-no-reboot"), "the guest may reboot: {s}");
     }
 
     #[test]

@@ -61,6 +61,10 @@ struct Args {
     /// Copy the serial console to stderr.
     #[arg(long)]
     echo_serial: bool,
+    /// Let the guest reboot: the scenario runs again on each boot until one reports its exit; --timeout
+    /// bounds the whole sequence (ci/image upgrade-check).
+    #[arg(long)]
+    allow_reboots: bool,
     /// An extra Xen command-line option (repeatable), appended after the defaults (test bed).
     #[arg(long = "xen-arg")]
     xen_args: Vec<String>,
@@ -109,6 +113,7 @@ fn real_main() -> anyhow::Result<i32> {
         boot_timeout: Duration::from_secs(a.boot_timeout),
         run_dir: a.run_dir.clone(),
         echo_serial: a.echo_serial,
+        allow_reboots: a.allow_reboots,
     };
     let result = qemu::run(&cfg).context("booting the test machine");
     if let (true, Machine::Multiboot { initrd, .. }) = (a.consume_initrd, &cfg.machine) {
