@@ -120,6 +120,9 @@ pub struct BootConfig {
     pub echo_serial: bool,
     /// Further raw disks attached read-only after the machine's own (e.g. a NoCloud `CIDATA` disk).
     pub extra_disks: Vec<PathBuf>,
+    /// Let the guest reboot (no `-no-reboot`): the scenario runs on every boot until one reports its exit,
+    /// and `timeout` bounds the whole sequence from the first start (the node image's upgrade test).
+    pub allow_reboots: bool,
 }
 
 /// Errors that stop a boot before there is an outcome to report.
@@ -180,25 +183,16 @@ pub fn qemu_args(cfg: &BootConfig) -> Result<Vec<OsString>, BootError> {
         return Err(BootError::CommaInPath(p.clone()));
     }
     let mut args: Vec<OsString> = [
-        "-accel",
-        "tcg",
-        "-cpu",
-        "max",
-        "-machine",
-        "pc",
-        "-smp",
-        "2",
-        "-display",
-        "none",
-        "-monitor",
-        "none",
-        "-no-reboot",
-        "-nic",
+        "-accel", "tcg", "-cpu", "max", "-machine", "pc", "-smp", "2", "-display", "none", "-monitor", "none", "-nic",
         "none",
     ]
     .iter()
     .map(OsString::from)
     .collect();
+    if !cfg.allow_reboots {
+        // A reboot is a crash unless the run expects it: QEMU exits instead, and the run ends.
+        args.push("-no-reboot".into());
+    }
     args.push("-m".into());
     args.push(cfg.memory_mib.to_string().into());
     match &cfg.machine {
@@ -399,7 +393,10 @@ fn follow(cfg: &BootConfig, child: &mut Child, rx: &Receiver<Event>, t0: Instant
         }
         match rx.recv_timeout((deadline - now).min(Duration::from_millis(250))) {
             Ok(Event::Status(StatusLine::Ready)) => tl.ready = Some(Instant::now()),
-            Ok(Event::Status(StatusLine::Started)) => tl.started = Some(Instant::now()),
+            // With reboots, every boot starts the scenario again; the timeout counts from the first start.
+            Ok(Event::Status(StatusLine::Started)) => {
+                tl.started.get_or_insert_with(Instant::now);
+            }
             Ok(Event::Status(StatusLine::Exit(code))) => {
                 tl.ended = Some(Instant::now());
                 return Outcome::Exited { code };
@@ -591,6 +588,7 @@ mod tests {
             run_dir: "/r".into(),
             echo_serial: false,
             extra_disks: Vec::new(),
+            allow_reboots: false,
         }
     }
 
@@ -635,6 +633,9 @@ mod tests {
             assert!(s.contains(&format!("chardev={port},name=bulkhead.{port}")), "{s}");
         }
         assert!(s.contains("-nic none"), "test VMs get no network: {s}");
+        assert!(s.contains("-no-reboot"), "a reboot ends the run: {s}");
+        let s = joined(&qemu_args(&BootConfig { allow_reboots: true, ..cfg() }).unwrap_or_default());
+        assert!(!s.contains("-no-reboot"), "the guest may reboot: {s}");
     }
 
     #[test]

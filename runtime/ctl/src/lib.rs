@@ -41,6 +41,9 @@ pub enum Command {
     /// Readiness: can this machine be a node (preinstall), is it a working one (postinstall)?
     #[command(subcommand)]
     Check(commands::check::CheckCommand),
+    /// This node's own OS: A/B image upgrades with rollback (needs no bulkheadd).
+    #[command(subcommand)]
+    Node(commands::node::NodeCommand),
 }
 
 /// Connects to bulkheadd over its unix socket.
@@ -62,5 +65,6 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<i32> {
         }
         // Needs no daemon: reporting one that does not answer is part of its job.
         Command::Check(cmd) => commands::check::run(cmd, &cli.socket, out).await,
+        Command::Node(cmd) => commands::node::run(cmd, out).await,
     }
 }

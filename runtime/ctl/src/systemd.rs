@@ -1,7 +1,5 @@
-//! systemd's manager over D-Bus (system bus): the state of a unit, and a reboot.
-//!
-//! Talks to `org.freedesktop.systemd1` directly rather than running `systemctl`, so callers get typed states
-//! and errors instead of parsing text, and nothing depends on systemctl's output format.
+//! systemd's manager on the D-Bus system bus: a unit's state and a reboot, asked of
+//! `org.freedesktop.systemd1` directly, so callers get typed answers rather than systemctl's text.
 
 use std::fmt;
 
@@ -9,42 +7,41 @@ use serde::Serialize;
 use zbus::proxy::CacheProperties;
 use zbus::zvariant::OwnedObjectPath;
 
-/// A failed conversation with systemd.
+/// A failed exchange with systemd.
 #[derive(Debug, thiserror::Error)]
 pub enum SystemdError {
-    /// The system bus could not be reached (no D-Bus daemon, or not allowed).
+    /// The system bus could not be reached.
     #[error("cannot connect to the D-Bus system bus: is dbus running, and are you root?")]
     Connect(#[source] zbus::Error),
-    /// systemd did not answer a method call.
-    #[error("systemd's {method} failed")]
+    /// A method call on systemd's manager failed.
+    #[error("systemd's {method} call failed")]
     Call {
-        /// The D-Bus method (or property) that failed.
+        /// The D-Bus method.
         method: &'static str,
-        /// What D-Bus or systemd said.
+        /// What D-Bus or systemd answered.
         #[source]
         source: zbus::Error,
     },
-    /// Reading a unit's properties failed.
+    /// A unit's properties could not be read.
     #[error("cannot read the state of unit {unit}")]
     Unit {
-        /// The unit asked about.
+        /// The unit.
         unit: String,
-        /// What D-Bus or systemd said.
+        /// What D-Bus or systemd answered.
         #[source]
         source: zbus::Error,
     },
 }
 
-/// The state of one unit, as `systemctl show -p LoadState,ActiveState,SubState` would print it.
-///
-/// A unit systemd does not know has `load_state == "not-found"`: that is a state, not an error.
+/// A unit's load, active and sub state, as `systemctl show` names them. A unit systemd does not know has
+/// `load_state` `not-found`; that is a state, not an error.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UnitState {
-    /// `loaded`, `not-found`, `bad-setting`, `error`, `masked`, ...
+    /// `loaded`, `not-found`, `masked`, ...
     pub load_state: String,
-    /// `active`, `inactive`, `failed`, `activating`, `deactivating`, `reloading`, ...
+    /// `active`, `activating`, `failed`, `inactive`, ...
     pub active_state: String,
-    /// The unit type's own state: `running`, `exited`, `dead`, `start-pre`, ...
+    /// The unit type's own state: `running`, `exited`, `auto-restart`, ...
     pub sub_state: String,
 }
 
@@ -54,7 +51,7 @@ impl UnitState {
         self.load_state != "not-found"
     }
 
-    /// Whether the unit is loaded and active (a service running, or a oneshot that has exited successfully).
+    /// Loaded and active: a running service, or a oneshot that finished successfully.
     pub fn is_active(&self) -> bool {
         self.load_state == "loaded" && self.active_state == "active"
     }
@@ -72,27 +69,25 @@ impl fmt::Display for UnitState {
     default_path = "/org/freedesktop/systemd1"
 )]
 trait Manager {
-    /// Loads the unit if needed and returns its object; a missing unit yields an object whose LoadState is
-    /// `not-found` (GetUnit would fail instead).
+    /// The unit's object, loading it if needed (a missing unit gives an object with LoadState `not-found`,
+    /// where GetUnit would fail).
     fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
 
-    /// Reboots the machine the orderly way (stops all units first).
-    fn reboot(&self) -> zbus::Result<()>;
+    /// Queues a job for `name`; returns the job's object.
+    fn start_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
 }
 
 #[zbus::proxy(interface = "org.freedesktop.systemd1.Unit", default_service = "org.freedesktop.systemd1")]
 trait Unit {
     #[zbus(property)]
     fn load_state(&self) -> zbus::Result<String>;
-
     #[zbus(property)]
     fn active_state(&self) -> zbus::Result<String>;
-
     #[zbus(property)]
     fn sub_state(&self) -> zbus::Result<String>;
 }
 
-/// A connection to systemd's manager on the system bus.
+/// A connection to systemd on the system bus.
 #[derive(Debug, Clone)]
 pub struct Systemd {
     connection: zbus::Connection,
@@ -109,8 +104,7 @@ impl Systemd {
         ManagerProxy::new(&self.connection).await.map_err(|source| SystemdError::Call { method: "Manager", source })
     }
 
-    /// The load, active and sub state of `unit` (e.g. `bulkheadd.service`). A unit that does not exist is
-    /// reported with `load_state` `not-found`, not as an error.
+    /// The state of `unit` (e.g. `bulkheadd.service`).
     #[tracing::instrument(skip(self))]
     pub async fn unit_state(&self, unit: &str) -> Result<UnitState, SystemdError> {
         let path = self
@@ -120,7 +114,7 @@ impl Systemd {
             .await
             .map_err(|source| SystemdError::Call { method: "LoadUnit", source })?;
         let err = |source| SystemdError::Unit { unit: unit.to_owned(), source };
-        // One-shot reads: caching would subscribe to change signals we never look at.
+        // Read once: a caching proxy would subscribe to change signals nobody reads.
         let proxy = UnitProxy::builder(&self.connection)
             .path(path)
             .map_err(err)?
@@ -135,41 +129,16 @@ impl Systemd {
         })
     }
 
-    /// Asks systemd to reboot the machine (org.freedesktop.systemd1.Manager.Reboot): units are stopped in
-    /// order, then the machine restarts. Returns once systemd has accepted the job.
+    /// Asks systemd for an orderly reboot, as `systemctl reboot` does: starts `reboot.target`, which stops
+    /// every unit first. (The manager's Reboot method would skip that and reboot at once.) Returns once
+    /// systemd has queued the job; `replace-irreversibly` keeps later jobs from cancelling it.
     #[tracing::instrument(skip(self))]
     pub async fn reboot(&self) -> Result<(), SystemdError> {
-        self.manager().await?.reboot().await.map_err(|source| SystemdError::Call { method: "Reboot", source })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn state(load: &str, active: &str, sub: &str) -> UnitState {
-        UnitState { load_state: load.into(), active_state: active.into(), sub_state: sub.into() }
-    }
-
-    #[test]
-    fn a_missing_unit_is_neither_installed_nor_active() {
-        let s = state("not-found", "inactive", "dead");
-        assert!(!s.is_installed());
-        assert!(!s.is_active());
-    }
-
-    #[test]
-    fn only_loaded_and_active_counts_as_active() {
-        assert!(state("loaded", "active", "running").is_active());
-        assert!(state("loaded", "active", "exited").is_active());
-        assert!(!state("loaded", "failed", "failed").is_active());
-        assert!(!state("loaded", "activating", "start").is_active());
-        assert!(!state("masked", "active", "running").is_active());
-        assert!(state("masked", "inactive", "dead").is_installed());
-    }
-
-    #[test]
-    fn displays_like_systemctl_columns() {
-        assert_eq!(state("loaded", "active", "running").to_string(), "loaded/active/running");
+        self.manager()
+            .await?
+            .start_unit("reboot.target", "replace-irreversibly")
+            .await
+            .map(drop)
+            .map_err(|source| SystemdError::Call { method: "StartUnit(reboot.target)", source })
     }
 }

@@ -72,6 +72,10 @@ struct Args {
     /// Copy the serial console to stderr.
     #[arg(long)]
     echo_serial: bool,
+    /// Let the guest reboot: the scenario runs again on each boot until one reports its exit; --timeout
+    /// bounds the whole sequence (ci/image upgrade-check).
+    #[arg(long)]
+    allow_reboots: bool,
     /// An extra Xen command-line option (repeatable), appended after the defaults (test bed).
     #[arg(long = "xen-arg")]
     xen_args: Vec<String>,
@@ -131,6 +135,7 @@ fn real_main() -> anyhow::Result<i32> {
         run_dir: a.run_dir.clone(),
         echo_serial: a.echo_serial,
         extra_disks: a.extra_disks,
+        allow_reboots: a.allow_reboots,
     };
     let result = qemu::run(&cfg).context("booting the test machine");
     if let (true, Machine::Multiboot { initrd, .. }) = (a.consume_initrd, &cfg.machine) {

@@ -4,6 +4,9 @@ pub mod check;
 pub mod check_host;
 pub mod check_node;
 pub mod image;
+pub mod node;
+pub mod node_artefact;
+pub mod node_bootenv;
 pub mod workload;
 pub mod zone;
 
