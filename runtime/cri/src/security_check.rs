@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use hyper_util::rt::TokioIo;
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use tokio::net::UnixStream;
-use tonic::transport::{Channel, Endpoint};
+
+use crate::smoke::connect;
+use tonic::transport::Channel;
 
 /// What the check is given.
 #[derive(Debug, Clone)]
@@ -22,18 +22,6 @@ pub struct SecurityCheck {
     pub image: String,
     /// A directory on the node for the pod's logs and the Localhost profile.
     pub work_dir: PathBuf,
-}
-
-async fn connect(socket: &Path) -> anyhow::Result<Channel> {
-    let socket = socket.to_owned();
-    let what = format!("connecting to {}", socket.display());
-    Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let socket = socket.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }
-        }))
-        .await
-        .context(what)
 }
 
 /// One container and the script that must exit 0 in an exec into it (`$T` is `1`, the container's own

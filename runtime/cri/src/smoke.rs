@@ -34,7 +34,8 @@ pub struct SmokeFigures {
     pub pod_to_first_output: Duration,
 }
 
-async fn connect(socket: &Path) -> anyhow::Result<Channel> {
+/// A gRPC channel to the CRI server on `socket`.
+pub(crate) async fn connect(socket: &Path) -> anyhow::Result<Channel> {
     let socket = socket.to_owned();
     let what = format!("connecting to {}", socket.display());
     Endpoint::from_static("http://localhost")
