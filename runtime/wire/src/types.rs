@@ -246,10 +246,60 @@ pub struct BpfInstruction {
     pub k: u32,
 }
 
+impl BpfInstruction {
+    /// `struct sock_filter`'s size: the control API carries programs as these, little-endian.
+    pub const SIZE: usize = 8;
+
+    /// The instruction as `struct sock_filter` lays it out, little-endian.
+    pub fn to_le_bytes(self) -> [u8; Self::SIZE] {
+        let mut b = [0u8; Self::SIZE];
+        b[..2].copy_from_slice(&self.code.to_le_bytes());
+        b[2] = self.jt;
+        b[3] = self.jf;
+        b[4..].copy_from_slice(&self.k.to_le_bytes());
+        b
+    }
+
+    /// The inverse of [`to_le_bytes`](Self::to_le_bytes).
+    pub fn from_le_bytes(b: [u8; Self::SIZE]) -> Self {
+        BpfInstruction {
+            code: u16::from_le_bytes([b[0], b[1]]),
+            jt: b[2],
+            jf: b[3],
+            k: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+        }
+    }
+}
+
 /// A seccomp filter: a classic BPF program over `struct seccomp_data`, checked by the kernel when installed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct SeccompProgram(#[serde(deserialize_with = "validate::de_bpf")] pub Vec<BpfInstruction>);
+
+impl SeccompProgram {
+    /// The program as the control API carries it: its instructions' bytes, one after the other.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.0.iter().flat_map(|i| i.to_le_bytes()).collect()
+    }
+
+    /// The inverse of [`to_bytes`](Self::to_bytes); `None` unless `bytes` is whole instructions. Bounds and
+    /// content are checked where programs are validated, not here.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let chunks = bytes.chunks_exact(BpfInstruction::SIZE);
+        if !chunks.remainder().is_empty() {
+            return None;
+        }
+        Some(SeccompProgram(
+            chunks
+                .map(|c| {
+                    let mut b = [0u8; BpfInstruction::SIZE];
+                    b.copy_from_slice(c);
+                    BpfInstruction::from_le_bytes(b)
+                })
+                .collect(),
+        ))
+    }
+}
 
 impl WorkloadSpec {
     pub(crate) fn validate(&self) -> Result<(), ValidationError> {
@@ -604,6 +654,14 @@ mod tests {
         assert_eq!(ExitStatus::OomKilled.exit_code(), 137);
         assert!(ExitStatus::Code(0).success());
         assert!(!ExitStatus::Code(1).success());
+    }
+
+    #[test]
+    fn seccomp_programs_travel_as_sock_filter_bytes() {
+        let p = SeccompProgram(vec![BpfInstruction { code: 0x15, jt: 1, jf: 2, k: 0x7fff_0000 }]);
+        assert_eq!(p.to_bytes(), [0x15, 0x00, 0x01, 0x02, 0x00, 0x00, 0xff, 0x7f]);
+        assert_eq!(SeccompProgram::from_bytes(&p.to_bytes()), Some(p));
+        assert_eq!(SeccompProgram::from_bytes(&[0; 9]), None, "not whole instructions");
     }
 
     #[test]

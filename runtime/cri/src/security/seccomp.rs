@@ -28,6 +28,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use bulkhead_wire::{BpfInstruction, SeccompProgram};
 use seccompiler::{TargetArch, sock_filter};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -255,19 +256,10 @@ pub fn compile(profile: &Profile) -> Result<Vec<Vec<sock_filter>>, SeccompError>
     Ok(programs)
 }
 
-/// A program as the control API carries it: 8 bytes per instruction, little-endian.
+/// A program as the control API carries it (the wire crate's encoding of `struct sock_filter`).
 pub fn to_bytes(program: &[sock_filter]) -> Vec<u8> {
-    program
-        .iter()
-        .flat_map(|i| {
-            let mut b = [0u8; 8];
-            b[..2].copy_from_slice(&i.code.to_le_bytes());
-            b[2] = i.jt;
-            b[3] = i.jf;
-            b[4..].copy_from_slice(&i.k.to_le_bytes());
-            b
-        })
-        .collect()
+    let insns = program.iter().map(|i| BpfInstruction { code: i.code, jt: i.jt, jf: i.jf, k: i.k });
+    SeccompProgram(insns.collect()).to_bytes()
 }
 
 const EPERM: u32 = 1;

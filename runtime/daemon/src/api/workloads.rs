@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use bulkhead_api::control::v1 as pb;
 use bulkhead_wire::{
-    BpfInstruction, Capabilities, EnvVar, ErrorCode, ExitStatus, HostToZone, OutputFd, SeccompProgram, Security,
-    StreamId, User, ZoneToHost,
+    Capabilities, EnvVar, ErrorCode, ExitStatus, HostToZone, OutputFd, SeccompProgram, Security, StreamId, User,
+    ZoneToHost,
 };
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
@@ -112,23 +112,12 @@ fn security_from_pb(p: Option<pb::SecurityPolicy>) -> Result<Option<Security>, S
         .seccomp_programs
         .iter()
         .map(|bytes| {
-            if bytes.len() % 8 != 0 {
-                return Err(Status::invalid_argument(format!(
+            SeccompProgram::from_bytes(bytes).ok_or_else(|| {
+                Status::invalid_argument(format!(
                     "security.seccomp_programs: {} bytes is not a whole number of 8-byte BPF instructions",
                     bytes.len()
-                )));
-            }
-            Ok(SeccompProgram(
-                bytes
-                    .chunks_exact(8)
-                    .map(|i| BpfInstruction {
-                        code: u16::from_le_bytes([i[0], i[1]]),
-                        jt: i[2],
-                        jf: i[3],
-                        k: u32::from_le_bytes([i[4], i[5], i[6], i[7]]),
-                    })
-                    .collect(),
-            ))
+                ))
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let security = Security {
@@ -160,22 +149,7 @@ fn security_to_pb(s: &Security) -> pb::SecurityPolicy {
         no_new_privs: s.no_new_privs,
         masked_paths: s.masked_paths.clone(),
         readonly_paths: s.readonly_paths.clone(),
-        seccomp_programs: s
-            .seccomp
-            .iter()
-            .map(|p| {
-                p.0.iter()
-                    .flat_map(|i| {
-                        let mut b = [0u8; 8];
-                        b[..2].copy_from_slice(&i.code.to_le_bytes());
-                        b[2] = i.jt;
-                        b[3] = i.jf;
-                        b[4..].copy_from_slice(&i.k.to_le_bytes());
-                        b
-                    })
-                    .collect()
-            })
-            .collect(),
+        seccomp_programs: s.seccomp.iter().map(SeccompProgram::to_bytes).collect(),
         privileged: s.privileged,
     }
 }
@@ -650,6 +624,7 @@ fn resize(stream_id: StreamId, size: &pb::TerminalSize) -> HostToZone {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bulkhead_wire::BpfInstruction;
 
     #[test]
     fn security_policies_map_both_ways_and_bad_ones_are_invalid_arguments() -> Result<(), Status> {
