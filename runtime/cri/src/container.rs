@@ -130,6 +130,7 @@ pub fn workload_spec(
         user: user(sc)?,
         tty: config.tty,
         stdin: config.stdin,
+        stdin_once: config.stdin && config.stdin_once,
         limits: limits(linux.and_then(|l| l.resources.as_ref()))?,
         readonly_rootfs: sc.is_some_and(|s| s.readonly_rootfs),
         labels: [(MANAGED_LABEL.to_owned(), "container".to_owned())].into_iter().collect(),

@@ -63,7 +63,7 @@ impl CriRuntime {
     }
 
     /// Container `id`, which must be running (for Exec and Attach).
-    async fn running(&self, id: &str, what: &str) -> Result<(), Status> {
+    async fn running(&self, id: &str, what: &str) -> Result<pb::WorkloadStatus, Status> {
         let (w, _) = self.container(id).await?;
         if w.state() != pb::WorkloadState::Running {
             return Err(Status::failed_precondition(format!(
@@ -71,7 +71,7 @@ impl CriRuntime {
                 container::state(&w)
             )));
         }
-        Ok(())
+        Ok(w)
     }
 
     /// Sandbox `id` with its record; NOT_FOUND for unknown ids and for zones that are not pods.
@@ -648,7 +648,13 @@ impl cri::runtime_service_server::RuntimeService for CriRuntime {
 
     async fn attach(&self, req: Request<cri::AttachRequest>) -> Result<Response<cri::AttachResponse>, Status> {
         let req = req.into_inner();
-        self.running(&req.container_id, "Attach").await?;
+        let w = self.running(&req.container_id, "Attach").await?;
+        if req.stdin && !w.spec.is_some_and(|s| s.stdin) {
+            return Err(Status::invalid_argument(format!(
+                "Attach: container {} was created without stdin (stdin: true in its spec); attach without -i",
+                req.container_id
+            )));
+        }
         let url = self
             .streams
             .attach_url(bulkhead_streaming::AttachRequest {

@@ -193,7 +193,8 @@ async fn with_pod(
     let lines = read_cri_log(&app_log)?;
     ensure!(lines.first().map(|(s, t)| (s.as_str(), t.as_str())) == Some(("stdout", "ready")), "app's log: {lines:?}");
 
-    let job = create(container("job", image, "echo out; echo err >&2; exit 7"));
+    // A container without stdin reads end-of-file (as from /dev/null): `read` fails instead of blocking.
+    let job = create(container("job", image, "echo out; echo err >&2; read x || exit 7"));
     let job = rt.create_container(job).await.context("CreateContainer job")?.into_inner().container_id;
     rt.start_container(cri::StartContainerRequest { container_id: job.clone() }).await.context("StartContainer job")?;
     let done = poll(Duration::from_secs(60), "the job container's exit", || {
@@ -256,7 +257,7 @@ async fn with_pod(
         .context("ListContainers")?
         .into_inner()
         .containers;
-    ensure!(list.len() == 3, "ListContainers of the pod: {} containers, not 3", list.len());
+    ensure!(list.len() == 4, "ListContainers of the pod: {} containers, not 4", list.len());
 
     rt.stop_container(cri::StopContainerRequest { container_id: app.clone(), timeout: 5 })
         .await
@@ -311,13 +312,47 @@ async fn streaming(
 
     let attach = cri::AttachRequest { container_id: app.into(), stdin: false, tty: false, stdout: true, stderr: true };
     let u = url(rt.attach(attach).await.context("Attach")?.into_inner().url)?;
-    let out = tokio::time::timeout(Duration::from_secs(30), client::attach(&u, 5))
+    let out = tokio::time::timeout(Duration::from_secs(30), client::attach(&u, None, 5))
         .await
         .context("attach: no output within 30 s")?
         .context("attach through the streaming server")?;
     ensure!(out.stdout.starts_with(b"tick\n"), "attach gave {out:?}");
 
-    // An echo server in a third container, reached through the host-zone channel.
+    // Container stdin: attach writes to `cat`, whose echo comes back; closing the input of a stdin-once
+    // container ends it (cat reads end-of-file and exits 0).
+    let mut reader = container("reader", image, "exec cat");
+    (reader.stdin, reader.stdin_once) = (true, true);
+    let reader = rt.create_container(create(reader)).await.context("CreateContainer reader")?.into_inner().container_id;
+    rt.start_container(cri::StartContainerRequest { container_id: reader.clone() })
+        .await
+        .context("StartContainer reader")?;
+    let attach =
+        cri::AttachRequest { container_id: reader.clone(), stdin: true, tty: false, stdout: true, stderr: true };
+    let u = url(rt.attach(attach).await.context("Attach with stdin")?.into_inner().url)?;
+    let input = b"through the container's stdin\n";
+    let out = tokio::time::timeout(Duration::from_secs(30), client::attach(&u, Some(input), input.len()))
+        .await
+        .context("attach with stdin: no echo within 30 s")?
+        .context("attach with stdin through the streaming server")?;
+    ensure!(out.stdout == input, "attach with stdin gave {out:?}");
+    let done = poll(Duration::from_secs(30), "the stdin-once container's exit after its input closed", || {
+        let mut rt = rt.clone();
+        let reader = reader.clone();
+        async move {
+            let s = container_status(&mut rt, &reader).await?;
+            Ok((s.state() == cri::ContainerState::ContainerExited).then_some(s))
+        }
+    })
+    .await?;
+    ensure!(done.exit_code == 0, "the stdin-once container exited {} ({})", done.exit_code, done.reason);
+    let attach = cri::AttachRequest { container_id: app.into(), stdin: true, tty: false, stdout: true, stderr: true };
+    let e = rt.attach(attach).await;
+    ensure!(
+        e.as_ref().err().map(|e| e.code()) == Some(Code::InvalidArgument),
+        "attach with stdin to a container without stdin: {e:?}"
+    );
+
+    // An echo server in a fourth container, reached through the host-zone channel.
     let echo = create(container("echo", image, "exec nc -ll -p 8080 -e /bin/busybox cat"));
     let echo = rt.create_container(echo).await.context("CreateContainer echo")?.into_inner().container_id;
     rt.start_container(cri::StartContainerRequest { container_id: echo }).await.context("StartContainer echo")?;

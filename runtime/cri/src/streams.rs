@@ -54,6 +54,22 @@ fn pump_input<M: Send + 'static>(
     });
 }
 
+/// Copies the client's terminal sizes to the daemon as `resize` messages.
+fn forward_resizes<M: Send + 'static>(
+    mut sizes: mpsc::Receiver<bulkhead_streaming::TerminalSize>,
+    tx: mpsc::Sender<M>,
+    resize: fn(pb::TerminalSize) -> M,
+) {
+    tokio::spawn(async move {
+        while let Some(s) = sizes.recv().await {
+            let size = pb::TerminalSize { rows: u32::from(s.height), cols: u32::from(s.width) };
+            if tx.send(resize(size)).await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
 async fn write(out: &mut Option<Output>, data: &[u8]) {
     if let Some(o) = out
         && o.write_all(data).await.is_err()
@@ -95,15 +111,9 @@ impl StreamingRuntime for DaemonStreams {
                 pb::ExecRequest { kind: Some(pb::exec_request::Kind::CloseStdin(true)) },
             );
         }
-        if let Some(mut sizes) = io.resize {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                while let Some(s) = sizes.recv().await {
-                    let size = pb::TerminalSize { rows: u32::from(s.height), cols: u32::from(s.width) };
-                    if tx.send(pb::ExecRequest { kind: Some(pb::exec_request::Kind::Resize(size)) }).await.is_err() {
-                        return;
-                    }
-                }
+        if let Some(sizes) = io.resize {
+            forward_resizes(sizes, tx.clone(), |size| pb::ExecRequest {
+                kind: Some(pb::exec_request::Kind::Resize(size)),
             });
         }
         let (mut stdout, mut stderr) = (io.stdout, io.stderr);
@@ -124,23 +134,25 @@ impl StreamingRuntime for DaemonStreams {
     }
 
     async fn attach(&self, req: AttachRequest, io: StreamIo) -> Result<(), RuntimeError> {
-        if io.stdin.is_some() {
-            return Err(format!(
-                "attach to container {}: stdin cannot be attached (containers get no stdin in bulkhead yet); \
-                 attach without -i",
-                req.container_id
-            )
-            .into());
-        }
         let what = format!("attach to container {}", req.container_id);
+        let (tx, rx) = mpsc::channel(QUEUE);
         let first = pb::AttachRequest { kind: Some(pb::attach_request::Kind::WorkloadId(req.container_id.clone())) };
-        let mut replies = self
-            .workloads
-            .clone()
-            .attach(tokio_stream::iter([first]))
-            .await
-            .map_err(|e| failed(&what, e))?
-            .into_inner();
+        tx.send(first).await.map_err(|_| "the attach request queue closed")?;
+        let mut replies =
+            self.workloads.clone().attach(ReceiverStream::new(rx)).await.map_err(|e| failed(&what, e))?.into_inner();
+        if let Some(stdin) = io.stdin {
+            pump_input(
+                stdin,
+                tx.clone(),
+                |d| pb::AttachRequest { kind: Some(pb::attach_request::Kind::Stdin(d)) },
+                pb::AttachRequest { kind: Some(pb::attach_request::Kind::CloseStdin(true)) },
+            );
+        }
+        if let Some(sizes) = io.resize {
+            forward_resizes(sizes, tx.clone(), |size| pb::AttachRequest {
+                kind: Some(pb::attach_request::Kind::Resize(size)),
+            });
+        }
         let (mut stdout, mut stderr) = (io.stdout, io.stderr);
         while let Some(msg) = replies.message().await.map_err(|e| failed(&what, e))? {
             match msg.kind {

@@ -356,3 +356,71 @@ async fn unknown_ids_are_not_found_and_bad_configs_invalid_with_the_reason() -> 
     assert!(msg.contains("not supported by the bulkhead runtime"), "{msg}");
     Ok(())
 }
+
+/// Waits until the container's CRI log has a line ending with `tail`; returns the whole log.
+async fn wait_log_line(path: &Path, tail: &str) -> Result<String, Box<dyn std::error::Error>> {
+    for _ in 0..500 {
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        if log.lines().any(|l| l.ends_with(tail)) {
+            return Ok(log);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Err(format!("{} never got a line ending with {tail:?}", path.display()).into())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn container_stdin_is_closed_kept_open_or_closed_once_as_configured() -> TestResult {
+    if !root_or_skip("the image import chowns") {
+        return Ok(());
+    }
+    let mut node = node().await?;
+    let logs = node.dir.path().join("pods/default_stdin");
+    let config = sandbox_config(&logs, "stdin");
+    let run = cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: "bulkhead".into() };
+    let pod = node.runtime.run_pod_sandbox(run).await?.into_inner().pod_sandbox_id;
+    let mut start = async |name: &str, stdin: bool, stdin_once: bool| -> Result<String, Box<dyn std::error::Error>> {
+        let mut c = container_config(name, &["/bin/cat", "run"]);
+        (c.stdin, c.stdin_once) = (stdin, stdin_once);
+        let req = cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(c),
+            sandbox_config: Some(config.clone()),
+        };
+        let id = node.runtime.create_container(req).await?.into_inner().container_id;
+        node.runtime.start_container(cri::StartContainerRequest { container_id: id.clone() }).await?;
+        Ok(id)
+    };
+    let none = start("none", false, false).await?;
+    let open = start("open", true, false).await?;
+    let once = start("once", true, true).await?;
+
+    // Without stdin the process reads end-of-file at once, as from /dev/null.
+    wait_log_line(&logs.join("none/0.log"), " stderr F stdin closed").await?;
+
+    let attach = |id: &str, stdin: bool| cri::AttachRequest {
+        container_id: id.into(),
+        stdin,
+        stdout: true,
+        stderr: true,
+        ..Default::default()
+    };
+    let e = node.runtime.attach(attach(&none, true)).await;
+    let (c, message) = code(e);
+    assert_eq!(c, Code::InvalidArgument, "{message}");
+    assert!(message.contains("without stdin"), "{message}");
+
+    // An attachment's input reaches the process; its end leaves a plain stdin open for the next one ...
+    for (round, id) in [(1, &open), (2, &open), (1, &once)] {
+        let url = node.runtime.attach(attach(id, true)).await?.into_inner().url.parse()?;
+        let input = format!("line {round}\n");
+        let out = bulkhead_streaming::client::attach(&url, Some(input.as_bytes()), input.len()).await?;
+        assert_eq!(String::from_utf8_lossy(&out.stdout), input);
+    }
+    // ... and closes a stdin-once one.
+    wait_log_line(&logs.join("once/0.log"), " stderr F stdin closed").await?;
+    let open_log = std::fs::read_to_string(logs.join("open/0.log"))?;
+    assert!(open_log.lines().any(|l| l.ends_with(" stdout F line 2")), "{open_log}");
+    assert!(!open_log.contains("stdin closed"), "{open_log}");
+    Ok(())
+}

@@ -560,6 +560,8 @@ pub mod fake {
 
         /// A zone init that says hello and runs every workload as: print "out:<argv[0]>\n" on stdout and
         /// "err\n" on stderr, then exit with the code in the last argument (or stay running if it is "run").
+        /// A running workload echoes its stdin on stdout and reports the end of its stdin as "stdin closed\n"
+        /// on stderr.
         pub async fn run(io: tokio::io::DuplexStream) {
             let mut zone = Framed::new(io, ZoneCodec::new());
             if zone.send(hello()).await.is_err() {
@@ -567,6 +569,7 @@ pub mod fake {
             }
             let mut specs = BTreeMap::new();
             let mut forwards = std::collections::BTreeSet::new();
+            let mut running = std::collections::BTreeSet::new();
             while let Some(Ok(msg)) = zone.next().await {
                 let replies = match msg {
                     HostToZone::CreateWorkload { id, spec } => {
@@ -585,7 +588,9 @@ pub mod fake {
                             ZoneToHost::Output { stream_id: id, fd: OutputFd::Stderr, data: "err\n".into() },
                         ];
                         match spec.argv.last().map(String::as_str) {
-                            Some("run") => {}
+                            Some("run") => {
+                                running.insert(id);
+                            }
                             last => {
                                 let code = last.and_then(|c| c.parse().ok()).unwrap_or(0);
                                 r.push(ZoneToHost::Exited { stream_id: id, status: ExitStatus::Code(code) });
@@ -594,6 +599,7 @@ pub mod fake {
                         r
                     }
                     HostToZone::Signal { id, signal } => {
+                        running.remove(&id);
                         vec![ZoneToHost::Exited {
                             stream_id: id,
                             status: ExitStatus::Signaled { signal, core_dumped: false },
@@ -622,6 +628,12 @@ pub mod fake {
                     }
                     HostToZone::CloseStdin { stream_id } if forwards.remove(&stream_id) => {
                         vec![ZoneToHost::Exited { stream_id, status: ExitStatus::Code(0) }]
+                    }
+                    HostToZone::Stdin { stream_id, data } if running.contains(&stream_id) => {
+                        vec![ZoneToHost::Output { stream_id, fd: OutputFd::Stdout, data }]
+                    }
+                    HostToZone::CloseStdin { stream_id } if running.contains(&stream_id) => {
+                        vec![ZoneToHost::Output { stream_id, fd: OutputFd::Stderr, data: "stdin closed\n".into() }]
                     }
                     _ => vec![],
                 };

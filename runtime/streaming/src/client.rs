@@ -78,10 +78,10 @@ pub async fn exec(url: &Url, stdin: Option<&[u8]>) -> Result<ExecOutput, ClientE
     remote_command(url, stdin, None).await
 }
 
-/// Attaches through an attach URL (`v5.channel.k8s.io`) until stdout has `stdout_bytes` bytes, then leaves
-/// (the container keeps running).
-pub async fn attach(url: &Url, stdout_bytes: usize) -> Result<ExecOutput, ClientError> {
-    remote_command(url, None, Some(stdout_bytes)).await
+/// Attaches through an attach URL (`v5.channel.k8s.io`), sends `stdin` (if any) and closes it, and
+/// collects output until stdout has `stdout_bytes` bytes, then leaves (the container keeps running).
+pub async fn attach(url: &Url, stdin: Option<&[u8]>, stdout_bytes: usize) -> Result<ExecOutput, ClientError> {
+    remote_command(url, stdin, Some(stdout_bytes)).await
 }
 
 async fn remote_command(url: &Url, stdin: Option<&[u8]>, stop_at: Option<usize>) -> Result<ExecOutput, ClientError> {

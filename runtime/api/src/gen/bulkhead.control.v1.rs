@@ -275,6 +275,11 @@ pub struct WorkloadSpec {
     /// execs inherit them. Unset: every capability, no seccomp filter, nothing masked.
     #[prost(message, optional, tag = "15")]
     pub security: ::core::option::Option<SecurityPolicy>,
+    /// With stdin: the process's stdin stays open after the first attachment that sent input ends (false) or is
+    /// closed then (true, CRI's stdin_once). Without stdin the process reads end-of-file at once (a tty workload
+    /// keeps its terminal).
+    #[prost(bool, tag = "16")]
+    pub stdin_once: bool,
 }
 /// What a workload's process may do inside its zone; the zone applies it as given. The zone is the boundary to
 /// the node: nothing here grants access to the node, privileged included.
@@ -2157,7 +2162,8 @@ pub mod workload_service_client {
                 .insert(GrpcMethod::new("bulkhead.control.v1.WorkloadService", "Exec"));
             self.inner.streaming(req, path, codec).await
         }
-        /// Connects to a running workload's stdio (stdin only if the workload was created with stdin).
+        /// Connects to a running workload's stdio (stdin only if the workload was created with stdin; see
+        /// WorkloadSpec.stdin_once for what an attachment's end of input does).
         pub async fn attach(
             &mut self,
             request: impl tonic::IntoStreamingRequest<Message = super::AttachRequest>,
@@ -2418,7 +2424,8 @@ pub mod workload_service_server {
             >
             + std::marker::Send
             + 'static;
-        /// Connects to a running workload's stdio (stdin only if the workload was created with stdin).
+        /// Connects to a running workload's stdio (stdin only if the workload was created with stdin; see
+        /// WorkloadSpec.stdin_once for what an attachment's end of input does).
         async fn attach(
             &self,
             request: tonic::Request<tonic::Streaming<super::AttachRequest>>,

@@ -17,7 +17,7 @@ use crate::hypervisor::Hypervisor;
 use crate::workloads::logs::LogEntry;
 use crate::workloads::spec::{self, WorkloadRequest};
 use crate::workloads::{
-    ExecRequest, WorkloadError, WorkloadEvent, WorkloadManager, WorkloadMeta, WorkloadRecord, WorkloadState,
+    ExecRequest, StdinMode, WorkloadError, WorkloadEvent, WorkloadManager, WorkloadMeta, WorkloadRecord, WorkloadState,
 };
 use crate::zone::MAX_CLIENT_STATE_LEN;
 
@@ -196,7 +196,8 @@ pub fn status_to_pb(r: &WorkloadRecord, log_path: &Path) -> pb::WorkloadStatus {
                 additional_gids: s.user.additional_gids.clone(),
             }),
             tty: s.tty,
-            stdin: false,
+            stdin: r.stdin != StdinMode::Closed,
+            stdin_once: r.stdin == StdinMode::Once,
             limits: Some(pb::ResourceLimits {
                 memory_bytes: s.limits.memory_bytes.unwrap_or(0),
                 cpu_quota_us: s.limits.cpu.map_or(0, |c| c.quota_us),
@@ -306,6 +307,11 @@ impl<H: Hypervisor> pb::workload_service_server::WorkloadService for WorkloadApi
             labels: s.labels.into_iter().collect(),
             client_state: client_state(s.client_state)?,
             log_path: log_path(s.log_path)?,
+            stdin: match (s.stdin, s.stdin_once) {
+                (false, _) => StdinMode::Closed,
+                (true, false) => StdinMode::Open,
+                (true, true) => StdinMode::Once,
+            },
         };
         let rec = self.workloads.create(&req.zone, &s.name, &s.image, request, meta).await?;
         Ok(Response::new(pb::CreateWorkloadResponse { workload: Some(self.status(&rec)) }))
@@ -399,28 +405,14 @@ impl<H: Hypervisor> pb::workload_service_server::WorkloadService for WorkloadApi
             let _ = link.send(HostToZone::CloseStdin { stream_id: exec_id }).await;
         }
         // Client input to the zone until the client closes its side.
-        tokio::spawn(async move {
-            while let Ok(Some(msg)) = input.message().await {
-                let to_zone = match msg.kind {
-                    Some(pb::exec_request::Kind::Stdin(data)) => {
-                        for chunk in data.chunks(bulkhead_wire::MAX_DATA_CHUNK) {
-                            let m =
-                                HostToZone::Stdin { stream_id: exec_id, data: bytes::Bytes::copy_from_slice(chunk) };
-                            if link.send(m).await.is_err() {
-                                return;
-                            }
-                        }
-                        continue;
-                    }
-                    Some(pb::exec_request::Kind::CloseStdin(true)) => HostToZone::CloseStdin { stream_id: exec_id },
-                    Some(pb::exec_request::Kind::Resize(size)) => resize(exec_id, &size),
-                    _ => continue,
-                };
-                if link.send(to_zone).await.is_err() {
-                    return;
-                }
-            }
-        });
+        tokio::spawn(forward_input(input, link, exec_id, EndOfInput::Close, |m: pb::ExecRequest| {
+            Some(match m.kind? {
+                pb::exec_request::Kind::Stdin(data) => ClientInput::Stdin(data),
+                pb::exec_request::Kind::CloseStdin(true) => ClientInput::CloseStdin,
+                pb::exec_request::Kind::Resize(size) => ClientInput::Resize(size),
+                _ => return None,
+            })
+        }));
         let pid = session.pid;
         let mut messages = session.messages;
         let mut guard = SessionGuard { link: session.link, id: exec_id, ended: false };
@@ -520,13 +512,21 @@ impl<H: Hypervisor> pb::workload_service_server::WorkloadService for WorkloadApi
             return Err(Status::invalid_argument("the first attach message must be the workload id"));
         };
         let rec = self.workloads.get(&id).await?;
-        if rec.state != WorkloadState::Running {
-            return Err(Status::failed_precondition(format!(
-                "workload {id} is {:?}: attach needs it running",
-                rec.state
-            )));
-        }
-        // Workloads get no stdin yet: the attachment is their output from now on, then their exit.
+        let (stream, stdin, link) = self.workloads.attach_input(&rec.id).await?;
+        let end = match stdin {
+            StdinMode::Closed => EndOfInput::Ignore,
+            StdinMode::Open => EndOfInput::KeepOpen,
+            StdinMode::Once => EndOfInput::Close,
+        };
+        tokio::spawn(forward_input(input, link, stream, end, |m: pb::AttachRequest| {
+            Some(match m.kind? {
+                pb::attach_request::Kind::Stdin(data) => ClientInput::Stdin(data),
+                pb::attach_request::Kind::CloseStdin(true) => ClientInput::CloseStdin,
+                pb::attach_request::Kind::Resize(size) => ClientInput::Resize(size),
+                _ => return None,
+            })
+        }));
+        // The attachment is the output from now on, then the exit.
         let logs = self.workloads.logs(&rec.id, true, 0, crate::zone::now()).await?;
         let exit = logs.exit.clone();
         let output = live_entries(logs.live, logs.exit).map(|e| {
@@ -613,6 +613,68 @@ fn live_entries(
                 changed = exit.changed() => if changed.is_err() { return },
             }
         }
+    }
+}
+
+/// One message of a client's input to a process (exec or attach).
+enum ClientInput {
+    Stdin(Vec<u8>),
+    CloseStdin,
+    Resize(pb::TerminalSize),
+}
+
+/// What the end of a client's input does to the process's stdin.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum EndOfInput {
+    /// Closes it (exec; an attachment to a stdin-once workload).
+    Close,
+    /// Leaves it open for the next attachment.
+    KeepOpen,
+    /// The process has no stdin: input is dropped, resizes still go.
+    Ignore,
+}
+
+/// Forwards a client's input to process `stream_id` in the zone until the client ends its side or the link
+/// closes. Stdin is cut into wire-sized chunks.
+async fn forward_input<M>(
+    mut input: Streaming<M>,
+    link: crate::link::ZoneLink,
+    stream_id: StreamId,
+    end: EndOfInput,
+    classify: impl Fn(M) -> Option<ClientInput>,
+) {
+    let (mut sent_input, mut closed) = (false, false);
+    while let Ok(Some(msg)) = input.message().await {
+        let to_zone = match classify(msg) {
+            Some(ClientInput::Stdin(_) | ClientInput::CloseStdin) if end == EndOfInput::Ignore || closed => {
+                tracing::debug!(stream = stream_id.0, "input for a process without (or after its) stdin dropped");
+                continue;
+            }
+            Some(ClientInput::Stdin(data)) => {
+                sent_input = true;
+                for chunk in data.chunks(bulkhead_wire::MAX_DATA_CHUNK) {
+                    let m = HostToZone::Stdin { stream_id, data: bytes::Bytes::copy_from_slice(chunk) };
+                    if link.send(m).await.is_err() {
+                        return;
+                    }
+                }
+                continue;
+            }
+            Some(ClientInput::CloseStdin) if end == EndOfInput::KeepOpen => continue,
+            Some(ClientInput::CloseStdin) => {
+                closed = true;
+                HostToZone::CloseStdin { stream_id }
+            }
+            Some(ClientInput::Resize(size)) => resize(stream_id, &size),
+            None => continue,
+        };
+        if link.send(to_zone).await.is_err() {
+            return;
+        }
+    }
+    // The client went away without closing its input: a stdin-once attachment that wrote ends it anyway.
+    if end == EndOfInput::Close && sent_input && !closed {
+        let _ = link.send(HostToZone::CloseStdin { stream_id }).await;
     }
 }
 

@@ -61,6 +61,21 @@ pub struct WorkloadMeta {
     pub client_state: String,
     /// Where to write the output log; `None` = the daemon's own log directory.
     pub log_path: Option<PathBuf>,
+    /// What the process's stdin is.
+    pub stdin: StdinMode,
+}
+
+/// What a workload's stdin is connected to (CRI's `stdin` and `stdin_once`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StdinMode {
+    /// Nothing: the process reads end-of-file at once, as from `/dev/null` (a tty workload keeps its terminal
+    /// open, as `docker run -t` without `-i` does).
+    #[default]
+    Closed,
+    /// Attachments write to it; the end of an attachment's input leaves it open for the next one.
+    Open,
+    /// Open until the first attachment that sent input ends.
+    Once,
 }
 
 /// The persisted record of one workload.
@@ -88,6 +103,9 @@ pub struct WorkloadRecord {
     /// The output log the client asked for; `None` = the daemon's own log directory.
     #[serde(default)]
     pub log_path: Option<PathBuf>,
+    /// What the process's stdin is.
+    #[serde(default)]
+    pub stdin: StdinMode,
     /// State.
     pub state: WorkloadState,
     /// Pid inside the zone while running.
@@ -599,6 +617,7 @@ impl<H: Hypervisor> WorkloadManager<H> {
             labels: meta.labels,
             client_state: meta.client_state,
             log_path: meta.log_path,
+            stdin: meta.stdin,
             state: WorkloadState::Created,
             pid: 0,
             exit: None,
@@ -668,10 +687,29 @@ impl<H: Hypervisor> WorkloadManager<H> {
                     let snapshot = r.clone();
                     self.persist(&snapshot)?;
                 }
-                Ok(r.clone())
+                let rec = r.clone();
+                drop(state);
+                if rec.stdin == StdinMode::Closed && !rec.spec.tty {
+                    // The zone gives every workload a stdin pipe: closing it now is what /dev/null would be.
+                    link.send(HostToZone::CloseStdin { stream_id: StreamId(rec.stream) }).await?;
+                }
+                Ok(rec)
             }
             other => Err(unexpected(other)),
         }
+    }
+
+    /// Where an attachment's input goes: the running workload's stream on its zone's link, and its stdin mode.
+    pub async fn attach_input(&self, id: &str) -> Result<(StreamId, StdinMode, ZoneLink), WorkloadError> {
+        let (rec, _rt, link) = self.runtime_and_link(id).await?;
+        if rec.state != WorkloadState::Running {
+            return Err(WorkloadError::WrongState {
+                id: rec.id,
+                state: rec.state,
+                what: "attach needs a running workload",
+            });
+        }
+        Ok((StreamId(rec.stream), rec.stdin, link))
     }
 
     /// Sends `signal` to the workload's process.
