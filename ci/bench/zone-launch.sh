@@ -1,7 +1,7 @@
 #!/bin/bash
 # Benchmark (not a test): zone launch latency in the test bed, against the floor of `xl create` of the same
-# kernel and initramfs. Prints "figure: ..." lines. The image is an OCI layout of dom0's static busybox, built
-# here with tar, gzip and sha256sum.
+# kernel and initramfs. Prints "figure: ..." lines. The image is an OCI layout of dom0's static busybox
+# (busybox_oci_layout, in the scenario library).
 #
 #   ci/testbed run --add runtime/daemon/tests/scenarios/lib.sh:/root/scenario-lib.sh ci/bench/zone-launch.sh
 #
@@ -22,33 +22,9 @@ first_line_after() {
   echo "never"
 }
 
-# A one-layer OCI image layout: /bin/busybox and /bin/sh.
-oci_layout() { # oci_layout DIR
-  local dir=$1 root layer diff config manifest
-  root=$(mktemp -d)
-  mkdir -p "$root/bin" "$root/tmp" "$dir/blobs/sha256"
-  cp /bin/busybox "$root/bin/busybox"
-  ln -s busybox "$root/bin/sh"
-  tar -C "$root" --owner=0 --group=0 -cf /tmp/layer.tar bin tmp
-  diff=$(sha256sum /tmp/layer.tar | cut -d' ' -f1)
-  gzip -n -f /tmp/layer.tar
-  layer=$(sha256sum /tmp/layer.tar.gz | cut -d' ' -f1)
-  mv /tmp/layer.tar.gz "$dir/blobs/sha256/$layer"
-  printf '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/bin"],"Cmd":["/bin/sh"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' "$diff" >/tmp/config.json
-  config=$(sha256sum /tmp/config.json | cut -d' ' -f1)
-  mv /tmp/config.json "$dir/blobs/sha256/$config"
-  printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%d},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:%s","size":%d}]}' \
-    "$config" "$(stat -c %s "$dir/blobs/sha256/$config")" "$layer" "$(stat -c %s "$dir/blobs/sha256/$layer")" >/tmp/manifest.json
-  manifest=$(sha256sum /tmp/manifest.json | cut -d' ' -f1)
-  printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%d}]}' \
-    "$manifest" "$(stat -c %s /tmp/manifest.json)" >"$dir/index.json"
-  mv /tmp/manifest.json "$dir/blobs/sha256/$manifest"
-  printf '{"imageLayoutVersion":"1.0.0"}' >"$dir/oci-layout"
-  rm -rf "$root"
-}
 
 start_daemon
-oci_layout /tmp/busybox-oci
+busybox_oci_layout /tmp/busybox-oci
 bulkhead image import /tmp/busybox-oci --reference busybox:bench >/dev/null
 
 floor=()

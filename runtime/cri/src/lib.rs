@@ -61,6 +61,7 @@ impl Default for Settings {
                 defaults: SandboxDefaults {
                     memory_mib: 256,
                     vcpus: 1,
+                    host_overhead_mib: sandbox::HOST_OVERHEAD_MIB,
                     kernels_dir: PathBuf::from("/usr/lib/bulkhead/zone/kernels"),
                 },
                 boot_timeout: Duration::from_secs(180),

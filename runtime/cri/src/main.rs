@@ -12,6 +12,7 @@ use tokio::net::UnixListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_stream::wrappers::UnixListenerStream;
 
+mod overhead_check;
 mod security_check;
 mod smoke;
 
@@ -32,6 +33,10 @@ struct Args {
     /// Memory of a zone whose pod sets no memory limit, MiB (the RuntimeClass overhead is added).
     #[arg(long, default_value_t = 256)]
     default_memory_mib: u32,
+    /// The part of a pod's RuntimeClass overhead the node spends outside the zone (Xen's per-domain memory,
+    /// dom0's per-zone memory), MiB: the zone gets the rest. Measured by ci/bench/zone-overhead.sh.
+    #[arg(long, default_value_t = bulkhead_cri::sandbox::HOST_OVERHEAD_MIB)]
+    zone_host_overhead_mib: u32,
     /// Where the streaming server (Exec, Attach, PortForward) listens; kubelet connects to it (port 0: any).
     #[arg(long, default_value = "127.0.0.1:0")]
     streaming_address: std::net::SocketAddr,
@@ -63,6 +68,23 @@ enum Command {
         /// Where the pod's logs and the Localhost seccomp profile go.
         #[arg(long, default_value = "/var/lib/bulkhead-cri/security-check")]
         work_dir: PathBuf,
+    },
+    /// Checks that a RuntimeClass's pod overhead is honest on this node (run in dom0): a real pod with a
+    /// memory limit and that overhead must let its containers use the whole limit, and cost the node no more
+    /// than limit + overhead. Prints the figures; exits non-zero when either side fails.
+    OverheadCheck {
+        /// An image with /bin/busybox.
+        #[arg(long)]
+        image: String,
+        /// The RuntimeClass's overhead.podFixed.memory, MiB.
+        #[arg(long)]
+        overhead_mib: u32,
+        /// The pod's memory limit, MiB.
+        #[arg(long, default_value_t = 64)]
+        limit_mib: u32,
+        /// Where the pod's logs go.
+        #[arg(long, default_value = "/var/log/pods")]
+        log_dir: PathBuf,
     },
 }
 
@@ -99,6 +121,24 @@ fn main() -> ExitCode {
             };
             rt.block_on(security_check::run(&t)).map(|()| println!("security check passed"))
         }
+        Some(Command::OverheadCheck { ref image, overhead_mib, limit_mib, ref log_dir }) => {
+            let c = overhead_check::OverheadCheck {
+                socket: args.socket.clone(),
+                daemon_socket: args.daemon_socket.clone(),
+                image: image.clone(),
+                overhead_mib,
+                limit_mib,
+                log_dir: log_dir.clone(),
+            };
+            rt.block_on(overhead_check::run(&c)).map(|f| {
+                println!(
+                    "figure: pod of {limit_mib} MiB + {overhead_mib} MiB overhead: Xen {} KiB, dom0 {} KiB, \
+                     zone MemAvailable {} KiB",
+                    f.xen_kib, f.dom0_kib, f.zone_available_kib
+                );
+                println!("overhead check passed");
+            })
+        }
         None => rt.block_on(run(args)),
     };
     match result {
@@ -130,6 +170,7 @@ fn bind(path: &std::path::Path) -> anyhow::Result<UnixListenerStream> {
 async fn run(args: Args) -> anyhow::Result<()> {
     let mut settings = Settings { image_store: args.image_store, ..Settings::default() };
     settings.runtime.defaults.memory_mib = args.default_memory_mib;
+    settings.runtime.defaults.host_overhead_mib = args.zone_host_overhead_mib;
     settings.runtime.boot_timeout = Duration::from_secs(args.boot_timeout);
     let daemon = bulkhead_cri::daemon_channel(&args.daemon_socket);
     let stop = tokio_util::sync::CancellationToken::new();

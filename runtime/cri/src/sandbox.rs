@@ -19,6 +19,11 @@ pub const KERNEL_ANNOTATION: &str = "bulkhead.dev/kernel";
 pub const RUNTIME_HANDLER: &str = "bulkhead";
 
 const MIB: i64 = 1 << 20;
+/// What a zone costs the node outside its own memory, MiB: Xen's per-domain memory and dom0's per-zone memory
+/// (bulkheadd, blkback, the channel). ci/bench/zone-overhead.sh measured 2.4 MiB in dom0 and under 1 MiB in
+/// Xen; the rest is room for dom0's noise, so that the node never pays more than the pod's limit + overhead
+/// (checked by `bulkhead-cri overhead-check`, see runtime/cri/runtimeclass.yaml).
+pub const HOST_OVERHEAD_MIB: u32 = 8;
 
 /// What the node gives a pod that asks for nothing.
 #[derive(Debug, Clone)]
@@ -27,6 +32,8 @@ pub struct SandboxDefaults {
     pub memory_mib: u32,
     /// vCPUs of a zone whose pod sets no CPU limit.
     pub vcpus: u32,
+    /// The part of a pod's overhead the node spends outside the zone, MiB: the zone gets the rest.
+    pub host_overhead_mib: u32,
     /// Directory of named zone kernels: `<dir>/<name>/kernel` and `<dir>/<name>/initrd`.
     pub kernels_dir: std::path::PathBuf,
 }
@@ -76,15 +83,17 @@ fn check_namespaces(linux: Option<&cri::LinuxPodSandboxConfig>) -> Result<(), St
     Ok(())
 }
 
-/// Memory (MiB, rounded up) and vCPUs for the pod: its containers' limits plus the RuntimeClass overhead,
-/// or the node's defaults when the pod sets no limit.
+/// Memory (MiB, rounded up) and vCPUs for the pod: its containers' limits (or the node's defaults when the
+/// pod sets none) plus the RuntimeClass overhead, less the part of the overhead the node spends outside the
+/// zone: the scheduler counts limit + overhead, and that is what the node pays.
 fn size(linux: Option<&cri::LinuxPodSandboxConfig>, defaults: &SandboxDefaults) -> Result<(u32, u32), Status> {
     let resources = linux.and_then(|l| l.resources.as_ref());
     let overhead = linux.and_then(|l| l.overhead.as_ref());
     let bytes = |r: Option<&cri::LinuxContainerResources>| r.map_or(0, |r| r.memory_limit_in_bytes.max(0));
+    let in_zone = (bytes(overhead) - i64::from(defaults.host_overhead_mib) * MIB).max(0);
     let memory_mib = match bytes(resources) {
-        0 => i64::from(defaults.memory_mib) + (bytes(overhead) + MIB - 1) / MIB,
-        limit => (limit + bytes(overhead) + MIB - 1) / MIB,
+        0 => i64::from(defaults.memory_mib) + (in_zone + MIB - 1) / MIB,
+        limit => (limit + in_zone + MIB - 1) / MIB,
     };
     let cpus = |r: Option<&cri::LinuxContainerResources>| match r {
         Some(r) if r.cpu_quota > 0 && r.cpu_period > 0 => r.cpu_quota as f64 / r.cpu_period as f64,
@@ -235,7 +244,12 @@ mod tests {
     use super::*;
 
     fn defaults() -> SandboxDefaults {
-        SandboxDefaults { memory_mib: 256, vcpus: 1, kernels_dir: "/usr/lib/bulkhead/zone/kernels".into() }
+        SandboxDefaults {
+            memory_mib: 256,
+            vcpus: 1,
+            host_overhead_mib: 4,
+            kernels_dir: "/usr/lib/bulkhead/zone/kernels".into(),
+        }
     }
 
     fn config() -> cri::PodSandboxConfig {
@@ -275,6 +289,20 @@ mod tests {
     }
 
     #[test]
+    fn the_runtime_class_names_our_handler_and_the_label_our_nodes_carry() -> Result<(), String> {
+        let manifest = include_str!("../runtimeclass.yaml");
+        let dropin = include_str!("../../../image/tree/usr/lib/systemd/system/kubelet.service.d/10-bulkhead.conf");
+        assert!(manifest.lines().any(|l| l == format!("handler: {RUNTIME_HANDLER}")), "{manifest}");
+        let label = dropin
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("--node-labels="))
+            .ok_or("kubelet's drop-in sets no --node-labels")?;
+        let (key, value) = label.split_once('=').ok_or(format!("label {label:?} has no value"))?;
+        assert!(manifest.lines().any(|l| l.trim() == format!("{key}: {value}")), "{manifest}");
+        Ok(())
+    }
+
+    #[test]
     fn size_is_the_pods_limits_plus_overhead_or_the_defaults() -> Result<(), Status> {
         let mut c = config();
         let spec = zone_spec(&c, "", &defaults())?;
@@ -285,7 +313,13 @@ mod tests {
             ..Default::default()
         });
         let spec = zone_spec(&c, "bulkhead", &defaults())?;
-        assert_eq!((spec.memory_mib, spec.vcpus), (141, 2));
+        // 100 MiB + 1 byte of limits, 40 MiB of overhead of which 4 stay outside the zone.
+        assert_eq!((spec.memory_mib, spec.vcpus), (137, 2));
+        if let Some(l) = c.linux.as_mut() {
+            l.overhead = resources(3 * MIB, 0);
+        }
+        let spec = zone_spec(&c, "bulkhead", &defaults())?;
+        assert_eq!(spec.memory_mib, 101, "an overhead below the host's part adds nothing to the zone");
         Ok(())
     }
 

@@ -23,6 +23,7 @@ fn kubelets_sequence_runs_a_pod_in_a_real_zone() {
     Scenario::new(here.join("tests/scenarios/cri.sh"))
         .add(here.join("../daemon/tests/scenarios/lib.sh"), "/root/scenario-lib.sh")
         .add(&storage, "/root/registry-storage")
+        .add(here.join("runtimeclass.yaml"), "/root/runtimeclass.yaml")
         .timeout(Duration::from_secs(600))
         .run_ok();
 }

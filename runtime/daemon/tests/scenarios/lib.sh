@@ -71,3 +71,28 @@ nothing_left() { # fails unless the zones' domains, loop devices, zone and workl
   [ -z "$(ls -A /var/lib/bulkhead/zones)" ] || fail "zone records left: $(ls /var/lib/bulkhead/zones)"
   [ -z "$(ls -A /var/lib/bulkhead/workloads)" ] || fail "workload records left: $(ls /var/lib/bulkhead/workloads)"
 }
+# busybox_oci_layout DIR: a one-layer OCI image layout of dom0's static busybox (/bin/busybox, /bin/sh), made
+# with tar, gzip and sha256sum (for benches, which run without the Rust test's image tarball).
+busybox_oci_layout() {
+  local dir=$1 root layer diff config manifest
+  root=$(mktemp -d)
+  mkdir -p "$root/bin" "$root/tmp" "$dir/blobs/sha256"
+  cp /bin/busybox "$root/bin/busybox"
+  ln -s busybox "$root/bin/sh"
+  tar -C "$root" --owner=0 --group=0 -cf /tmp/layer.tar bin tmp
+  diff=$(sha256sum /tmp/layer.tar | cut -d' ' -f1)
+  gzip -n -f /tmp/layer.tar
+  layer=$(sha256sum /tmp/layer.tar.gz | cut -d' ' -f1)
+  mv /tmp/layer.tar.gz "$dir/blobs/sha256/$layer"
+  printf '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/bin"],"Cmd":["/bin/sh"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' "$diff" >/tmp/config.json
+  config=$(sha256sum /tmp/config.json | cut -d' ' -f1)
+  mv /tmp/config.json "$dir/blobs/sha256/$config"
+  printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%d},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:%s","size":%d}]}' \
+    "$config" "$(stat -c %s "$dir/blobs/sha256/$config")" "$layer" "$(stat -c %s "$dir/blobs/sha256/$layer")" >/tmp/manifest.json
+  manifest=$(sha256sum /tmp/manifest.json | cut -d' ' -f1)
+  printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%d}]}' \
+    "$manifest" "$(stat -c %s /tmp/manifest.json)" >"$dir/index.json"
+  mv /tmp/manifest.json "$dir/blobs/sha256/$manifest"
+  printf '{"imageLayoutVersion":"1.0.0"}' >"$dir/oci-layout"
+  rm -rf "$root"
+}
