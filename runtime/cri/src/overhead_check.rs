@@ -97,22 +97,13 @@ pub async fn run(c: &OverheadCheck) -> anyhow::Result<OverheadFigures> {
     let memory = |mib: u32| {
         Some(cri::LinuxContainerResources { memory_limit_in_bytes: i64::from(mib) * MIB, ..Default::default() })
     };
-    let uid = format!("overhead-{}", std::process::id());
     let config = cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: "overhead".into(),
-            uid: uid.clone(),
-            namespace: "bulkhead-overhead-check".into(),
-            attempt: 0,
-        }),
-        hostname: "overhead".into(),
-        log_directory: c.log_dir.join(&uid).display().to_string(),
         linux: Some(cri::LinuxPodSandboxConfig {
             resources: memory(c.limit_mib),
             overhead: memory(c.overhead_mib),
             ..Default::default()
         }),
-        ..Default::default()
+        ..crate::smoke::pod_config("overhead", &c.log_dir)
     };
     let (xen0, dom0_0) = (xen_free_kib(&mut host).await?, dom0_used_kib()?);
     let run = cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: "bulkhead".into() };

@@ -9,9 +9,11 @@
 //! Capabilities, as containerd and CRI-O resolve them: the 14 default capabilities of container runtimes,
 //! `add: ["ALL"]` for every capability, `drop: ["ALL"]` for none, then the named drops, then the named adds (so
 //! `drop: [ALL], add: [NET_BIND_SERVICE]` keeps exactly that one); privileged: every capability. The result is
-//! the bounding, effective and permitted set; inheritable and ambient stay empty. The zone sets them before
-//! `execve`, whose rules then decide what the program holds: a root program keeps them, a non-root program
-//! starts with none (it has only an empty ambient set to inherit), as with runc.
+//! the bounding, effective and permitted set. The zone sets them before `execve`, whose rules then decide what
+//! the program holds: a root program keeps them, a non-root program starts with only its ambient set, as with
+//! runc. `add_ambient` capabilities (kubelet's ambient capabilities) join the bounding, effective and
+//! permitted sets and make up the inheritable and ambient sets, which the kernel requires of an ambient
+//! capability: so a non-root program holds exactly those.
 
 pub mod seccomp;
 
@@ -108,6 +110,16 @@ fn caps_of(names: &[String], field: &str) -> Result<u64, Status> {
     })
 }
 
+/// The ambient capabilities of a container (`add_ambient`; `ALL` is not a name here: an ambient set is
+/// asked for capability by capability).
+pub fn ambient_capabilities(sc: &cri::LinuxContainerSecurityContext) -> Result<u64, Status> {
+    let Some(c) = &sc.capabilities else { return Ok(0) };
+    if c.add_ambient_capabilities.iter().any(|n| is_all(n)) {
+        return Err(invalid("capabilities.add_ambient: name the capabilities, ALL is not accepted".to_owned()));
+    }
+    caps_of(&c.add_ambient_capabilities, "capabilities.add_ambient")
+}
+
 /// The capability set of a container: see the module docs.
 pub fn capabilities(sc: &cri::LinuxContainerSecurityContext) -> Result<u64, Status> {
     if sc.privileged {
@@ -115,14 +127,8 @@ pub fn capabilities(sc: &cri::LinuxContainerSecurityContext) -> Result<u64, Stat
     }
     let defaults = DEFAULT_CAPS.iter().map(|c| cap_bit(c).unwrap_or(0)).fold(0, |a, b| a | b);
     let Some(c) = &sc.capabilities else { return Ok(defaults) };
-    let add = caps_of(&c.add_capabilities, "capabilities.add")?;
+    let add = caps_of(&c.add_capabilities, "capabilities.add")? | ambient_capabilities(sc)?;
     let drop = caps_of(&c.drop_capabilities, "capabilities.drop")?;
-    if !c.add_ambient_capabilities.is_empty() {
-        return Err(invalid(format!(
-            "capabilities.add_ambient {:?}: ambient capabilities are not supported by the bulkhead runtime yet",
-            c.add_ambient_capabilities
-        )));
-    }
     let mut set = defaults;
     if c.add_capabilities.iter().any(|n| is_all(n)) {
         set = ALL_CAPS;
@@ -184,6 +190,7 @@ pub fn policy(sc: Option<&cri::LinuxContainerSecurityContext>) -> Result<pb::Sec
     let default = cri::LinuxContainerSecurityContext::default();
     let sc = sc.unwrap_or(&default);
     let caps = capabilities(sc)?;
+    let ambient = ambient_capabilities(sc)?;
     // Privileged: everything within the zone, no filter, nothing hidden (kubelet sends no paths then anyway).
     let (masked_paths, readonly_paths, seccomp_programs) = if sc.privileged {
         (Vec::new(), Vec::new(), Vec::new())
@@ -198,8 +205,8 @@ pub fn policy(sc: Option<&cri::LinuxContainerSecurityContext>) -> Result<pb::Sec
         cap_bounding: caps,
         cap_effective: caps,
         cap_permitted: caps,
-        cap_inheritable: 0,
-        cap_ambient: 0,
+        cap_inheritable: ambient,
+        cap_ambient: ambient,
         no_new_privs: sc.no_new_privs,
         masked_paths,
         readonly_paths,
@@ -255,6 +262,28 @@ mod tests {
         assert!(err.contains("unknown capability \"FLY\""), "{err}");
         let privileged = cri::LinuxContainerSecurityContext { privileged: true, ..sc(&[], &["ALL"]) };
         assert_eq!(capabilities(&privileged)?, ALL_CAPS);
+        Ok(())
+    }
+
+    #[test]
+    fn ambient_capabilities_join_every_set_and_all_is_refused() -> Result<(), Status> {
+        let mut c = sc(&[], &["ALL"]);
+        if let Some(caps) = c.capabilities.as_mut() {
+            caps.add_ambient_capabilities = vec!["NET_BIND_SERVICE".into()];
+        }
+        let p = policy(Some(&c))?;
+        let nbs = bits(&["NET_BIND_SERVICE"]);
+        assert_eq!((p.cap_bounding, p.cap_effective, p.cap_permitted), (nbs, nbs, nbs));
+        assert_eq!((p.cap_inheritable, p.cap_ambient), (nbs, nbs));
+        if let Some(caps) = c.capabilities.as_mut() {
+            caps.add_ambient_capabilities = vec!["ALL".into()];
+        }
+        let err = policy(Some(&c)).err().map(|e| e.message().to_owned()).unwrap_or_default();
+        assert!(err.contains("ALL is not accepted"), "{err}");
+        if let Some(caps) = c.capabilities.as_mut() {
+            caps.add_ambient_capabilities = vec!["FLY".into()];
+        }
+        assert!(policy(Some(&c)).is_err());
         Ok(())
     }
 

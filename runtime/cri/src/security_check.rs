@@ -63,6 +63,23 @@ fn cases(localhost: &Path) -> Vec<Case> {
             script: status_is("CapEff", "0000000000000400") + &status_is("CapBnd", "0000000000000400"),
         },
         Case {
+            // A non-root program holds only its ambient capabilities after execve.
+            name: "ambient",
+            security: cri::LinuxContainerSecurityContext {
+                capabilities: Some(cri::Capability {
+                    drop_capabilities: vec!["ALL".into()],
+                    add_ambient_capabilities: vec!["NET_BIND_SERVICE".into()],
+                    ..Default::default()
+                }),
+                run_as_user: Some(cri::Int64Value { value: 1000 }),
+                seccomp: unconfined.clone(),
+                ..Default::default()
+            },
+            script: status_is("CapAmb", "0000000000000400")
+                + &status_is("CapEff", "0000000000000400")
+                + &status_is("Uid", "1000[[:space:]]+1000[[:space:]]+1000[[:space:]]+1000"),
+        },
+        Case {
             name: "nnp",
             security: cri::LinuxContainerSecurityContext {
                 no_new_privs: true,
@@ -141,18 +158,7 @@ pub async fn run(t: &SecurityCheck) -> anyhow::Result<()> {
     std::fs::create_dir_all(&t.work_dir).with_context(|| format!("creating {}", t.work_dir.display()))?;
     let localhost = t.work_dir.join("deny-mkdir.json");
     std::fs::write(&localhost, LOCALHOST_PROFILE).with_context(|| format!("writing {}", localhost.display()))?;
-    let uid = format!("security-{}", std::process::id());
-    let config = cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: "security".into(),
-            uid: uid.clone(),
-            namespace: "bulkhead-security-check".into(),
-            attempt: 0,
-        }),
-        hostname: "security".into(),
-        log_directory: t.work_dir.join(&uid).display().to_string(),
-        ..Default::default()
-    };
+    let config = crate::smoke::pod_config("security", &t.work_dir);
     let run = cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: "bulkhead".into() };
     let pod = rt.run_pod_sandbox(run).await.context("RunPodSandbox")?.into_inner().pod_sandbox_id;
     let result = run_cases(&mut rt, &config, &pod, &t.image, &localhost).await;
@@ -172,9 +178,10 @@ async fn run_cases(
     localhost: &Path,
 ) -> anyhow::Result<()> {
     for case in cases(localhost) {
-        // As root: the test image runs as 1000, and execve gives a non-root program no capabilities at all.
-        let security =
-            cri::LinuxContainerSecurityContext { run_as_user: Some(cri::Int64Value { value: 0 }), ..case.security };
+        // As root unless the case says otherwise: the test image runs as 1000, and execve gives a non-root
+        // program no capabilities but its ambient ones.
+        let run_as_user = case.security.run_as_user.or(Some(cri::Int64Value { value: 0 }));
+        let security = cri::LinuxContainerSecurityContext { run_as_user, ..case.security };
         let c = cri::ContainerConfig {
             metadata: Some(cri::ContainerMetadata { name: case.name.into(), attempt: 0 }),
             image: Some(cri::ImageSpec { image: image.into(), ..Default::default() }),

@@ -79,19 +79,7 @@ pub async fn run(t: &SmokeTest) -> anyhow::Result<SmokeFigures> {
     };
     ensure!(image_ref.starts_with("sha256:"), "the image's id {image_ref:?} is not a digest");
 
-    let uid = format!("smoke-{}", std::process::id());
-    let config = cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: "smoke".into(),
-            uid: uid.clone(),
-            namespace: "bulkhead-smoke-test".into(),
-            attempt: 0,
-        }),
-        hostname: "smoke".into(),
-        log_directory: t.log_dir.join(&uid).display().to_string(),
-        labels: [("smoke".to_owned(), uid.clone())].into_iter().collect(),
-        ..Default::default()
-    };
+    let config = pod_config("smoke", &t.log_dir);
     let started = Instant::now();
     let run = cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: "bulkhead".into() };
     let pod = rt.run_pod_sandbox(run).await.context("RunPodSandbox")?.into_inner().pod_sandbox_id;
@@ -133,6 +121,41 @@ where
             bail!("{what}: not within {} s", limit.as_secs());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls until container `id` has exited, for at most `limit`; returns its status.
+async fn exited(
+    rt: &RuntimeServiceClient<Channel>,
+    id: &str,
+    limit: Duration,
+    what: &str,
+) -> anyhow::Result<cri::ContainerStatus> {
+    poll(limit, what, || {
+        let mut rt = rt.clone();
+        async move {
+            let s = container_status(&mut rt, id).await?;
+            Ok((s.state() == cri::ContainerState::ContainerExited).then_some(s))
+        }
+    })
+    .await
+}
+
+/// A pod sandbox config of a check's own pod: `name` in namespace `bulkhead-<name>`, with a uid unique to
+/// this process and its logs under `log_dir/<uid>`.
+pub(crate) fn pod_config(name: &str, log_dir: &Path) -> cri::PodSandboxConfig {
+    let uid = format!("{name}-{}", std::process::id());
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: uid.clone(),
+            namespace: format!("bulkhead-{name}"),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: log_dir.join(&uid).display().to_string(),
+        labels: [("bulkhead.dev/check".to_owned(), name.to_owned())].into_iter().collect(),
+        ..Default::default()
     }
 }
 
@@ -197,15 +220,7 @@ async fn with_pod(
     let job = create(container("job", image, "echo out; echo err >&2; read x || exit 7"));
     let job = rt.create_container(job).await.context("CreateContainer job")?.into_inner().container_id;
     rt.start_container(cri::StartContainerRequest { container_id: job.clone() }).await.context("StartContainer job")?;
-    let done = poll(Duration::from_secs(60), "the job container's exit", || {
-        let mut rt = rt.clone();
-        let job = job.clone();
-        async move {
-            let s = container_status(&mut rt, &job).await?;
-            Ok((s.state() == cri::ContainerState::ContainerExited).then_some(s))
-        }
-    })
-    .await?;
+    let done = exited(rt, &job, Duration::from_secs(60), "the job container's exit").await?;
     ensure!(
         done.exit_code == 7 && done.reason == "Error",
         "job exited {} ({}), not 7 (Error)",
@@ -335,15 +350,8 @@ async fn streaming(
         .context("attach with stdin: no echo within 30 s")?
         .context("attach with stdin through the streaming server")?;
     ensure!(out.stdout == input, "attach with stdin gave {out:?}");
-    let done = poll(Duration::from_secs(30), "the stdin-once container's exit after its input closed", || {
-        let mut rt = rt.clone();
-        let reader = reader.clone();
-        async move {
-            let s = container_status(&mut rt, &reader).await?;
-            Ok((s.state() == cri::ContainerState::ContainerExited).then_some(s))
-        }
-    })
-    .await?;
+    let what = "the stdin-once container's exit after its input closed";
+    let done = exited(rt, &reader, Duration::from_secs(30), what).await?;
     ensure!(done.exit_code == 0, "the stdin-once container exited {} ({})", done.exit_code, done.reason);
     let attach = cri::AttachRequest { container_id: app.into(), stdin: true, tty: false, stdout: true, stderr: true };
     let e = rt.attach(attach).await;
