@@ -128,6 +128,14 @@ pub enum Error {
         /// Why it failed.
         source: std::io::Error,
     },
+    /// An iproute2 command (`ip`, `tc`) that plumbs a zone's interface failed.
+    #[error("{command} failed: {stderr}")]
+    Link {
+        /// The command line.
+        command: String,
+        /// What it said (bounded), or why it could not run.
+        stderr: String,
+    },
 }
 
 fn details_suffix(details: &str) -> String {

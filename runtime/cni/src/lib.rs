@@ -7,6 +7,9 @@
 //!   `CNI_COMMAND`/`CNI_CONTAINERID`/`CNI_NETNS`/`CNI_IFNAME`/`CNI_ARGS`/`CNI_PATH`, each plugin's config on stdin
 //!   with `name`, `cniVersion` and the previous plugin's result as `prevResult`; stdout bounded, each call under a
 //!   timeout, a plugin's error JSON turned into [`Error::Plugin`] with its `msg`.
+//! - [`zone_link`] joins a zone's PV vif (netback's end in dom0) to the interface CNI made in the pod's
+//!   netns with tc redirects both ways, so every CNI plugin works unchanged and no bridge or emulator is
+//!   added per zone.
 //! - [`netns`] creates and deletes the named network namespace (`/run/netns/<name>`) a pod's plugins work in.
 //!
 //! Plugins are trusted programs of the node (root installs them); their output is still bounded and parsed
@@ -19,6 +22,7 @@ mod error;
 mod exec;
 pub mod netns;
 mod result;
+pub mod zone_link;
 
 pub use config::{CniConfig, DEFAULT_BIN_DIRS, DEFAULT_CONF_DIR, Network, Plugin};
 pub use error::Error;
