@@ -38,8 +38,7 @@ pub struct AttachedNic {
     pub devid: i32,
     /// The guest's MAC address.
     pub mac: [u8; 6],
-    /// dom0's name for netback's end, if libxl recorded one.
-    pub ifname: Option<String>,
+    // No ifname: libxl 4.17's list does not read the vifname back (the caller knows the name it gave).
 }
 
 impl NicSpec {
@@ -83,10 +82,7 @@ impl NicSpec {
 
 impl AttachedNic {
     fn from_raw(n: &sys::libxl_device_nic) -> Self {
-        // SAFETY: libxl nic strings are NULL or NUL-terminated strings owned by the nic, which outlives the
-        // call.
-        let ifname = unsafe { crate::cstr::bounded_c_str(n.ifname, 64) };
-        AttachedNic { devid: n.devid, mac: n.mac, ifname }
+        AttachedNic { devid: n.devid, mac: n.mac }
     }
 }
 
