@@ -138,10 +138,10 @@ impl Network {
         };
         let stdin_bytes = Value::Object(conf).to_string().into_bytes();
         let netns = if command == Command::Del && !rt.netns.exists() { Path::new("") } else { &rt.netns };
-        let cni_path = std::env::join_paths(&self.bin_dirs).map_err(|e| Error::InvalidArgument {
-            what: "bin dir",
+        let cni_path = std::env::join_paths(&self.bin_dirs).map_err(|_| Error::InvalidArgument {
+            what: "bin dirs",
             value: format!("{:?}", self.bin_dirs),
-            reason: if e.to_string().is_empty() { "unusable" } else { "must not contain ':'" },
+            reason: "a bin dir must not contain ':' (CNI_PATH separates them with it)",
         })?;
         let args = rt.args.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(";");
 
