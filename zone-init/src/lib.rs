@@ -25,6 +25,7 @@ pub mod console;
 pub mod error;
 pub mod init;
 pub mod mounts;
+pub mod net;
 pub mod power;
 pub mod reap;
 pub mod root;

@@ -6,6 +6,7 @@
 pub mod container;
 pub mod images;
 pub mod metrics;
+pub mod network;
 pub mod runtime;
 pub mod sandbox;
 pub mod security;
@@ -65,6 +66,7 @@ impl Default for Settings {
                     kernels_dir: PathBuf::from("/usr/lib/bulkhead/zone/kernels"),
                 },
                 boot_timeout: Duration::from_secs(180),
+                cni: bulkhead_cni::CniConfig::default(),
             },
             image_store: PathBuf::from(DEFAULT_IMAGE_STORE),
         }

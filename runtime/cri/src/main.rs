@@ -43,6 +43,12 @@ struct Args {
     /// How long RunPodSandbox waits for a zone to boot, seconds.
     #[arg(long, default_value_t = 180)]
     boot_timeout: u64,
+    /// The CNI conf dir: its lowest-sorted *.conflist, *.conf or *.json is the pod network.
+    #[arg(long, default_value = bulkhead_cni::DEFAULT_CONF_DIR)]
+    cni_conf_dir: PathBuf,
+    /// A dir of CNI plugin binaries; repeat for several, searched in order.
+    #[arg(long = "cni-bin-dir", default_values = bulkhead_cni::DEFAULT_BIN_DIRS)]
+    cni_bin_dirs: Vec<PathBuf>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -172,6 +178,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     settings.runtime.defaults.memory_mib = args.default_memory_mib;
     settings.runtime.defaults.host_overhead_mib = args.zone_host_overhead_mib;
     settings.runtime.boot_timeout = Duration::from_secs(args.boot_timeout);
+    settings.runtime.cni.conf_dir = args.cni_conf_dir;
+    settings.runtime.cni.bin_dirs = args.cni_bin_dirs;
     let daemon = bulkhead_cri::daemon_channel(&args.daemon_socket);
     let stop = tokio_util::sync::CancellationToken::new();
     let config = bulkhead_streaming::Config { listen: args.streaming_address, ..Default::default() };

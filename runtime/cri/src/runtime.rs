@@ -34,6 +34,8 @@ pub struct RuntimeSettings {
     pub defaults: SandboxDefaults,
     /// How long RunPodSandbox waits for a zone to become ready.
     pub boot_timeout: Duration,
+    /// Where the pod network's CNI config and plugins are.
+    pub cni: bulkhead_cni::CniConfig,
 }
 
 /// The service.
@@ -777,14 +779,15 @@ impl cri::runtime_service_server::RuntimeService for CriRuntime {
                 .map(|e| format!("bulkheadd does not answer: {}", e.message()))
                 .unwrap_or_default(),
         };
-        let network = cri::RuntimeCondition {
-            r#type: "NetworkReady".into(),
-            status: false,
-            reason: "NoPodNetwork".into(),
-            message: "bulkhead zones get no pod network (CNI) yet; port-forward uses the host-zone channel".into(),
-        };
+        let cni = crate::network::load(self.settings.cni.clone()).await;
+        let network = crate::network::condition(&cni);
         let info = if req.into_inner().verbose {
-            [("daemon".to_owned(), format!("{:?}", daemon.map(|_| "reachable")))].into_iter().collect()
+            [
+                ("daemon".to_owned(), format!("{:?}", daemon.map(|_| "reachable"))),
+                ("cni".to_owned(), crate::network::describe(&cni)),
+            ]
+            .into_iter()
+            .collect()
         } else {
             Default::default()
         };

@@ -86,7 +86,8 @@ async fn kubelets_sequence_runs_a_pod_of_two_containers_and_cleans_up_idempotent
     let conditions = st.status.ok_or("no status")?.conditions;
     let ready = |t: &str| conditions.iter().find(|c| c.r#type == t).map(|c| (c.status, c.reason.clone()));
     assert_eq!(ready("RuntimeReady"), Some((true, String::new())));
-    assert_eq!(ready("NetworkReady"), Some((false, "NoPodNetwork".into())));
+    // No CNI config under the node's cni/ dir: the network is not ready, and kubelet is told why.
+    assert_eq!(ready("NetworkReady"), Some((false, "NetworkPluginNotReady".into())));
 
     // The image is there under its tag; an unknown one is absent, not an error.
     let spec = |i: &str| Some(cri::ImageSpec { image: i.into(), ..Default::default() });

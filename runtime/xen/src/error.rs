@@ -283,6 +283,20 @@ pub enum Error {
     /// failed.
     #[error("registering the vchan event fd with tokio failed")]
     VchanFd(#[source] io::Error),
+
+    // ----- network interfaces (appended) -----
+    /// A [`NicSpec`](crate::nic::NicSpec) is invalid; nothing was handed to libxl.
+    #[error("invalid network interface {ifname}: {reason}")]
+    InvalidNic { ifname: String, reason: String },
+    /// `libxl_device_nic_add` failed (the hotplug script failed or timed out, or the name is taken).
+    #[error("libxl_device_nic_add of {ifname} to domain {domid} failed: {code}")]
+    NicAdd { domid: u32, ifname: String, code: LibxlError },
+    /// `libxl_device_nic_remove` (or reading the interface back before it) failed.
+    #[error("libxl_device_nic_remove of interface {devid} from domain {domid} failed: {code}")]
+    NicRemove { domid: u32, devid: i32, code: LibxlError },
+    /// `libxl_device_nic_list` failed.
+    #[error("libxl_device_nic_list for domain {domid} failed")]
+    NicList { domid: u32 },
 }
 
 /// Capture `errno` right after a failed C call.

@@ -33,6 +33,8 @@ pub mod info;
 #[cfg(feature = "toolstack")]
 pub mod libxl;
 pub mod logger;
+#[cfg(feature = "toolstack")]
+pub mod nic;
 pub mod vchan;
 pub mod xenstore;
 

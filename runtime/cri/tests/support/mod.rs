@@ -62,6 +62,9 @@ pub async fn node() -> Result<Node, Box<dyn std::error::Error>> {
     let mut settings = bulkhead_cri::Settings { image_store: store_dir, ..Default::default() };
     settings.runtime.defaults.memory_mib = 64;
     settings.runtime.boot_timeout = Duration::from_secs(20);
+    // The node's CNI config is the test's: none until a test writes one under cni/.
+    settings.runtime.cni.conf_dir = dir.path().join("cni/net.d");
+    settings.runtime.cni.bin_dirs = vec![dir.path().join("cni/bin")];
     let cri_socket = dir.path().join("run/cri.sock");
     let daemon = bulkhead_cri::daemon_channel(&control);
     let stop = tokio_util::sync::CancellationToken::new();

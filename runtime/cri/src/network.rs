@@ -1,0 +1,179 @@
+//! The pod network as kubelet sees it: CRI's NetworkReady condition, from the node's CNI config and
+//! plugins (re-read on every Status, as containerd watches its conf dir, so a config dropped in later by a
+//! network add-on's DaemonSet makes the node Ready without a restart).
+
+use bulkhead_cni::{CniConfig, Network};
+use k8s_cri::v1 as cri;
+use tonic::Status;
+
+/// The reason kubelet shows while the network is not ready (containerd's and CRI-O's word for it).
+pub const NOT_READY_REASON: &str = "NetworkPluginNotReady";
+
+/// The node's network config and plugins, or why they are not usable. Reads files: done off the runtime's
+/// worker threads.
+pub async fn load(cfg: CniConfig) -> Result<Network, String> {
+    match tokio::task::spawn_blocking(move || Network::load(&cfg)).await {
+        Ok(loaded) => loaded.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("loading the CNI config failed: {e}")),
+    }
+}
+
+/// CRI's NetworkReady condition for what [`load`] found. Until RunPodSandbox attaches zones to the CNI
+/// network, a usable config still leaves the network not ready, saying so: kubelet would otherwise run pods
+/// that have no network.
+pub fn condition(cni: &Result<Network, String>) -> cri::RuntimeCondition {
+    let message = match cni {
+        Ok(n) => format!(
+            "the CNI config {} (network {:?}) is usable, but bulkhead-cri does not attach pods to it yet: \
+             zones would get no network",
+            n.source.display(),
+            n.name
+        ),
+        Err(e) => format!("the pod network (CNI) is not ready: {e}"),
+    };
+    cri::RuntimeCondition { r#type: "NetworkReady".into(), status: false, reason: NOT_READY_REASON.into(), message }
+}
+
+/// What Status's verbose info shows: the config in use and its plugins, or the error.
+pub fn describe(cni: &Result<Network, String>) -> String {
+    let v = match cni {
+        Ok(n) => serde_json::json!({
+            "config": n.source.display().to_string(),
+            "name": n.name,
+            "cniVersion": n.cni_version,
+            "plugins": n.plugins.iter().map(|p| p.binary.display().to_string()).collect::<Vec<_>>(),
+        }),
+        Err(e) => serde_json::json!({ "error": e }),
+    };
+    v.to_string()
+}
+
+/// A pod's network as RunPodSandbox sets it up: the named netns (`/run/netns/<sandbox id>`) CNI's plugins
+/// worked in, and what they returned.
+#[derive(Debug, Clone)]
+pub struct PodNetwork {
+    /// The pod's network namespace.
+    pub netns: std::path::PathBuf,
+    /// CNI's ADD result (the pod IP, eth0's MAC, routes, DNS).
+    pub result: bulkhead_cni::CniResult,
+}
+
+/// The interface CNI makes in the pod's netns.
+pub const POD_IFNAME: &str = "eth0";
+
+/// CNI's runtime parameters for a pod, with the `CNI_ARGS` containerd passes (plugins such as Calico and
+/// Cilium read the pod's identity from them).
+pub fn runtime_conf(
+    sandbox_id: &str,
+    netns: &std::path::Path,
+    meta: &cri::PodSandboxMetadata,
+) -> bulkhead_cni::RuntimeConf {
+    bulkhead_cni::RuntimeConf {
+        container_id: sandbox_id.to_owned(),
+        netns: netns.to_owned(),
+        ifname: POD_IFNAME.into(),
+        args: vec![
+            ("IgnoreUnknown".into(), "1".into()),
+            ("K8S_POD_NAMESPACE".into(), meta.namespace.clone()),
+            ("K8S_POD_NAME".into(), meta.name.clone()),
+            ("K8S_POD_INFRA_CONTAINER_ID".into(), sandbox_id.to_owned()),
+            ("K8S_POD_UID".into(), meta.uid.clone()),
+        ],
+    }
+}
+
+/// Creates the pod's netns and runs CNI ADD in it. On failure nothing is left behind: DEL runs (plugins may
+/// have done part of their work) and the netns is deleted.
+pub async fn setup(net: &Network, sandbox_id: &str, meta: &cri::PodSandboxMetadata) -> Result<PodNetwork, Status> {
+    let id = sandbox_id.to_owned();
+    let netns = tokio::task::spawn_blocking(move || bulkhead_cni::netns::create(&id))
+        .await
+        .map_err(|e| Status::internal(format!("creating the pod's network namespace: {e}")))?
+        .map_err(|e| Status::internal(format!("creating the pod's network namespace: {e}")))?;
+    let rt = runtime_conf(sandbox_id, &netns, meta);
+    match net.add(&rt).await {
+        Ok(result) => {
+            tracing::info!(sandbox = sandbox_id, network = %net.name, ip = ?result.pod_ip(POD_IFNAME).map(|i| i.address), "pod network set up");
+            Ok(PodNetwork { netns, result })
+        }
+        Err(e) => {
+            if let Err(d) = net.del(&rt, None).await {
+                tracing::warn!(sandbox = sandbox_id, error = %d, "CNI DEL after a failed ADD failed");
+            }
+            delete_netns(&netns).await;
+            Err(Status::internal(format!("setting up the pod network {:?} (CNI): {e}", net.name)))
+        }
+    }
+}
+
+/// Runs CNI DEL for the pod and deletes its netns. Idempotent: a pod whose network is gone already (or was
+/// never set up) succeeds, so kubelet's retried StopPodSandbox calls and a restarted bulkhead-cri (which
+/// passes no `prev`) both work; the netns stays when DEL fails, so the next attempt can run DEL again.
+pub async fn teardown(
+    net: &Network,
+    sandbox_id: &str,
+    meta: &cri::PodSandboxMetadata,
+    prev: Option<&bulkhead_cni::CniResult>,
+) -> Result<(), Status> {
+    let netns = bulkhead_cni::netns::path_of(sandbox_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    net.del(&runtime_conf(sandbox_id, &netns, meta), prev)
+        .await
+        .map_err(|e| Status::internal(format!("tearing down the pod network {:?} (CNI): {e}", net.name)))?;
+    delete_netns(&netns).await;
+    Ok(())
+}
+
+async fn delete_netns(path: &std::path::Path) {
+    let p = path.to_owned();
+    let done = tokio::task::spawn_blocking(move || bulkhead_cni::netns::delete(&p)).await;
+    if let Err(e) = done.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
+        tracing::warn!(netns = %path.display(), error = %e, "deleting the pod's network namespace failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::path::Path;
+
+    use super::*;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    fn cfg(dir: &Path) -> CniConfig {
+        CniConfig { conf_dir: dir.join("net.d"), bin_dirs: vec![dir.join("bin")], ..CniConfig::default() }
+    }
+
+    fn plugin(dir: &Path, name: &str) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir.join("bin"))?;
+        std::fs::write(dir.join("bin").join(name), "#!/bin/sh\n")?;
+        std::fs::set_permissions(dir.join("bin").join(name), std::fs::Permissions::from_mode(0o755))
+    }
+
+    #[tokio::test]
+    async fn a_config_and_all_its_plugins_leave_only_the_pod_attachment_missing() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let c = condition(&load(cfg(dir.path())).await);
+        assert_eq!((c.r#type.as_str(), c.status, c.reason.as_str()), ("NetworkReady", false, NOT_READY_REASON));
+        assert!(c.message.contains(&dir.path().join("net.d").display().to_string()), "{}", c.message);
+
+        std::fs::create_dir_all(dir.path().join("net.d"))?;
+        std::fs::write(
+            dir.path().join("net.d/10-pods.conflist"),
+            r#"{"cniVersion":"1.0.0","name":"pods","plugins":[{"type":"bridge"},{"type":"portmap"}]}"#,
+        )?;
+        plugin(dir.path(), "bridge")?;
+        let c = condition(&load(cfg(dir.path())).await);
+        assert!(!c.status && c.reason == NOT_READY_REASON, "{c:?}");
+        assert!(c.message.contains("\"portmap\""), "{}", c.message);
+
+        plugin(dir.path(), "portmap")?;
+        let cni = load(cfg(dir.path())).await;
+        let c = condition(&cni);
+        assert!(!c.status && c.message.contains("does not attach pods to it yet"), "{c:?}");
+        let info: serde_json::Value = serde_json::from_str(&describe(&cni))?;
+        assert_eq!(info["name"], "pods");
+        assert_eq!(info["plugins"][1], dir.path().join("bin/portmap").display().to_string());
+        Ok(())
+    }
+}
