@@ -696,6 +696,16 @@ mod tests {
             .collect()
     }
 
+    /// A loopback TCP port that is bound but not listening: connecting to it is refused for as long as the
+    /// returned socket lives.
+    fn closed_port() -> std::io::Result<(std::os::fd::OwnedFd, u16)> {
+        use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, getsockname, socket};
+        let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+        bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::new(127, 0, 0, 1, 0))?;
+        let addr: SockaddrIn = getsockname(std::os::fd::AsRawFd::as_raw_fd(&fd))?;
+        Ok((fd, addr.port()))
+    }
+
     #[test]
     fn a_port_forward_carries_bytes_both_ways_half_closes_and_ends_with_the_port() -> std::io::Result<()> {
         use std::io::{Read, Write};
@@ -723,14 +733,16 @@ mod tests {
         assert_eq!(stdout_of(&out, id), b"pong");
         assert!(matches!(out.last(), Some(ZoneToHost::Exited { status: ExitStatus::Code(0), .. })), "{out:?}");
 
-        // Nothing listening: the request fails with the reason; the id is free again.
+        // Nothing listening: the request fails with the reason; the id is free again. The port stays bound
+        // (without listen) so that no other test can take it and answer in the meantime.
         drop(listener);
+        let closed = closed_port()?;
         out.clear();
-        agent.handle(HostToZone::PortForward { stream_id: id, port }, &mut out);
+        agent.handle(HostToZone::PortForward { stream_id: id, port: closed.1 }, &mut out);
         match &out[..] {
             [ZoneToHost::Error { request: Some(r), code: ErrorCode::FailedPrecondition, message }] => {
                 assert_eq!(*r, id);
-                assert!(message.contains(&format!("port {port}")), "{message}");
+                assert!(message.contains(&format!("port {}", closed.1)), "{message}");
             }
             other => panic!("{other:?}"),
         }
