@@ -393,6 +393,9 @@ impl Agent {
         }
         let mounts = self.resolve_mounts(&spec)?;
         let image = rootfs::mount_image(&self.layout, &spec.root_device)?;
+        if spec.readonly_rootfs {
+            rootfs::create_mount_points(&self.layout, id.0, &image, &mounts)?;
+        }
         let root = rootfs::prepare(&self.layout, id.0, &image, spec.readonly_rootfs)?;
         let cgroup = match cgroup::create(&self.layout, id.0, &spec.limits) {
             Ok(cg) => Some(cg),
@@ -710,6 +713,59 @@ mod tests {
             run_dir: "/nonexistent/run".into(),
             cgroup_root: "/nonexistent/cgroup".into(),
         })
+    }
+
+    #[test]
+    fn a_volume_that_failed_or_never_came_fails_the_workload_that_mounts_it() {
+        use bulkhead_wire::{Mount, VolumeEntry, VolumeEntryKind};
+        let run = std::env::temp_dir().join(format!("bulkhead-zone-agent-vol-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&run);
+        let mut agent = Agent::new(Layout { run_dir: run.clone(), ..Layout::zone() });
+        let mut out = Vec::new();
+        let dir = VolumeEntry { path: String::new(), kind: VolumeEntryKind::Dir { mode: 0o755 } };
+        // A chunk for a file no earlier chunk created: the volume fails, silently for now.
+        let orphan = VolumeEntry {
+            path: "f".into(),
+            kind: VolumeEntryKind::File { mode: 0o644, offset: 9, data: Bytes::from_static(b"x") },
+        };
+        agent.handle(HostToZone::VolumeData { volume: "s-bad".into(), entries: vec![dir.clone(), orphan] }, &mut out);
+        assert!(out.is_empty(), "VolumeData has no answer: {out:?}");
+        let create = |volume: &str| {
+            let spec = WorkloadSpec {
+                argv: vec!["sh".into()],
+                env: Vec::new(),
+                cwd: "/".into(),
+                user: User::root(),
+                tty: false,
+                limits: ResourceLimits::default(),
+                readonly_rootfs: false,
+                hostname: None,
+                root_device: "xvdb".into(),
+                security: None,
+                mounts: vec![Mount {
+                    source: MountSource::Snapshot { volume: volume.into() },
+                    destination: "/v".into(),
+                    readonly: true,
+                }],
+            };
+            HostToZone::CreateWorkload { id: StreamId(1), spec }
+        };
+        agent.handle(create("s-bad"), &mut out);
+        assert!(
+            matches!(&out[..], [ZoneToHost::Error { request: Some(StreamId(1)), code: ErrorCode::InvalidRequest, message }] if message.contains("s-bad")),
+            "{out:?}"
+        );
+        out.clear();
+        agent.handle(create("s-never"), &mut out);
+        assert!(
+            matches!(&out[..], [ZoneToHost::Error { code: ErrorCode::FailedPrecondition, message, .. }] if message.contains("was not sent")),
+            "{out:?}"
+        );
+        // Sent afresh (root first), the volume is good again.
+        out.clear();
+        agent.handle(HostToZone::VolumeData { volume: "s-bad".into(), entries: vec![dir] }, &mut out);
+        assert!(run.join("volumes/s-bad").is_dir() && !agent.failed_volumes.contains_key("s-bad"));
+        let _ = std::fs::remove_dir_all(&run);
     }
 
     #[test]

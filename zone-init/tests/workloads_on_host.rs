@@ -762,6 +762,20 @@ fn volumes_are_bound_in_order_read_only_when_asked_and_emptydirs_are_shared() ->
     let (_, mut launch) = host.launch(sh("cat /data/shared"))?;
     launch.mounts = vec![BindMount { source: empty, destination: "/data".into(), readonly: true }];
     assert_eq!(run_to_end(&spawn_workload(&launch)?)?.0, "from-one\n");
+    // A read-only root gets its mount points in its upper layer, where the image's links lead.
+    let mut ro =
+        sh("cat /var/run/secrets/kubernetes.io/serviceaccount/token; cat /etc/hosts; touch /x 2>/dev/null || echo ro");
+    ro.readonly_rootfs = true;
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    rootfs::create_mount_points(&host.layout, id, &host.image, &mounts[..2])?;
+    let root = rootfs::prepare(&host.layout, id, &host.image, true)?;
+    let mut launch = Launch::new(id, ro, root, host.cgroup(id, &ResourceLimits::default())?);
+    launch.helper_exe = PathBuf::from(BIN);
+    launch.mounts = mounts[..2].to_vec();
+    let out = run_to_end(&spawn_workload(&launch)?)?;
+    assert_eq!(out.0, "secret-token10.0.0.7 web\nro\n", "stderr: {}", out.1);
+    assert!(host.layout.workload_dir(id).join("upper/run/secrets/kubernetes.io/serviceaccount").is_dir());
+    assert!(!host.image.join("run/secrets").exists(), "the image is untouched");
     // Nothing was mounted or created outside the roots.
     assert!(!Path::new("/var/run/secrets/kubernetes.io/serviceaccount/token").exists());
     Ok(())
