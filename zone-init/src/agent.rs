@@ -6,15 +6,15 @@
 //! channel's backlog is small ([`Agent::wants_output`]), so a chatty workload waits in its pipe instead of
 //! growing init's memory.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
 use bulkhead_wire::{
-    EnvVar, ErrorCode, ExitStatus, HostToZone, OutputFd, ResourceLimits, ResourceUsage, StreamId, User, WorkloadPhase,
-    WorkloadSpec, ZoneToHost, limits::MAX_DATA_CHUNK,
+    EnvVar, ErrorCode, ExitStatus, HostToZone, MountSource, OutputFd, ResourceLimits, ResourceUsage, StreamId, User,
+    WorkloadPhase, WorkloadSpec, ZoneToHost, limits::MAX_DATA_CHUNK,
 };
 use bytes::Bytes;
 use nix::errno::Errno;
@@ -23,6 +23,7 @@ use nix::unistd::Pid;
 use crate::console::chain;
 use crate::reap::Reaped;
 use crate::say;
+use crate::workload::volumes::{self, BindMount};
 use crate::workload::{self, ExecLaunch, Launch, Layout, Spawned, WorkloadError, cgroup, rootfs};
 
 /// What the event loop must do after a message.
@@ -55,6 +56,8 @@ struct Workload {
     rootfs: PathBuf,
     cgroup: Option<PathBuf>,
     state: WorkloadState,
+    /// The spec's volumes, resolved to their places in the zone.
+    mounts: Vec<BindMount>,
 }
 
 /// A running workload or exec process and its stdio.
@@ -198,6 +201,10 @@ pub struct Agent {
     forwards: BTreeMap<StreamId, Forward>,
     /// Output is read through this one buffer (one wire chunk), not a fresh one per read.
     read_buf: Vec<u8>,
+    /// Snapshot volumes a workload mounts: later data for them is ignored (the pod shares the first copy).
+    sealed_volumes: BTreeSet<String>,
+    /// Snapshot volumes whose data failed, with the reason, for the `CreateWorkload` that mounts them.
+    failed_volumes: BTreeMap<String, String>,
 }
 
 impl Default for Agent {
@@ -216,6 +223,8 @@ impl Agent {
             processes: BTreeMap::new(),
             forwards: BTreeMap::new(),
             read_buf: vec![0u8; MAX_DATA_CHUNK],
+            sealed_volumes: BTreeSet::new(),
+            failed_volumes: BTreeMap::new(),
         }
     }
 
@@ -316,8 +325,61 @@ impl Agent {
                 Err(e) => out.push(e.into_message(id)),
             },
             HostToZone::QueryWorkload { id } => out.push(self.phase(id)),
+            HostToZone::VolumeData { volume, entries } => self.volume_data(volume, &entries),
         }
         Action::Continue
+    }
+
+    /// Writes snapshot data (see `HostToZone::VolumeData`); a failure is kept for the `CreateWorkload`.
+    fn volume_data(&mut self, volume: String, entries: &[bulkhead_wire::VolumeEntry]) {
+        if self.sealed_volumes.contains(&volume) {
+            return;
+        }
+        let dir = volumes::volumes_dir(&self.layout.run_dir);
+        if entries.first().is_some_and(|e| e.path.is_empty()) {
+            // A volume sent afresh (an earlier create failed half-way): start from nothing.
+            self.failed_volumes.remove(&volume);
+            if let Err(e) = volumes::remove(&dir, &volume) {
+                self.failed_volumes.insert(volume, chain(&e));
+                return;
+            }
+        }
+        if self.failed_volumes.contains_key(&volume) {
+            return;
+        }
+        if let Err(e) = volumes::write_entries(&dir, &volume, entries) {
+            say!("volume {volume}: {}", chain(&e));
+            self.failed_volumes.insert(volume, chain(&e));
+        }
+    }
+
+    /// The zone paths of a workload's volumes; seals its snapshot volumes, creates its emptyDirs.
+    fn resolve_mounts(&mut self, spec: &WorkloadSpec) -> Result<Vec<BindMount>, Failure> {
+        let dir = volumes::volumes_dir(&self.layout.run_dir);
+        let mut out = Vec::with_capacity(spec.mounts.len());
+        for m in &spec.mounts {
+            let source = match &m.source {
+                MountSource::Snapshot { volume } => {
+                    if let Some(reason) = self.failed_volumes.get(volume) {
+                        return Err(Failure::new(ErrorCode::InvalidRequest, reason.clone()));
+                    }
+                    let path = dir.join(volume);
+                    if std::fs::symlink_metadata(&path).is_err() {
+                        return Err(Failure::new(
+                            ErrorCode::FailedPrecondition,
+                            format!("volume {volume} (for {}) was not sent before the workload", m.destination),
+                        ));
+                    }
+                    self.sealed_volumes.insert(volume.clone());
+                    path
+                }
+                MountSource::EmptyDir { volume } => {
+                    volumes::ensure_empty_dir(&dir, volume).map_err(|e| Failure::new(ErrorCode::Internal, chain(&e)))?
+                }
+            };
+            out.push(BindMount { source, destination: m.destination.clone(), readonly: m.readonly });
+        }
+        Ok(out)
     }
 
     /// Whether `id` names a workload, process or forward already.
@@ -329,7 +391,11 @@ impl Agent {
         if self.in_use(id) {
             return Err(Failure::new(ErrorCode::AlreadyExists, format!("id {id} is in use")));
         }
+        let mounts = self.resolve_mounts(&spec)?;
         let image = rootfs::mount_image(&self.layout, &spec.root_device)?;
+        if spec.readonly_rootfs {
+            rootfs::create_mount_points(&self.layout, id.0, &image, &mounts)?;
+        }
         let root = rootfs::prepare(&self.layout, id.0, &image, spec.readonly_rootfs)?;
         let cgroup = match cgroup::create(&self.layout, id.0, &spec.limits) {
             Ok(cg) => Some(cg),
@@ -338,7 +404,7 @@ impl Agent {
                 return Err(e.into());
             }
         };
-        self.workloads.insert(id, Workload { spec, rootfs: root, cgroup, state: WorkloadState::Created });
+        self.workloads.insert(id, Workload { spec, rootfs: root, cgroup, state: WorkloadState::Created, mounts });
         Ok(ZoneToHost::WorkloadCreated { id })
     }
 
@@ -347,7 +413,11 @@ impl Agent {
         if !matches!(w.state, WorkloadState::Created) {
             return Err(Failure::new(ErrorCode::FailedPrecondition, format!("workload {id} was started already")));
         }
-        let spawned = workload::spawn_workload(&Launch::new(id.0, w.spec.clone(), w.rootfs.clone(), w.cgroup.clone()))?;
+        let launch = Launch {
+            mounts: w.mounts.clone(),
+            ..Launch::new(id.0, w.spec.clone(), w.rootfs.clone(), w.cgroup.clone())
+        };
+        let spawned = workload::spawn_workload(&launch)?;
         let pid = spawned.pid;
         w.state = WorkloadState::Running(pid);
         self.processes.insert(id, Process::new(spawned, w.cgroup.clone()));
@@ -643,6 +713,59 @@ mod tests {
             run_dir: "/nonexistent/run".into(),
             cgroup_root: "/nonexistent/cgroup".into(),
         })
+    }
+
+    #[test]
+    fn a_volume_that_failed_or_never_came_fails_the_workload_that_mounts_it() {
+        use bulkhead_wire::{Mount, VolumeEntry, VolumeEntryKind};
+        let run = std::env::temp_dir().join(format!("bulkhead-zone-agent-vol-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&run);
+        let mut agent = Agent::new(Layout { run_dir: run.clone(), ..Layout::zone() });
+        let mut out = Vec::new();
+        let dir = VolumeEntry { path: String::new(), kind: VolumeEntryKind::Dir { mode: 0o755 } };
+        // A chunk for a file no earlier chunk created: the volume fails, silently for now.
+        let orphan = VolumeEntry {
+            path: "f".into(),
+            kind: VolumeEntryKind::File { mode: 0o644, offset: 9, data: Bytes::from_static(b"x") },
+        };
+        agent.handle(HostToZone::VolumeData { volume: "s-bad".into(), entries: vec![dir.clone(), orphan] }, &mut out);
+        assert!(out.is_empty(), "VolumeData has no answer: {out:?}");
+        let create = |volume: &str| {
+            let spec = WorkloadSpec {
+                argv: vec!["sh".into()],
+                env: Vec::new(),
+                cwd: "/".into(),
+                user: User::root(),
+                tty: false,
+                limits: ResourceLimits::default(),
+                readonly_rootfs: false,
+                hostname: None,
+                root_device: "xvdb".into(),
+                security: None,
+                mounts: vec![Mount {
+                    source: MountSource::Snapshot { volume: volume.into() },
+                    destination: "/v".into(),
+                    readonly: true,
+                }],
+            };
+            HostToZone::CreateWorkload { id: StreamId(1), spec }
+        };
+        agent.handle(create("s-bad"), &mut out);
+        assert!(
+            matches!(&out[..], [ZoneToHost::Error { request: Some(StreamId(1)), code: ErrorCode::InvalidRequest, message }] if message.contains("s-bad")),
+            "{out:?}"
+        );
+        out.clear();
+        agent.handle(create("s-never"), &mut out);
+        assert!(
+            matches!(&out[..], [ZoneToHost::Error { code: ErrorCode::FailedPrecondition, message, .. }] if message.contains("was not sent")),
+            "{out:?}"
+        );
+        // Sent afresh (root first), the volume is good again.
+        out.clear();
+        agent.handle(HostToZone::VolumeData { volume: "s-bad".into(), entries: vec![dir] }, &mut out);
+        assert!(run.join("volumes/s-bad").is_dir() && !agent.failed_volumes.contains_key("s-bad"));
+        let _ = std::fs::remove_dir_all(&run);
     }
 
     #[test]

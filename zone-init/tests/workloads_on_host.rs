@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bulkhead_wire::{
-    BpfInstruction, Capabilities, EnvVar, ExitStatus, ResourceLimits, SeccompProgram, Security, User, WorkloadSpec,
+    BpfInstruction, Capabilities, EnvVar, ExitStatus, ResourceLimits, SeccompProgram, Security, User, VolumeEntry,
+    VolumeEntryKind, WorkloadSpec,
 };
 use bulkhead_zone::workload::{
     self, ExecLaunch, Launch, Layout, SetupStage, Spawned, WorkloadError, cgroup, rootfs, spawn_exec, spawn_workload,
@@ -169,6 +170,7 @@ fn spec(argv: &[&str]) -> WorkloadSpec {
         hostname: None,
         root_device: "xvdb".into(),
         security: None,
+        mounts: Vec::new(),
     }
 }
 
@@ -711,5 +713,70 @@ fn a_filter_the_kernel_refuses_is_a_seccomp_setup_failure() -> TestResult {
         }
         Ok(_) => return Err("an invalid filter was installed".into()),
     }
+    Ok(())
+}
+
+#[test]
+fn volumes_are_bound_in_order_read_only_when_asked_and_emptydirs_are_shared() -> TestResult {
+    use bulkhead_zone::workload::volumes::{self, BindMount};
+    let host = Host::new("volumes")?;
+    let dir = volumes::volumes_dir(&host.layout.run_dir);
+    let e = |path: &str, kind| VolumeEntry { path: path.into(), kind };
+    let file =
+        |data: &'static [u8]| VolumeEntryKind::File { mode: 0o644, offset: 0, data: bytes::Bytes::from_static(data) };
+    volumes::write_entries(&dir, "s-hosts", &[e("", file(b"10.0.0.7 web\n"))])?;
+    volumes::write_entries(
+        &dir,
+        "s-token",
+        &[
+            e("", VolumeEntryKind::Dir { mode: 0o755 }),
+            e("..2026_11_23", VolumeEntryKind::Dir { mode: 0o755 }),
+            e("..2026_11_23/token", file(b"secret-token")),
+            e("..data", VolumeEntryKind::Symlink { target: "..2026_11_23".into() }),
+            e("token", VolumeEntryKind::Symlink { target: "..data/token".into() }),
+        ],
+    )?;
+    let empty = volumes::ensure_empty_dir(&dir, "e-cache")?;
+    // The image links /var/run to /run, as Debian's do: the volume must land in /run, inside the root.
+    std::fs::create_dir_all(host.image.join("var"))?;
+    std::fs::create_dir_all(host.image.join("run"))?;
+    std::os::unix::fs::symlink("/run", host.image.join("var/run"))?;
+    let mounts = vec![
+        BindMount { source: dir.join("s-hosts"), destination: "/etc/hosts".into(), readonly: false },
+        BindMount {
+            source: dir.join("s-token"),
+            destination: "/var/run/secrets/kubernetes.io/serviceaccount".into(),
+            readonly: true,
+        },
+        BindMount { source: empty.clone(), destination: "/cache".into(), readonly: false },
+    ];
+    let script = "cat /etc/hosts; cat /var/run/secrets/kubernetes.io/serviceaccount/token; echo; \
+        ls /run/secrets/kubernetes.io/serviceaccount; \
+        echo x > /var/run/secrets/kubernetes.io/serviceaccount/new 2>/dev/null && echo wrote || echo read-only; \
+        echo from-one > /cache/shared && echo shared";
+    let (_, mut launch) = host.launch(sh(script))?;
+    launch.mounts = mounts.clone();
+    let out = run_to_end(&spawn_workload(&launch)?)?;
+    assert_eq!(out.0, "10.0.0.7 web\nsecret-token\ntoken\nread-only\nshared\n", "stderr: {}", out.1);
+    // A second workload mounting the same emptyDir sees what the first wrote.
+    let (_, mut launch) = host.launch(sh("cat /data/shared"))?;
+    launch.mounts = vec![BindMount { source: empty, destination: "/data".into(), readonly: true }];
+    assert_eq!(run_to_end(&spawn_workload(&launch)?)?.0, "from-one\n");
+    // A read-only root gets its mount points in its upper layer, where the image's links lead.
+    let mut ro =
+        sh("cat /var/run/secrets/kubernetes.io/serviceaccount/token; cat /etc/hosts; touch /x 2>/dev/null || echo ro");
+    ro.readonly_rootfs = true;
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    rootfs::create_mount_points(&host.layout, id, &host.image, &mounts[..2])?;
+    let root = rootfs::prepare(&host.layout, id, &host.image, true)?;
+    let mut launch = Launch::new(id, ro, root, host.cgroup(id, &ResourceLimits::default())?);
+    launch.helper_exe = PathBuf::from(BIN);
+    launch.mounts = mounts[..2].to_vec();
+    let out = run_to_end(&spawn_workload(&launch)?)?;
+    assert_eq!(out.0, "secret-token10.0.0.7 web\nro\n", "stderr: {}", out.1);
+    assert!(host.layout.workload_dir(id).join("upper/run/secrets/kubernetes.io/serviceaccount").is_dir());
+    assert!(!host.image.join("run/secrets").exists(), "the image is untouched");
+    // Nothing was mounted or created outside the roots.
+    assert!(!Path::new("/var/run/secrets/kubernetes.io/serviceaccount/token").exists());
     Ok(())
 }

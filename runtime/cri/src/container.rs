@@ -101,14 +101,8 @@ pub fn workload_spec(
     if image.is_empty() {
         return Err(invalid(format!("container {}: no image given", meta.name)));
     }
-    // Volumes need host files inside the VM, which zones cannot share yet: refuse rather than run a pod
-    // without the files it expects.
-    if let Some(m) = config.mounts.first() {
-        return Err(invalid(format!(
-            "container {}: mount of {:?} at {:?}: volume mounts are not supported by the bulkhead runtime yet",
-            meta.name, m.host_path, m.container_path
-        )));
-    }
+    // Each mount becomes a snapshot or an emptyDir in the zone, or is refused with the reason.
+    let mounts = config.mounts.iter().map(|m| crate::volumes::mount(&meta.name, m)).collect::<Result<_, _>>()?;
     if let Some(d) = config.devices.first() {
         return Err(invalid(format!(
             "container {}: device {:?}: host devices cannot be passed into zones",
@@ -139,6 +133,7 @@ pub fn workload_spec(
         security: Some(crate::security::policy(sc).map_err(|e| {
             Status::invalid_argument(format!("container {}: security context: {}", meta.name, e.message()))
         })?),
+        mounts,
     })
 }
 
@@ -216,7 +211,7 @@ pub fn status_to_cri(w: &pb::WorkloadStatus, rec: &ContainerRecord) -> cri::Cont
         message,
         labels: rec.config.labels.clone(),
         annotations: rec.config.annotations.clone(),
-        mounts: vec![],
+        mounts: rec.config.mounts.clone(),
         log_path: w.spec.as_ref().map(|s| s.log_path.clone()).unwrap_or_default(),
         resources: limits.map(|l| cri::ContainerResources {
             linux: Some(cri::LinuxContainerResources {
@@ -320,7 +315,7 @@ mod tests {
         };
         let mut c = config();
         c.mounts.push(cri::Mount { container_path: "/data".into(), host_path: "/srv".into(), ..Default::default() });
-        assert!(msg(&c).contains("volume mounts are not supported"), "{}", msg(&c));
+        assert!(msg(&c).contains("hostPath volumes cannot be shared into a zone"), "{}", msg(&c));
         let mut c = config();
         c.log_path = "../../etc/passwd".into();
         assert!(msg(&c).contains("relative path below"), "{}", msg(&c));

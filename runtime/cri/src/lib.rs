@@ -11,6 +11,7 @@ pub mod runtime;
 pub mod sandbox;
 pub mod security;
 pub mod streams;
+pub mod volumes;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

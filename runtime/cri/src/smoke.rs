@@ -32,6 +32,10 @@ pub struct SmokeFigures {
     pub run_sandbox: Duration,
     /// RunPodSandbox + CreateContainer + StartContainer to the container's first output in its log.
     pub pod_to_first_output: Duration,
+    /// CreateContainer of a container with a 1 MiB configMap (plus etc-hosts, a token and an emptyDir).
+    pub create_with_1mib_volume: Duration,
+    /// CreateContainer of a container with only etc-hosts and an emptyDir, for comparison.
+    pub create_with_small_volumes: Duration,
 }
 
 /// A gRPC channel to the CRI server on `socket`.
@@ -86,9 +90,9 @@ pub async fn run(t: &SmokeTest) -> anyhow::Result<SmokeFigures> {
     let run_sandbox = started.elapsed();
     let result = with_pod(&mut rt, &config, &pod, &image_ref, started).await;
     let cleanup = cleanup(&mut rt, &pod).await;
-    let pod_to_first_output = result?;
+    let (pod_to_first_output, (create_with_1mib_volume, create_with_small_volumes)) = result?;
     cleanup?;
-    Ok(SmokeFigures { run_sandbox, pod_to_first_output })
+    Ok(SmokeFigures { run_sandbox, pod_to_first_output, create_with_1mib_volume, create_with_small_volumes })
 }
 
 fn container(name: &str, image: &str, script: &str) -> cri::ContainerConfig {
@@ -184,7 +188,7 @@ async fn with_pod(
     pod: &str,
     image: &str,
     started: Instant,
-) -> anyhow::Result<Duration> {
+) -> anyhow::Result<(Duration, (Duration, Duration))> {
     let status = rt
         .pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.into(), verbose: false })
         .await
@@ -290,8 +294,125 @@ async fn with_pod(
     let mut bad = container("bad", image, "true");
     bad.mounts.push(cri::Mount { container_path: "/x".into(), host_path: "/tmp".into(), ..Default::default() });
     let e = rt.create_container(create(bad)).await;
-    ensure!(e.as_ref().err().map(|e| e.code()) == Some(Code::InvalidArgument), "a container with a volume: {e:?}");
-    Ok(first_output)
+    ensure!(e.as_ref().err().map(|e| e.code()) == Some(Code::InvalidArgument), "a container with a hostPath: {e:?}");
+    let uid = config.metadata.as_ref().map(|m| m.uid.clone()).unwrap_or_default();
+    let figures = volumes(rt, &uid, image, &create).await.context("volumes")?;
+    Ok((first_output, figures))
+}
+
+/// A kubelet pod directory made for the smoke test, removed when dropped.
+struct PodDir(PathBuf);
+
+impl Drop for PodDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const HOSTS: &str = "127.0.0.1\tlocalhost\n10.1.2.3\tsmoke\n";
+const TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.smoke-token";
+
+/// Lays out a pod directory as kubelet does: etc-hosts, a projected service-account volume (`..data`
+/// symlinks, plus a link pointing out that must not be copied), a 1 MiB configMap and an emptyDir.
+fn kubelet_pod_dir(uid: &str) -> anyhow::Result<PodDir> {
+    let dir = PathBuf::from(bulkhead_cri::volumes::KUBELET_PODS_DIR).join(uid);
+    let pod = PodDir(dir.clone());
+    let vol = |plugin: &str, name: &str| dir.join("volumes").join(format!("kubernetes.io~{plugin}")).join(name);
+    let io = |what: &str| format!("laying out the pod directory {}: {what}", dir.display());
+    std::fs::create_dir_all(&dir).with_context(|| io("mkdir"))?;
+    std::fs::write(dir.join("etc-hosts"), HOSTS).with_context(|| io("etc-hosts"))?;
+    let token = vol("projected", "kube-api-access-smoke");
+    let ts = token.join("..2026_11_23_07_00_00.000000001");
+    std::fs::create_dir_all(&ts).with_context(|| io("projected"))?;
+    std::fs::write(ts.join("token"), TOKEN).with_context(|| io("token"))?;
+    std::fs::write(ts.join("namespace"), "bulkhead-smoke-test").with_context(|| io("namespace"))?;
+    std::os::unix::fs::symlink("..2026_11_23_07_00_00.000000001", token.join("..data"))
+        .with_context(|| io("..data"))?;
+    for f in ["token", "namespace"] {
+        std::os::unix::fs::symlink(format!("..data/{f}"), token.join(f)).with_context(|| io(f))?;
+    }
+    std::os::unix::fs::symlink("/etc/shadow", token.join("evil")).with_context(|| io("evil"))?;
+    let cfg = vol("configmap", "big");
+    std::fs::create_dir_all(&cfg).with_context(|| io("configmap"))?;
+    std::fs::write(cfg.join("big.json"), vec![b'x'; 1 << 20]).with_context(|| io("big.json"))?;
+    std::fs::create_dir_all(vol("empty-dir", "cache")).with_context(|| io("emptyDir"))?;
+    Ok(pod)
+}
+
+/// Two containers with kubelet's kinds of volumes, checked through ExecSync: etc-hosts, the token through
+/// its `..data` links (read-only: a write fails with EROFS), a 1 MiB configMap, and an emptyDir one
+/// container writes and the other reads. Returns CreateContainer's time with and without the 1 MiB volume.
+async fn volumes(
+    rt: &mut RuntimeServiceClient<Channel>,
+    uid: &str,
+    image: &str,
+    create: &impl Fn(cri::ContainerConfig) -> cri::CreateContainerRequest,
+) -> anyhow::Result<(Duration, Duration)> {
+    let pod = kubelet_pod_dir(uid)?;
+    let path = |rel: &str| pod.0.join(rel).display().to_string();
+    let mount = |host: String, container: &str, readonly| cri::Mount {
+        host_path: host,
+        container_path: container.into(),
+        readonly,
+        ..Default::default()
+    };
+    let sa = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let mut a = container("vol-a", image, "while true; do sleep 1; done");
+    a.mounts = vec![
+        mount(path("etc-hosts"), "/etc/hosts", false),
+        mount(path("volumes/kubernetes.io~projected/kube-api-access-smoke"), sa, true),
+        mount(path("volumes/kubernetes.io~configmap/big"), "/config", true),
+        mount(path("volumes/kubernetes.io~empty-dir/cache"), "/cache", false),
+    ];
+    let mut b = container("vol-b", image, "while true; do sleep 1; done");
+    b.mounts = vec![
+        mount(path("etc-hosts"), "/etc/hosts", false),
+        mount(path("volumes/kubernetes.io~empty-dir/cache"), "/shared", false),
+    ];
+    let t = Instant::now();
+    let a = rt.create_container(create(a)).await.context("CreateContainer vol-a")?.into_inner().container_id;
+    let with_1mib = t.elapsed();
+    let t = Instant::now();
+    let b = rt.create_container(create(b)).await.context("CreateContainer vol-b")?.into_inner().container_id;
+    let small = t.elapsed();
+    for id in [&a, &b] {
+        rt.start_container(cri::StartContainerRequest { container_id: id.clone() }).await.context("StartContainer")?;
+    }
+    let exec = |id: &str, script: &str| {
+        let mut rt = rt.clone();
+        let req = cri::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            timeout: 30,
+        };
+        let script = script.to_owned();
+        async move {
+            let out = rt.exec_sync(req).await.with_context(|| format!("ExecSync {script:?}"))?.into_inner();
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            anyhow::Ok((text(&out.stdout), text(&out.stderr), out.exit_code))
+        }
+    };
+    let hosts = exec(&a, "cat /etc/hosts").await?;
+    ensure!(hosts == (HOSTS.into(), String::new(), 0), "/etc/hosts in vol-a: {hosts:?}");
+    let token = exec(&a, &format!("cat {sa}/token")).await?;
+    ensure!(token == (TOKEN.into(), String::new(), 0), "the token through ..data: {token:?}");
+    let listing = exec(&a, &format!("ls -a {sa}")).await?;
+    ensure!(
+        listing.0.contains("..data") && !listing.0.contains("evil"),
+        "the service-account volume: {listing:?} (..data kept, the escaping link dropped)"
+    );
+    let write = exec(&a, &format!("echo x > {sa}/new")).await?;
+    ensure!(write.2 != 0 && write.1.contains("Read-only file system"), "a write into the read-only volume: {write:?}");
+    let size = exec(&a, "wc -c < /config/big.json").await?;
+    ensure!(size.0.trim() == "1048576" && size.2 == 0, "the 1 MiB configMap: {size:?}");
+    let wrote = exec(&a, "echo from-vol-a > /cache/shared").await?;
+    ensure!(wrote.2 == 0, "writing the emptyDir in vol-a: {wrote:?}");
+    let read = exec(&b, "cat /shared/shared; cat /etc/hosts").await?;
+    ensure!(
+        read == (format!("from-vol-a\n{HOSTS}"), String::new(), 0),
+        "vol-b reading the emptyDir vol-a wrote, and the shared etc-hosts: {read:?}"
+    );
+    Ok((with_1mib, small))
 }
 
 /// Exec (with and without a terminal), attach and port-forward through the streaming server's URLs, with

@@ -351,7 +351,7 @@ async fn unknown_ids_are_not_found_and_bad_configs_invalid_with_the_reason() -> 
     volume.mounts.push(cri::Mount { container_path: "/data".into(), host_path: "/srv".into(), ..Default::default() });
     let (c, msg) = code(node.runtime.create_container(create(volume)).await);
     assert_eq!(c, Code::InvalidArgument, "{msg}");
-    assert!(msg.contains("volume mounts are not supported"), "{msg}");
+    assert!(msg.contains("hostPath volumes cannot be shared into a zone"), "{msg}");
     let (c, msg) = code(node.runtime.checkpoint_container(cri::CheckpointContainerRequest::default()).await);
     assert_eq!(c, Code::Unimplemented, "{msg}");
     assert!(msg.contains("not supported by the bulkhead runtime"), "{msg}");
@@ -423,5 +423,96 @@ async fn container_stdin_is_closed_kept_open_or_closed_once_as_configured() -> T
     let open_log = std::fs::read_to_string(logs.join("open/0.log"))?;
     assert!(open_log.lines().any(|l| l.ends_with(" stdout F line 2")), "{open_log}");
     assert!(!open_log.contains("stdin closed"), "{open_log}");
+    Ok(())
+}
+
+/// A pod directory laid out as kubelet does, removed on drop (kubelet's own directory is not touched).
+struct KubeletPod(std::path::PathBuf);
+
+impl KubeletPod {
+    fn new(uid: &str) -> Result<Self, Box<dyn std::error::Error>> {
+        let dir = Path::new(bulkhead_cri::volumes::KUBELET_PODS_DIR).join(uid);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        Ok(KubeletPod(dir))
+    }
+}
+
+impl Drop for KubeletPod {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubelets_volumes_reach_the_zone_and_oversized_ones_are_refused_with_the_limit() -> TestResult {
+    if !root_or_skip("the image import chowns, and kubelet's pod directory is under /var/lib") {
+        return Ok(());
+    }
+    let mut node = node().await?;
+    let logs = node.dir.path().join("pods/default_vol");
+    let pod_dir = KubeletPod::new(&format!("bulkhead-test-{}", std::process::id()))?;
+    let p = &pod_dir.0;
+    std::fs::write(p.join("etc-hosts"), "127.0.0.1 localhost\n10.0.0.7 vol\n")?;
+    let token = p.join("volumes/kubernetes.io~projected/kube-api-access-x7k2q");
+    let ts = token.join("..2026_11_23_07_00_00.1");
+    std::fs::create_dir_all(&ts)?;
+    std::fs::write(ts.join("token"), "tok")?;
+    std::os::unix::fs::symlink("..2026_11_23_07_00_00.1", token.join("..data"))?;
+    std::os::unix::fs::symlink("..data/token", token.join("token"))?;
+    std::os::unix::fs::symlink("/etc/shadow", token.join("evil"))?;
+    let cache = p.join("volumes/kubernetes.io~empty-dir/cache");
+    std::fs::create_dir_all(&cache)?;
+
+    let config = sandbox_config(&logs, "vol");
+    let run = cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() };
+    let pod = node.runtime.run_pod_sandbox(run).await?.into_inner().pod_sandbox_id;
+    let mount = |host: &Path, container: &str, readonly| cri::Mount {
+        host_path: host.display().to_string(),
+        container_path: container.into(),
+        readonly,
+        ..Default::default()
+    };
+    let mut c = container_config("app", &["/bin/app", "0"]);
+    c.mounts = vec![
+        mount(&p.join("etc-hosts"), "/etc/hosts", false),
+        mount(&token, "/var/run/secrets/kubernetes.io/serviceaccount", true),
+        mount(&cache, "/cache", false),
+    ];
+    let create = |c: cri::ContainerConfig| cri::CreateContainerRequest {
+        pod_sandbox_id: pod.clone(),
+        config: Some(c),
+        sandbox_config: Some(config.clone()),
+    };
+    let id = node.runtime.create_container(create(c.clone())).await?.into_inner().container_id;
+    node.runtime.start_container(cri::StartContainerRequest { container_id: id.clone() }).await?;
+    let done = wait_state(&mut node, &id, cri::ContainerState::ContainerExited).await?;
+    assert_eq!(done.exit_code, 0);
+    assert_eq!(done.mounts, c.mounts, "ContainerStatus reports kubelet's mounts");
+    // The scripted zone got each snapshot before the workload (etc-hosts: 33 bytes; the token: 3, the
+    // escaping link dropped) and the emptyDir by name.
+    let log = std::fs::read_to_string(logs.join("app/0.log"))?;
+    for want in
+        ["mount:/etc/hosts:33", "mount:/var/run/secrets/kubernetes.io/serviceaccount:3", "mount:/cache:emptydir"]
+    {
+        assert!(log.contains(want), "{want} not in {log}");
+    }
+
+    // Over the per-container bound: refused at CreateContainer, naming the volume and the limit.
+    let big = p.join("volumes/kubernetes.io~configmap/big");
+    std::fs::create_dir_all(&big)?;
+    std::fs::write(big.join("a"), vec![b'x'; 3 << 20])?;
+    std::fs::write(big.join("b"), vec![b'x'; 2 << 20])?;
+    let mut c = container_config("big", &["/bin/big", "0"]);
+    c.mounts = vec![mount(&big, "/cfg", true)];
+    let (code_, msg) = code(node.runtime.create_container(create(c)).await);
+    assert_eq!(code_, Code::InvalidArgument, "{msg}");
+    assert!(msg.contains(&big.display().to_string()) && msg.contains("4 MiB"), "{msg}");
+    // A hostPath is refused with the reason.
+    let mut c = container_config("host", &["/bin/host", "0"]);
+    c.mounts = vec![mount(Path::new("/var/log"), "/logs", true)];
+    let (code_, msg) = code(node.runtime.create_container(create(c)).await);
+    assert_eq!(code_, Code::InvalidArgument, "{msg}");
+    assert!(msg.contains("hostPath volumes cannot be shared into a zone"), "{msg}");
     Ok(())
 }

@@ -540,11 +540,16 @@ pub mod fake {
     /// workload as: print "out:<argv[0]>\n" on stdout and "err\n" on stderr, then exit with the code in the
     /// last argument (or stay running if it is "run"); execs print their argv and exit 3; a workload's stats
     /// are 5 ms of CPU and 1 MiB of memory; every port-forward
-    /// reaches an echo server that closes when the host half-closes.
+    /// reaches an echo server that closes when the host half-closes. Volumes: a workload mounting a snapshot
+    /// that was not sent is refused, as the real zone does, and a started workload prints
+    /// "mount:<destination>:<bytes of file data in the volume, or emptydir>\n" per mount after its first line.
     pub mod scripted_zone {
         use std::collections::BTreeMap;
 
-        use bulkhead_wire::{ExitStatus, HostToZone, OutputFd, PROTOCOL_VERSION, ResourceUsage, ZoneCodec, ZoneToHost};
+        use bulkhead_wire::{
+            ErrorCode, ExitStatus, HostToZone, MountSource, OutputFd, PROTOCOL_VERSION, ResourceUsage, VolumeEntryKind,
+            ZoneCodec, ZoneToHost,
+        };
         use futures_util::{SinkExt, StreamExt};
         use tokio_util::codec::Framed;
 
@@ -570,11 +575,34 @@ pub mod fake {
             let mut specs = BTreeMap::new();
             let mut forwards = std::collections::BTreeSet::new();
             let mut running = std::collections::BTreeSet::new();
+            let mut volumes: BTreeMap<String, usize> = BTreeMap::new();
             while let Some(Ok(msg)) = zone.next().await {
                 let replies = match msg {
+                    HostToZone::VolumeData { volume, entries } => {
+                        let bytes = volumes.entry(volume).or_default();
+                        for e in entries {
+                            match e.kind {
+                                VolumeEntryKind::File { data, .. } => *bytes += data.len(),
+                                VolumeEntryKind::Dir { .. } | VolumeEntryKind::Symlink { .. } => {}
+                            }
+                        }
+                        vec![]
+                    }
                     HostToZone::CreateWorkload { id, spec } => {
-                        specs.insert(id, spec);
-                        vec![ZoneToHost::WorkloadCreated { id }]
+                        let missing = spec.mounts.iter().find_map(|m| match &m.source {
+                            MountSource::Snapshot { volume } if !volumes.contains_key(volume) => Some(volume.clone()),
+                            _ => None,
+                        });
+                        if let Some(volume) = missing {
+                            vec![ZoneToHost::Error {
+                                request: Some(id),
+                                code: ErrorCode::FailedPrecondition,
+                                message: format!("volume {volume} was not sent before the workload"),
+                            }]
+                        } else {
+                            specs.insert(id, spec);
+                            vec![ZoneToHost::WorkloadCreated { id }]
+                        }
                     }
                     HostToZone::StartWorkload { id } => {
                         let Some(spec) = specs.get(&id) else { continue };
@@ -587,6 +615,16 @@ pub mod fake {
                             },
                             ZoneToHost::Output { stream_id: id, fd: OutputFd::Stderr, data: "err\n".into() },
                         ];
+                        for m in &spec.mounts {
+                            let what = match &m.source {
+                                MountSource::Snapshot { volume } => {
+                                    volumes.get(volume).copied().unwrap_or(0).to_string()
+                                }
+                                MountSource::EmptyDir { .. } => "emptydir".to_owned(),
+                            };
+                            let data = format!("mount:{}:{what}\n", m.destination).into();
+                            r.push(ZoneToHost::Output { stream_id: id, fd: OutputFd::Stdout, data });
+                        }
                         match spec.argv.last().map(String::as_str) {
                             Some("run") => {
                                 running.insert(id);

@@ -175,6 +175,26 @@ pub enum ValidationError {
     /// A port-forward to port 0.
     #[error("port-forward to port 0: give a port from 1 to 65535")]
     PortZero,
+    /// A volume path or symlink target that could leave its volume, or is malformed.
+    #[error("{field}: {reason}")]
+    InvalidVolumePath {
+        /// The field.
+        field: &'static str,
+        /// Which rule.
+        reason: &'static str,
+    },
+    /// A volume name other than 1 to `MAX_VOLUME_NAME_LEN` ASCII lowercase letters, digits and `-`.
+    #[error("{field} is not a valid volume name (lowercase letters, digits and '-')")]
+    InvalidVolumeName {
+        /// The field.
+        field: &'static str,
+    },
+    /// A file mode with bits beyond the permission bits (`0o777`).
+    #[error("volume entry mode {mode:o} has bits beyond 0o777")]
+    InvalidMode {
+        /// The mode.
+        mode: u32,
+    },
 }
 
 impl From<ValidationError> for WireError {

@@ -11,7 +11,7 @@ use crate::limits::MAX_FRAME_PAYLOAD;
 pub const MAGIC: [u8; 4] = *b"BHZW";
 
 /// The protocol version this crate speaks; frames of any other version are rejected.
-pub const PROTOCOL_VERSION: u8 = 5;
+pub const PROTOCOL_VERSION: u8 = 6;
 
 /// Length of the fixed frame header in bytes.
 pub const HEADER_LEN: usize = 16;
@@ -232,10 +232,11 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::limits::{MAX_ARGS, MAX_DATA_CHUNK, MAX_ENV};
+    use crate::limits::{self, MAX_ARGS, MAX_DATA_CHUNK, MAX_ENV};
     use crate::{
-        BpfInstruction, Capabilities, EnvVar, ExitStatus, HostToZone, OutputFd, ResourceLimits, SeccompProgram,
-        Security, StreamId, User, WorkloadPhase, WorkloadSpec, ZoneToHost,
+        BpfInstruction, Capabilities, EnvVar, ExitStatus, HostToZone, Mount, MountSource, OutputFd, ResourceLimits,
+        SeccompProgram, Security, StreamId, User, VolumeEntry, VolumeEntryKind, WorkloadPhase, WorkloadSpec,
+        ZoneToHost,
     };
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -298,6 +299,11 @@ mod tests {
                 seccomp: vec![SeccompProgram(vec![BpfInstruction { code: 6, jt: 1, jf: 2, k: 0x7fff_0000 }])],
                 privileged: false,
             })),
+            mounts: vec![Mount {
+                source: MountSource::Snapshot { volume: "v".into() },
+                destination: "/e".into(),
+                readonly: true,
+            }],
         }
     }
 
@@ -463,7 +469,7 @@ mod tests {
     fn golden_ping() -> TestResult {
         let f = encode(&HostToZone::Ping { nonce: 1 })?;
         let want = [
-            0x42, 0x48, 0x5a, 0x57, 0x05, 0x01, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0xc6, 0xe5, 0x42, 0x39, 0x0b, 0x01,
+            0x42, 0x48, 0x5a, 0x57, 0x06, 0x01, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0xc5, 0x5e, 0x75, 0xd2, 0x0b, 0x01,
         ];
         assert_eq!(f, want);
         Ok(())
@@ -473,7 +479,7 @@ mod tests {
     fn golden_pong() -> TestResult {
         let f = encode(&ZoneToHost::Pong { nonce: 0x102 })?;
         let want = [
-            0x42, 0x48, 0x5a, 0x57, 0x05, 0x02, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x90, 0x04, 0x58, 0x10, 0x09, 0x82,
+            0x42, 0x48, 0x5a, 0x57, 0x06, 0x02, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x91, 0x62, 0xba, 0x89, 0x09, 0x82,
             0x02,
         ];
         assert_eq!(f, want);
@@ -555,8 +561,75 @@ mod tests {
             0x00, // readonly_paths []
             0x01, 0x01, 0x06, 0x01, 0x02, 0x80, 0x80, 0xfc, 0xff, 0x07, // one program: RET 0x7fff0000
             0x00, // privileged
+            0x01, 0x00, 0x01, b'v', 0x02, b'/', b'e', 0x01, // mounts [Snapshot "v" at "/e", read-only]
         ];
         assert_eq!(&encode(&m)?[HEADER_LEN..], want);
+        Ok(())
+    }
+
+    #[test]
+    fn golden_volume_data() -> TestResult {
+        let m = HostToZone::VolumeData {
+            volume: "s-1".into(),
+            entries: vec![
+                VolumeEntry { path: String::new(), kind: VolumeEntryKind::Dir { mode: 0o755 } },
+                VolumeEntry {
+                    path: "..d/t".into(),
+                    kind: VolumeEntryKind::File { mode: 0o644, offset: 0, data: Bytes::from_static(b"x") },
+                },
+                VolumeEntry { path: "t".into(), kind: VolumeEntryKind::Symlink { target: "..d/t".into() } },
+            ],
+        };
+        let want: &[u8] = &[
+            0x0f, // VolumeData (variant 15)
+            0x03, b's', b'-', b'1', // volume
+            0x03, // three entries
+            0x00, 0x00, 0xed, 0x03, // "" Dir 0o755
+            0x05, b'.', b'.', b'd', b'/', b't', 0x01, 0xa4, 0x03, 0x00, 0x01, b'x', // File 0o644 @0 "x"
+            0x01, b't', 0x02, 0x05, b'.', b'.', b'd', b'/', b't', // Symlink -> ..d/t
+        ];
+        assert_eq!(&encode(&m)?[HEADER_LEN..], want);
+        assert_eq!(decode_slice::<HostToZone>(&encode(&m)?)?.map(|(d, _)| d), Some(m));
+        Ok(())
+    }
+
+    #[test]
+    fn hostile_volume_data_is_refused_on_decode() -> TestResult {
+        let entry = |path: &str, kind: VolumeEntryKind| VolumeEntry { path: path.into(), kind };
+        let file = || VolumeEntryKind::File { mode: 0o644, offset: 0, data: Bytes::new() };
+        let bad = [
+            vec![entry("../x", file())],
+            vec![entry("/etc/shadow", file())],
+            vec![entry("a//b", file())],
+            vec![entry("a/./b", file())],
+            vec![entry("x", VolumeEntryKind::Symlink { target: "/etc/shadow".into() })],
+            vec![entry("x", VolumeEntryKind::Symlink { target: "a/../../x".into() })],
+            vec![entry("", VolumeEntryKind::Symlink { target: "a".into() })],
+            vec![entry("x", VolumeEntryKind::Dir { mode: 0o4755 })],
+            vec![entry(&vec!["d"; limits::MAX_VOLUME_DEPTH + 1].join("/"), file())],
+            vec![entry(&"n".repeat(limits::MAX_NAME_LEN + 1), file())],
+            vec![],
+        ];
+        for entries in bad {
+            let m = HostToZone::VolumeData { volume: "v".into(), entries: entries.clone() };
+            assert!(encode(&m).is_err(), "encoded {entries:?}");
+            // The same bytes forged past the encoder's checks are refused by the decoder.
+            let payload = postcard::to_allocvec(&m)?;
+            let f = raw_frame(PROTOCOL_VERSION, Direction::HostToZone as u8, 0, &payload);
+            assert!(matches!(decode_slice::<HostToZone>(&f), Err(WireError::Invalid(_))), "decoded {entries:?}");
+        }
+        for volume in ["", "-x", "A", "a/b", ".."] {
+            let m = HostToZone::VolumeData { volume: volume.into(), entries: vec![entry("", file())] };
+            assert!(encode(&m).is_err(), "volume name {volume:?}");
+        }
+        let too_big =
+            VolumeEntryKind::File { mode: 0o644, offset: 0, data: Bytes::from(vec![0; limits::MAX_VOLUME_CHUNK + 1]) };
+        assert!(encode(&HostToZone::VolumeData { volume: "v".into(), entries: vec![entry("f", too_big)] }).is_err());
+        // A list longer than its limit is cut off while decoding, before it is built.
+        let many = vec![entry("f", VolumeEntryKind::Dir { mode: 0 }); limits::MAX_VOLUME_ENTRIES + 1];
+        let payload = postcard::to_allocvec(&HostToZone::VolumeData { volume: "v".into(), entries: many })?;
+        let f = raw_frame(PROTOCOL_VERSION, Direction::HostToZone as u8, 0, &payload);
+        assert!(decode_slice::<HostToZone>(&f).is_err());
         Ok(())
     }
 
@@ -572,7 +645,7 @@ mod tests {
 
     #[test]
     fn bad_version() {
-        for v in [0, 1, 2, 3, 4, 6, 0xff] {
+        for v in [0, 1, 2, 3, 4, 5, 7, 0xff] {
             let f = raw_frame(v, Direction::HostToZone as u8, 0, &[0x0b, 0x01]);
             assert!(
                 matches!(decode_slice::<HostToZone>(&f), Err(WireError::UnsupportedVersion { found }) if found == v)
@@ -682,7 +755,7 @@ mod tests {
         for _ in 0..MAX_ARGS {
             payload.extend_from_slice(&[0x01, b'x']);
         }
-        payload.extend_from_slice(&[0x00, 0x01, b'/', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, b'x', 0x00]);
+        payload.extend_from_slice(&[0x00, 0x01, b'/', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, b'x', 0x00, 0x00]);
         assert!(matches!(decode_slice::<HostToZone>(&host_frame(&payload)), Ok(Some(_))));
         // Env: Exec { 1, 2, ["x"], <MAX_ENV + 1 entries> }.
         let mut payload = vec![0x05, 0x01, 0x02, 0x01, 0x01, b'x'];

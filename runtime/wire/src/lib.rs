@@ -94,6 +94,7 @@ pub use frame::{Direction, HEADER_LEN, MAGIC, Message, PROTOCOL_VERSION, decode,
 pub use limits::{MAX_DATA_CHUNK, MAX_FRAME_PAYLOAD};
 pub use messages::{HostToZone, ZoneToHost};
 pub use types::{
-    BpfInstruction, Capabilities, CpuLimit, EnvVar, ErrorCode, ExitStatus, InitStage, OutputFd, ResourceLimits,
-    ResourceUsage, SeccompProgram, Security, StreamId, User, WorkloadPhase, WorkloadSpec,
+    BpfInstruction, Capabilities, CpuLimit, EnvVar, ErrorCode, ExitStatus, InitStage, Mount, MountSource, OutputFd,
+    ResourceLimits, ResourceUsage, SeccompProgram, Security, StreamId, User, VolumeEntry, VolumeEntryKind,
+    WorkloadPhase, WorkloadSpec, validate_symlink_target, validate_volume_name, validate_volume_path,
 };

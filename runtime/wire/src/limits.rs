@@ -54,3 +54,21 @@ pub const MAX_SECCOMP_PROGRAMS: usize = 8;
 /// Most seccomp instructions of a workload, all programs together (a single program may not exceed the
 /// kernel's `BPF_MAXINSNS`, 4096, either).
 pub const MAX_SECCOMP_INSTRUCTIONS: usize = 4096;
+
+/// Most mounts of a workload.
+pub const MAX_MOUNTS: usize = 64;
+
+/// Longest volume name (the host's key for one volume in the zone), in bytes.
+pub const MAX_VOLUME_NAME_LEN: usize = 64;
+
+/// Most entries (files, directories, symlinks, file chunks) in one `VolumeData` message.
+pub const MAX_VOLUME_ENTRIES: usize = 1024;
+
+/// Largest file chunk in one volume entry (256 KiB): a bigger file travels as several chunks, in order.
+pub const MAX_VOLUME_CHUNK: usize = 256 * 1024;
+
+/// Most path components of a volume entry below the volume's root.
+pub const MAX_VOLUME_DEPTH: usize = 16;
+
+/// Longest single path component of a volume entry, in bytes (Linux `NAME_MAX`).
+pub const MAX_NAME_LEN: usize = 255;

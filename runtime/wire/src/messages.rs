@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::ValidationError;
 use crate::frame::{Direction, Message};
 use crate::types::{
-    EnvVar, ErrorCode, ExitStatus, InitStage, OutputFd, ResourceLimits, ResourceUsage, StreamId, User, WorkloadPhase,
-    WorkloadSpec, validate_exec_overrides, validate_process,
+    EnvVar, ErrorCode, ExitStatus, InitStage, OutputFd, ResourceLimits, ResourceUsage, StreamId, User, VolumeEntry,
+    WorkloadPhase, WorkloadSpec, validate_exec_overrides, validate_process,
 };
 use crate::{PROTOCOL_VERSION, limits, validate};
 
@@ -133,6 +133,18 @@ pub enum HostToZone {
         id: StreamId,
         /// The new limits, whole.
         limits: ResourceLimits,
+    },
+    /// Content of snapshot volume `volume`, written below the zone's volume directory. A volume arrives as
+    /// one or more of these, entries in order, before the `CreateWorkload` that mounts it; a message whose
+    /// first entry is the root (path `""`) starts the volume afresh, unless a workload mounts it already
+    /// (then the data is ignored: a pod's containers share the first copy). No answer: a failure is kept and
+    /// reported as the answer to the `CreateWorkload` that mounts the volume.
+    VolumeData {
+        /// The volume's name (see [`crate::validate_volume_name`]).
+        volume: String,
+        /// 1 to [`limits::MAX_VOLUME_ENTRIES`] entries.
+        #[serde(deserialize_with = "validate::de_volume_entries")]
+        entries: Vec<VolumeEntry>,
     },
 }
 
@@ -261,6 +273,14 @@ impl Message for HostToZone {
             HostToZone::Stdin { data, .. } => validate::chunk("stdin.data", data),
             HostToZone::PortForward { port: 0, .. } => Err(ValidationError::PortZero),
             HostToZone::UpdateLimits { limits, .. } => limits.validate(),
+            HostToZone::VolumeData { volume, entries } => {
+                crate::types::validate_volume_name("volume_data.volume", volume)?;
+                if entries.is_empty() {
+                    return Err(ValidationError::Empty { field: "volume_data.entries" });
+                }
+                validate::count("volume_data.entries", entries.len(), limits::MAX_VOLUME_ENTRIES)?;
+                entries.iter().try_for_each(VolumeEntry::validate)
+            }
             HostToZone::StartWorkload { .. }
             | HostToZone::RemoveWorkload { .. }
             | HostToZone::CloseStdin { .. }

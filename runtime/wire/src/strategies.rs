@@ -7,9 +7,9 @@ use proptest::prelude::*;
 
 use crate::limits;
 use crate::{
-    BpfInstruction, Capabilities, CpuLimit, EnvVar, ErrorCode, ExitStatus, HostToZone, InitStage, OutputFd,
-    PROTOCOL_VERSION, ResourceLimits, ResourceUsage, SeccompProgram, Security, StreamId, User, WorkloadPhase,
-    WorkloadSpec, ZoneToHost,
+    BpfInstruction, Capabilities, CpuLimit, EnvVar, ErrorCode, ExitStatus, HostToZone, InitStage, Mount, MountSource,
+    OutputFd, PROTOCOL_VERSION, ResourceLimits, ResourceUsage, SeccompProgram, Security, StreamId, User, VolumeEntry,
+    VolumeEntryKind, WorkloadPhase, WorkloadSpec, ZoneToHost,
 };
 
 /// Printable text without NUL, including non-ASCII.
@@ -78,10 +78,54 @@ fn workload_spec() -> impl Strategy<Value = WorkloadSpec> {
         option::of(hostname()),
         "[a-z0-9]{1,15}",
         option::of(security().prop_map(Box::new)),
+        vec(mount(), 0..4),
     )
-        .prop_map(|(argv, env, cwd, user, tty, limits, readonly_rootfs, hostname, root_device, security)| {
-            WorkloadSpec { argv, env, cwd, user, tty, limits, readonly_rootfs, hostname, root_device, security }
-        })
+        .prop_map(
+            |(argv, env, cwd, user, tty, limits, readonly_rootfs, hostname, root_device, security, mounts)| {
+                WorkloadSpec {
+                    argv,
+                    env,
+                    cwd,
+                    user,
+                    tty,
+                    limits,
+                    readonly_rootfs,
+                    hostname,
+                    root_device,
+                    security,
+                    mounts,
+                }
+            },
+        )
+}
+
+fn volume_name() -> impl Strategy<Value = String> {
+    "[a-z0-9][a-z0-9-]{0,20}"
+}
+
+fn mount() -> impl Strategy<Value = Mount> {
+    let source = prop_oneof![
+        volume_name().prop_map(|volume| MountSource::Snapshot { volume }),
+        volume_name().prop_map(|volume| MountSource::EmptyDir { volume }),
+    ];
+    (source, "/[a-zA-Z0-9_ -]{0,12}(/[a-zA-Z0-9_ .-]{1,12}){0,3}", any::<bool>())
+        .prop_map(|(source, destination, readonly)| Mount { source, destination, readonly })
+        .prop_filter("no '..' component", |m| !m.destination.split('/').any(|c| c == ".."))
+}
+
+fn volume_entry() -> impl Strategy<Value = VolumeEntry> {
+    let name = "[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,12}".prop_filter("not '.' or '..'", |n| n != "." && n != "..");
+    let path = prop_oneof![1 => Just(String::new()), 6 => vec(name.clone(), 1..4).prop_map(|v| v.join("/"))];
+    let kind =
+        prop_oneof![
+            (0..=0o777u32).prop_map(|mode| VolumeEntryKind::Dir { mode }),
+            (0..=0o777u32, any::<u64>(), vec(any::<u8>(), 0..256))
+                .prop_map(|(mode, offset, data)| VolumeEntryKind::File { mode, offset, data: Bytes::from(data) }),
+            vec(name, 1..4).prop_map(|v| VolumeEntryKind::Symlink { target: v.join("/") }),
+        ];
+    (path, kind).prop_map(|(path, kind)| VolumeEntry { path, kind }).prop_filter("the root is no symlink", |e| {
+        !(e.path.is_empty() && matches!(e.kind, VolumeEntryKind::Symlink { .. }))
+    })
 }
 
 fn capabilities() -> impl Strategy<Value = Capabilities> {
@@ -165,6 +209,8 @@ impl Arbitrary for HostToZone {
             id().prop_map(|id| HostToZone::QueryWorkload { id }),
             (id(), 1..=u16::MAX).prop_map(|(stream_id, port)| HostToZone::PortForward { stream_id, port }),
             (id(), resource_limits()).prop_map(|(id, limits)| HostToZone::UpdateLimits { id, limits }),
+            (volume_name(), vec(volume_entry(), 1..6))
+                .prop_map(|(volume, entries)| HostToZone::VolumeData { volume, entries }),
         ]
         .boxed()
     }

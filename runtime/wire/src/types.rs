@@ -144,6 +144,159 @@ pub struct WorkloadSpec {
     /// init runs its own children: every capability, no seccomp filter, nothing masked (what `bulkhead zone
     /// launch` asks for).
     pub security: Option<Box<Security>>,
+    /// Volumes bound into the workload's root, in order (a later one may sit on an earlier one), at most
+    /// [`limits::MAX_MOUNTS`]. A snapshot volume must have been sent (`HostToZone::VolumeData`) before.
+    /// (`default`: records written before volumes existed have none.)
+    #[serde(default, deserialize_with = "validate::de_mounts")]
+    pub mounts: Vec<Mount>,
+}
+
+/// One volume bound into a workload's root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    /// What is mounted.
+    pub source: MountSource,
+    /// Absolute path in the workload's root, without `..` components, at most [`limits::MAX_PATH_LEN`] bytes.
+    /// Symlinks on the way are followed inside the root (never out of it); missing directories are created.
+    pub destination: String,
+    /// Bind it read-only.
+    pub readonly: bool,
+}
+
+/// The zone-local volume a mount binds. Volumes live for the zone's life, shared by every workload naming
+/// the same volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MountSource {
+    /// Content the host copied in with `HostToZone::VolumeData` (a file or a directory tree).
+    Snapshot {
+        /// The volume's name (see [`validate_volume_name`]).
+        volume: String,
+    },
+    /// An empty directory (mode 0777) created on first use, on the zone's tmpfs.
+    EmptyDir {
+        /// The volume's name (see [`validate_volume_name`]).
+        volume: String,
+    },
+}
+
+impl MountSource {
+    /// The volume's name.
+    pub fn volume(&self) -> &str {
+        match self {
+            MountSource::Snapshot { volume } | MountSource::EmptyDir { volume } => volume,
+        }
+    }
+}
+
+/// One entry of a snapshot volume, by its path relative to the volume's root (`""` is the root itself: a
+/// directory, or a file for a file volume). Parents come before their children.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeEntry {
+    /// `/`-separated names, none empty, `.` or `..`, each at most [`limits::MAX_NAME_LEN`] bytes, at most
+    /// [`limits::MAX_VOLUME_DEPTH`] of them; `""` for the root.
+    pub path: String,
+    /// What it is.
+    pub kind: VolumeEntryKind,
+}
+
+/// What a volume entry is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VolumeEntryKind {
+    /// A directory with these permission bits (at most `0o777`).
+    Dir {
+        /// Permission bits.
+        mode: u32,
+    },
+    /// A chunk of a regular file: `offset` 0 creates the file (with `mode`, at most `0o777`), a later chunk
+    /// writes at `offset` of the file an earlier chunk created.
+    File {
+        /// Permission bits.
+        mode: u32,
+        /// Where the chunk goes.
+        offset: u64,
+        /// At most [`limits::MAX_VOLUME_CHUNK`] bytes.
+        data: bytes::Bytes,
+    },
+    /// A symbolic link. The target is relative and has no `..` component, so it (and any chain of such
+    /// links) resolves below the link's own directory, inside the volume.
+    Symlink {
+        /// The link's target.
+        target: String,
+    },
+}
+
+/// Checks a volume name: 1 to [`limits::MAX_VOLUME_NAME_LEN`] ASCII lowercase letters, digits and `-`, not
+/// starting with `-` (so it is always one plain path component).
+pub fn validate_volume_name(field: &'static str, name: &str) -> Result<(), ValidationError> {
+    validate::non_empty_string(field, name, limits::MAX_VOLUME_NAME_LEN)?;
+    let ok = !name.starts_with('-') && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok { Ok(()) } else { Err(ValidationError::InvalidVolumeName { field }) }
+}
+
+/// Checks a volume entry's path (see [`VolumeEntry::path`]).
+pub fn validate_volume_path(field: &'static str, path: &str) -> Result<(), ValidationError> {
+    validate::string(field, path, limits::MAX_PATH_LEN)?;
+    if path.is_empty() {
+        return Ok(());
+    }
+    let bad = |reason| Err(ValidationError::InvalidVolumePath { field, reason });
+    let mut depth = 0;
+    for name in path.split('/') {
+        depth += 1;
+        if name.is_empty() || name == "." || name == ".." {
+            return bad("empty, '.' or '..' component, or an absolute path");
+        }
+        if name.len() > limits::MAX_NAME_LEN {
+            return bad("a component is longer than 255 bytes");
+        }
+    }
+    if depth > limits::MAX_VOLUME_DEPTH { bad("deeper than 16 components") } else { Ok(()) }
+}
+
+/// Checks a symlink target of a volume (see [`VolumeEntryKind::Symlink`]).
+pub fn validate_symlink_target(field: &'static str, target: &str) -> Result<(), ValidationError> {
+    validate::non_empty_string(field, target, limits::MAX_PATH_LEN)?;
+    if target.starts_with('/') {
+        return Err(ValidationError::InvalidVolumePath { field, reason: "an absolute symlink target" });
+    }
+    if target.split('/').any(|c| c == "..") {
+        return Err(ValidationError::InvalidVolumePath { field, reason: "a symlink target with '..'" });
+    }
+    Ok(())
+}
+
+impl VolumeEntry {
+    pub(crate) fn validate(&self) -> Result<(), ValidationError> {
+        validate_volume_path("volume.entry.path", &self.path)?;
+        match &self.kind {
+            VolumeEntryKind::Dir { mode } | VolumeEntryKind::File { mode, .. } if *mode & !0o777 != 0 => {
+                Err(ValidationError::InvalidMode { mode: *mode })
+            }
+            VolumeEntryKind::File { data, .. } if data.len() > limits::MAX_VOLUME_CHUNK => {
+                Err(ValidationError::TooLong {
+                    field: "volume.entry.data",
+                    len: data.len(),
+                    max: limits::MAX_VOLUME_CHUNK,
+                })
+            }
+            VolumeEntryKind::Symlink { .. } if self.path.is_empty() => {
+                Err(ValidationError::InvalidVolumePath { field: "volume.entry.path", reason: "the root is a symlink" })
+            }
+            VolumeEntryKind::Symlink { target } => validate_symlink_target("volume.entry.target", target),
+            VolumeEntryKind::Dir { .. } | VolumeEntryKind::File { .. } => Ok(()),
+        }
+    }
+}
+
+impl Mount {
+    pub(crate) fn validate(&self) -> Result<(), ValidationError> {
+        validate_volume_name("mount.volume", self.source.volume())?;
+        validate::absolute_path("mount.destination", &self.destination)?;
+        if self.destination.split('/').any(|c| c == "..") {
+            return Err(ValidationError::InvalidVolumePath { field: "mount.destination", reason: "a '..' component" });
+        }
+        Ok(())
+    }
 }
 
 /// The security settings of a workload, resolved on the host into what the zone applies as given (the zone
@@ -311,7 +464,9 @@ impl WorkloadSpec {
             validate::hostname("spec.hostname", h)?;
         }
         validate::device_name("spec.root_device", &self.root_device)?;
-        self.security.as_deref().map_or(Ok(()), Security::validate)
+        self.security.as_deref().map_or(Ok(()), Security::validate)?;
+        validate::count("spec.mounts", self.mounts.len(), limits::MAX_MOUNTS)?;
+        self.mounts.iter().try_for_each(Mount::validate)
     }
 }
 
@@ -487,6 +642,18 @@ mod tests {
                 seccomp: vec![SeccompProgram(vec![BpfInstruction { code: 6, jt: 0, jf: 0, k: 0x7fff_0000 }])],
                 privileged: false,
             })),
+            mounts: vec![
+                Mount {
+                    source: MountSource::Snapshot { volume: "s-0a1b".into() },
+                    destination: "/etc/hosts".into(),
+                    readonly: false,
+                },
+                Mount {
+                    source: MountSource::EmptyDir { volume: "e-9".into() },
+                    destination: "/cache".into(),
+                    readonly: false,
+                },
+            ],
         }
     }
 
@@ -604,6 +771,34 @@ mod tests {
         );
         for bad in ["", "-a", "a-", "a..b", "a_b", "ä", &"a".repeat(65), &format!("{}.b", "a".repeat(64))] {
             assert!(check(|s| s.hostname = Some(bad.to_owned())).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn mount_rules() {
+        use ValidationError as V;
+        assert!(matches!(check(|s| s.mounts[0].destination = "etc/hosts".into()), Err(V::NotAbsolute { .. })));
+        assert!(matches!(check(|s| s.mounts[0].destination = "/a/../etc".into()), Err(V::InvalidVolumePath { .. })));
+        for bad in ["", "-a", "A", "a/b", "a.b", &"a".repeat(limits::MAX_VOLUME_NAME_LEN + 1)] {
+            assert!(check(|s| s.mounts[1].source = MountSource::EmptyDir { volume: bad.into() }).is_err(), "{bad:?}");
+        }
+        let m = spec().mounts[0].clone();
+        assert!(matches!(check(|s| s.mounts = vec![m; limits::MAX_MOUNTS + 1]), Err(V::TooMany { .. })));
+    }
+
+    #[test]
+    fn volume_paths_stay_inside_their_volume() {
+        for good in ["", "a", "..data", "..2026_11_23_07_00_00.123/token", "a/b/c", "...", "a b"] {
+            assert_eq!(validate_volume_path("p", good), Ok(()), "{good:?}");
+        }
+        for bad in ["/a", "a/", "a//b", ".", "..", "a/../b", "./a", "a/."] {
+            assert!(validate_volume_path("p", bad).is_err(), "{bad:?}");
+        }
+        for good in ["..data/token", "a", "b/c", "..data"] {
+            assert_eq!(validate_symlink_target("t", good), Ok(()), "{good:?}");
+        }
+        for bad in ["", "/etc/shadow", "../../etc/shadow", "a/../b", "..", "a\0b"] {
+            assert!(validate_symlink_target("t", bad).is_err(), "{bad:?}");
         }
     }
 

@@ -160,3 +160,19 @@ where
 {
     bounded_vec(d, "seccomp instructions", limits::MAX_SECCOMP_INSTRUCTIONS)
 }
+
+pub(crate) fn de_mounts<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    bounded_vec(d, "mounts", limits::MAX_MOUNTS)
+}
+
+pub(crate) fn de_volume_entries<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    bounded_vec(d, "volume entries", limits::MAX_VOLUME_ENTRIES)
+}

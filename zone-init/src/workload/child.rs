@@ -24,6 +24,7 @@ use nix::unistd::{Gid, Uid};
 
 use super::error::SetupStage;
 use super::protocol::{ProcessConfig, Report, Request, Target, send_report};
+use super::volumes::{self, BindMount};
 use super::{security, sys};
 
 /// The `PATH` used when the environment has none (the one runc and Docker use).
@@ -59,10 +60,10 @@ fn setup_and_exec(sock: BorrowedFd<'_>, request: &Request, stdio: Option<[OwnedF
     let process = &request.process;
     let argv = c_strings(&process.argv, "argv")?;
     let env = c_strings(&process.env, "env")?;
-    if let Target::Workload { rootfs, hostname } = &request.target {
+    if let Target::Workload { rootfs, hostname, mounts } = &request.target {
         unshare(CloneFlags::CLONE_NEWCGROUP).map_err(fail(SetupStage::CgroupNamespace, ""))?;
         let privileged = process.security.as_ref().is_some_and(|s| s.privileged);
-        enter_rootfs(rootfs, privileged)?;
+        enter_rootfs(rootfs, privileged, mounts)?;
         if let Some(name) = hostname {
             nix::unistd::sethostname(name).map_err(fail(SetupStage::Hostname, name.clone()))?;
         }
@@ -174,8 +175,41 @@ const DEV_LINKS: [(&str, &str); 5] = [
     ("ptmx", "pts/ptmx"),
 ];
 
+/// Binds volume `m` into `rootfs` (runc's order: after the root's own mounts, before `pivot_root`; the
+/// masked and read-only paths are applied after, so they still win). The destination is resolved inside
+/// the root, its missing directories and the mount point (a file for a file volume) created; the bind is
+/// `nosuid,nodev`, and read-only when asked.
+fn bind_volume(rootfs: &Path, m: &BindMount) -> Result<(), Report> {
+    let detail = || format!("volume at {}", m.destination);
+    let source_is_dir = std::fs::metadata(&m.source).map_err(io_fail(SetupStage::Volumes, detail()))?.is_dir();
+    let target = volumes::resolve_in_root(rootfs, &m.destination).map_err(fail(SetupStage::Volumes, detail()))?;
+    if source_is_dir {
+        std::fs::create_dir_all(&target).map_err(io_fail(SetupStage::Volumes, detail()))?;
+    } else {
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(io_fail(SetupStage::Volumes, detail()))?;
+        }
+        if std::fs::symlink_metadata(&target).is_err() {
+            std::fs::File::options()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&target)
+                .map_err(io_fail(SetupStage::Volumes, detail()))?;
+        }
+    }
+    mount(Some(&m.source), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .map_err(fail(SetupStage::Volumes, format!("bind on {}", m.destination)))?;
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    if m.readonly {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    mount(None::<&str>, &target, None::<&str>, flags, None::<&str>)
+        .map_err(fail(SetupStage::Volumes, format!("remount of {}", m.destination)))
+}
+
 /// Enters the root; `privileged` mounts `/sys` writable (privileged within the zone).
-fn enter_rootfs(rootfs: &Path, privileged: bool) -> Result<(), Report> {
+fn enter_rootfs(rootfs: &Path, privileged: bool, mounts: &[BindMount]) -> Result<(), Report> {
     // Nothing mounted from here on may propagate back into the zone's mount namespace.
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
         .map_err(fail(SetupStage::PrivateMounts, "/"))?;
@@ -196,6 +230,9 @@ fn enter_rootfs(rootfs: &Path, privileged: bool) -> Result<(), Report> {
             .map_err(fail(SetupStage::Mounts, format!("{} on {}", m.fstype, target.display())))?;
     }
     populate_dev(&rootfs.join("dev"))?;
+    for m in mounts {
+        bind_volume(rootfs, m)?;
+    }
     nix::unistd::chdir(rootfs).map_err(fail(SetupStage::PivotRoot, rootfs.display().to_string()))?;
     // pivot_root(".", ".") stacks the old root on the new one; unmounting "." then drops the old root
     // (pivot_root(2), "NOTES").

@@ -56,6 +56,8 @@ pub enum SetupStage {
     NoNewPrivs,
     /// Installing the seccomp filters.
     Seccomp,
+    /// Binding volumes into the root.
+    Volumes,
 }
 
 impl fmt::Display for SetupStage {
@@ -83,6 +85,7 @@ impl fmt::Display for SetupStage {
             SetupStage::Capabilities => "setting capabilities",
             SetupStage::NoNewPrivs => "setting no_new_privs",
             SetupStage::Seccomp => "installing the seccomp filter",
+            SetupStage::Volumes => "binding volumes into the root",
         })
     }
 }

@@ -34,6 +34,7 @@ pub mod rootfs;
 mod security;
 pub mod spawn;
 pub(crate) mod sys;
+pub mod volumes;
 
 use std::os::fd::BorrowedFd;
 use std::path::PathBuf;

@@ -50,6 +50,8 @@ pub(crate) enum Target {
         rootfs: PathBuf,
         /// The UTS hostname, if it differs from the zone's.
         hostname: Option<String>,
+        /// Volumes bound into the root, in order, before `pivot_root`.
+        mounts: Vec<super::volumes::BindMount>,
     },
     /// An exec: the namespaces of the running process `pid`.
     Join {
@@ -233,7 +235,15 @@ mod tests {
 
     fn request(argv_len: usize) -> Request {
         Request {
-            target: Target::Workload { rootfs: "/run/r".into(), hostname: Some("h".into()) },
+            target: Target::Workload {
+                rootfs: "/run/r".into(),
+                hostname: Some("h".into()),
+                mounts: vec![super::super::volumes::BindMount {
+                    source: "/run/bulkhead/volumes/s-1".into(),
+                    destination: "/etc/hosts".into(),
+                    readonly: true,
+                }],
+            },
             process: ProcessConfig {
                 argv: vec!["x".repeat(argv_len), "b".into()],
                 env: vec!["PATH=/bin".into()],

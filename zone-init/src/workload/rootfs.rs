@@ -20,6 +20,7 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
 use super::Layout;
 use super::error::WorkloadError;
+use super::volumes::{BindMount, resolve_in_root};
 
 /// The mount points the process needs in its root (the process mounts on them).
 pub const MOUNT_POINTS: [&str; 3] = ["proc", "sys", "dev"];
@@ -106,6 +107,44 @@ pub fn prepare(layout: &Layout, workload_id: u64, image_root: &Path, readonly: b
     mount(Some("overlay"), &rootfs, Some("overlay"), flags, Some(options.as_str()))
         .map_err(|errno| WorkloadError::MountOverlay { workload_id, target: rootfs.clone(), errno })?;
     Ok(rootfs)
+}
+
+/// Creates the mount points of `mounts` that `image_root` lacks in the workload's `upper` directory, for
+/// a read-only root (nothing can be created in it once it is mounted; `upper` is its top lower layer).
+/// Each destination is resolved in the image first, so a mount point below an image's symlink (Debian's
+/// `/var/run -> /run`) is made where the link leads and the link keeps working. Call before [`prepare`].
+pub fn create_mount_points(
+    layout: &Layout,
+    workload_id: u64,
+    image_root: &Path,
+    mounts: &[BindMount],
+) -> Result<(), WorkloadError> {
+    let upper = layout.workload_dir(workload_id).join("upper");
+    for m in mounts {
+        let in_image = resolve_in_root(image_root, &m.destination).map_err(|errno| WorkloadError::CreateDir {
+            path: PathBuf::from(&m.destination),
+            source: std::io::Error::from_raw_os_error(errno as i32),
+        })?;
+        if std::fs::symlink_metadata(&in_image).is_ok() {
+            continue;
+        }
+        let Ok(rel) = in_image.strip_prefix(image_root) else { continue };
+        let target = upper.join(rel);
+        if std::fs::metadata(&m.source).is_ok_and(|md| md.is_dir()) {
+            create_dir(&target)?;
+        } else {
+            if let Some(parent) = target.parent() {
+                create_dir(parent)?;
+            }
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&target)
+                .map_err(|source| WorkloadError::CreateDir { path: target.clone(), source })?;
+        }
+    }
+    Ok(())
 }
 
 /// Unmounts workload `workload_id`'s root (lazily: a process still inside keeps it alive) and deletes its

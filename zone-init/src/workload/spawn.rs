@@ -57,12 +57,14 @@ pub struct Launch {
     pub cgroup: Option<PathBuf>,
     /// The setup helper's executable, [`SELF_EXE`] in production (tests pass the built binary).
     pub helper_exe: PathBuf,
+    /// Volumes bound into the root (see [`super::volumes`]), in order.
+    pub mounts: Vec<super::volumes::BindMount>,
 }
 
 impl Launch {
-    /// A launch with the production helper ([`SELF_EXE`]).
+    /// A launch with the production helper ([`SELF_EXE`]) and no volumes.
     pub fn new(workload_id: u64, spec: WorkloadSpec, rootfs: PathBuf, cgroup: Option<PathBuf>) -> Self {
-        Launch { workload_id, spec, rootfs, cgroup, helper_exe: PathBuf::from(SELF_EXE) }
+        Launch { workload_id, spec, rootfs, cgroup, helper_exe: PathBuf::from(SELF_EXE), mounts: Vec::new() }
     }
 }
 
@@ -115,7 +117,11 @@ pub struct Spawned {
 pub fn spawn_workload(launch: &Launch) -> Result<Spawned, WorkloadError> {
     let spec = &launch.spec;
     let request = Request {
-        target: Target::Workload { rootfs: launch.rootfs.clone(), hostname: spec.hostname.clone() },
+        target: Target::Workload {
+            rootfs: launch.rootfs.clone(),
+            hostname: spec.hostname.clone(),
+            mounts: launch.mounts.clone(),
+        },
         process: process_config(
             &spec.argv,
             &spec.env,

@@ -280,6 +280,10 @@ pub struct WorkloadSpec {
     /// keeps its terminal).
     #[prost(bool, tag = "16")]
     pub stdin_once: bool,
+    /// Volumes bound into the workload's root, in order. The daemon reads and bounds snapshot content here
+    /// (the node's files) and copies it into the zone; see Mount.
+    #[prost(message, repeated, tag = "17")]
+    pub mounts: ::prost::alloc::vec::Vec<Mount>,
 }
 /// What a workload's process may do inside its zone; the zone applies it as given. The zone is the boundary to
 /// the node: nothing here grants access to the node, privileged included.
@@ -823,6 +827,22 @@ pub struct GetHostInfoResponse {
     #[prost(uint32, tag = "10")]
     pub cpus: u32,
 }
+/// One volume of a workload. A zone shares no filesystem with the node: a snapshot is copied into the zone
+/// when the workload is created (later changes on the node do not reach it), an emptyDir is a directory in
+/// the zone. Every workload of the zone naming the same host_path shares one copy.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Mount {
+    /// An absolute path on the node: a file, or a directory read without following symlinks out of it.
+    #[prost(string, tag = "1")]
+    pub host_path: ::prost::alloc::string::String,
+    /// An absolute path in the workload's root.
+    #[prost(string, tag = "2")]
+    pub container_path: ::prost::alloc::string::String,
+    #[prost(bool, tag = "3")]
+    pub readonly: bool,
+    #[prost(enumeration = "MountKind", tag = "4")]
+    pub kind: i32,
+}
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
 pub enum VirtMode {
@@ -1002,6 +1022,37 @@ impl OutputFd {
             "OUTPUT_FD_UNSPECIFIED" => Some(Self::Unspecified),
             "OUTPUT_FD_STDOUT" => Some(Self::Stdout),
             "OUTPUT_FD_STDERR" => Some(Self::Stderr),
+            _ => None,
+        }
+    }
+}
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum MountKind {
+    Unspecified = 0,
+    /// Copy host_path's content (bounded: see the daemon's volume limits) into the zone.
+    Snapshot = 1,
+    /// An empty directory in the zone, created once per zone for host_path; nothing is copied.
+    EmptyDir = 2,
+}
+impl MountKind {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "MOUNT_KIND_UNSPECIFIED",
+            Self::Snapshot => "MOUNT_KIND_SNAPSHOT",
+            Self::EmptyDir => "MOUNT_KIND_EMPTY_DIR",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "MOUNT_KIND_UNSPECIFIED" => Some(Self::Unspecified),
+            "MOUNT_KIND_SNAPSHOT" => Some(Self::Snapshot),
+            "MOUNT_KIND_EMPTY_DIR" => Some(Self::EmptyDir),
             _ => None,
         }
     }

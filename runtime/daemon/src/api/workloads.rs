@@ -16,6 +16,7 @@ use super::message_chain;
 use crate::hypervisor::Hypervisor;
 use crate::workloads::logs::LogEntry;
 use crate::workloads::spec::{self, WorkloadRequest};
+use crate::workloads::volumes;
 use crate::workloads::{
     ExecRequest, StdinMode, WorkloadError, WorkloadEvent, WorkloadManager, WorkloadMeta, WorkloadRecord, WorkloadState,
 };
@@ -46,7 +47,7 @@ impl From<WorkloadError> for Status {
             WorkloadError::AlreadyExists { .. } => Status::already_exists(msg),
             WorkloadError::Zone(z) => Status::from(z),
             WorkloadError::Image(i) => super::images::image_status(i),
-            WorkloadError::Spec(_) => Status::invalid_argument(msg),
+            WorkloadError::Spec(_) | WorkloadError::Volume(_) => Status::invalid_argument(msg),
             WorkloadError::ZoneNotReady { .. }
             | WorkloadError::ZoneFailed { .. }
             | WorkloadError::WrongState { .. }
@@ -209,6 +210,21 @@ pub fn status_to_pb(r: &WorkloadRecord, log_path: &Path) -> pb::WorkloadStatus {
             client_state: r.client_state.clone(),
             log_path: r.log_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
             security: s.security.as_deref().map(security_to_pb),
+            // The zone's side of each mount; the node's paths are not kept in the record.
+            mounts: s
+                .mounts
+                .iter()
+                .map(|m| pb::Mount {
+                    host_path: String::new(),
+                    container_path: m.destination.clone(),
+                    readonly: m.readonly,
+                    kind: match m.source {
+                        bulkhead_wire::MountSource::Snapshot { .. } => pb::MountKind::Snapshot,
+                        bulkhead_wire::MountSource::EmptyDir { .. } => pb::MountKind::EmptyDir,
+                    }
+                    .into(),
+                })
+                .collect(),
         }),
         state: state_to_pb(r.state).into(),
         pid: r.pid,
@@ -273,6 +289,26 @@ impl Drop for SessionGuard {
     }
 }
 
+/// A mount as the API gives it.
+fn mount_from_pb(m: pb::Mount) -> Result<volumes::MountRequest, Status> {
+    let kind = match pb::MountKind::try_from(m.kind) {
+        Ok(pb::MountKind::Snapshot) => volumes::MountKind::Snapshot,
+        Ok(pb::MountKind::EmptyDir) => volumes::MountKind::EmptyDir,
+        _ => {
+            return Err(Status::invalid_argument(format!(
+                "mount of {:?}: kind must be MOUNT_KIND_SNAPSHOT or MOUNT_KIND_EMPTY_DIR",
+                m.host_path
+            )));
+        }
+    };
+    Ok(volumes::MountRequest {
+        host_path: PathBuf::from(m.host_path),
+        container_path: m.container_path,
+        readonly: m.readonly,
+        kind,
+    })
+}
+
 /// The API's zero-means-unlimited limits, checked.
 fn limits_from_pb(l: Option<pb::ResourceLimits>) -> Result<bulkhead_wire::ResourceLimits, Status> {
     let l = l.unwrap_or_default();
@@ -302,6 +338,7 @@ impl<H: Hypervisor> pb::workload_service_server::WorkloadService for WorkloadApi
             limits,
             readonly_rootfs: s.readonly_rootfs,
             security: security_from_pb(s.security)?,
+            mounts: s.mounts.into_iter().map(mount_from_pb).collect::<Result<_, _>>()?,
         };
         let meta = WorkloadMeta {
             labels: s.labels.into_iter().collect(),

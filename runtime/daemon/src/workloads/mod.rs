@@ -9,6 +9,7 @@
 
 pub mod logs;
 pub mod spec;
+pub mod volumes;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -202,6 +203,9 @@ pub enum WorkloadError {
     /// State could not be persisted.
     #[error("workload state on disk")]
     Store(#[source] StoreError),
+    /// A volume cannot be copied into the zone.
+    #[error(transparent)]
+    Volume(#[from] volumes::VolumeError),
     /// The log file.
     #[error("workload log {path}")]
     Log {
@@ -594,6 +598,19 @@ impl<H: Hypervisor> WorkloadManager<H> {
         let (z, domid) = self.live_zone(zone).await?;
         let zone_name = z.spec.name.to_string();
         let img = self.images.get(image)?;
+        // Read before anything is created: a volume over its bounds refuses the workload early.
+        let started = std::time::Instant::now();
+        let mount_requests = req.mounts.clone();
+        let prepared = tokio::task::spawn_blocking(move || volumes::prepare(&mount_requests))
+            .await
+            .map_err(|_| WorkloadError::UnexpectedAnswer("a panic while reading volumes"))??;
+        if !prepared.mounts.is_empty() {
+            tracing::info!(
+                zone = %zone_name, name, mounts = prepared.mounts.len(), bytes = prepared.bytes,
+                messages = prepared.messages.len(), elapsed_ms = started.elapsed().as_millis() as u64,
+                "volumes read"
+            );
+        }
         let name_taken = |state: &State| state.records.values().any(|r| r.zone_id == z.id && r.name == name);
         if name_taken(&*self.state.lock().await) {
             return Err(WorkloadError::AlreadyExists { zone: zone_name, name: name.to_owned() });
@@ -604,7 +621,8 @@ impl<H: Hypervisor> WorkloadManager<H> {
             return Err(WorkloadError::AlreadyExists { zone: zone_name, name: name.to_owned() });
         }
         let device = self.image_device(&mut state, &z, domid, &img).await?;
-        let wire_spec = spec::build(&req, &img.config, &device)?;
+        let mut wire_spec = spec::build(&req, &img.config, &device)?;
+        wire_spec.mounts = prepared.mounts;
         let stream = self.stream_id();
         let rec = WorkloadRecord {
             id: uuid::Uuid::new_v4().to_string(),
@@ -634,7 +652,20 @@ impl<H: Hypervisor> WorkloadManager<H> {
         state.runtimes.insert(rec.id.clone(), rt.clone());
         drop(state);
 
-        match call(&rt, &link, HostToZone::CreateWorkload { id: stream, spec: wire_spec }).await {
+        // The volumes' data goes first, in order on the same channel; the zone reports a failure with it as
+        // the answer to the CreateWorkload.
+        let mut sent = Ok(());
+        for msg in prepared.messages {
+            sent = link.send(msg).await;
+            if sent.is_err() {
+                break;
+            }
+        }
+        let answer = match sent {
+            Ok(()) => call(&rt, &link, HostToZone::CreateWorkload { id: stream, spec: wire_spec }).await,
+            Err(e) => Err(e.into()),
+        };
+        match answer {
             Ok(ZoneToHost::WorkloadCreated { .. }) => {
                 tracing::info!(zone = %zone_name, workload = %rec.id, name, image, "workload created");
                 self.emit(&rec, false);

@@ -30,6 +30,8 @@ pub struct WorkloadRequest {
     pub readonly_rootfs: bool,
     /// Security settings, passed to the zone as given; `None` = the zone's defaults (all capabilities).
     pub security: Option<Security>,
+    /// Volumes, in order (see [`super::volumes`]).
+    pub mounts: Vec<super::volumes::MountRequest>,
 }
 
 /// Why a workload spec cannot be built.
@@ -103,6 +105,8 @@ pub fn build(req: &WorkloadRequest, image: &ImageConfig, root_device: &str) -> R
         hostname: None,
         root_device: root_device.to_owned(),
         security: req.security.clone().map(Box::new),
+        // Filled in by the caller once the volumes are read (see [`super::volumes::prepare`]).
+        mounts: Vec::new(),
     })
 }
 
