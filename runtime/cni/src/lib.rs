@@ -22,6 +22,7 @@ mod error;
 mod exec;
 pub mod netns;
 mod result;
+pub mod testing;
 pub mod zone_link;
 
 pub use config::{CniConfig, DEFAULT_BIN_DIRS, DEFAULT_CONF_DIR, Network, Plugin};

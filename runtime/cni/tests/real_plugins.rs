@@ -9,31 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use bulkhead_cni::{CniConfig, DEFAULT_BIN_DIRS, Error, Network, RuntimeConf, netns};
+use bulkhead_cni::{CniConfig, Error, Network, RuntimeConf, netns};
 
 type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
-
-const PLUGINS: &[&str] = &["bridge", "host-local", "loopback"];
-
-/// True when the test can run; a note (or, under CI, a panic) when it cannot.
-fn ready() -> bool {
-    let missing: Vec<_> =
-        PLUGINS.iter().filter(|p| !DEFAULT_BIN_DIRS.iter().any(|d| Path::new(d).join(p).is_file())).collect();
-    let why = if !nix::unistd::geteuid().is_root() {
-        "needs root (network namespaces, bridges)".to_owned()
-    } else if !missing.is_empty() {
-        format!(
-            "CNI plugins {missing:?} are not installed (apt-get install containernetworking-plugins, or ci/deps build)"
-        )
-    } else {
-        return true;
-    };
-    if std::env::var_os("CI").is_some() {
-        panic!("this test cannot run and CI is set: {why}");
-    }
-    eprintln!("skipping: {why}");
-    false
-}
 
 /// A bridge network on its own bridge and subnet, with host-local keeping its leases in a temp dir; the
 /// namespaces it made and the bridge are removed on drop, also when the test fails.
@@ -142,7 +120,7 @@ fn host_reaches(netns_path: &Path, ip: IpAddr) -> TestResult {
 
 #[tokio::test]
 async fn bridge_add_gives_a_reachable_ip_and_del_cleans_up() -> TestResult {
-    if !ready() {
+    if !bulkhead_cni::testing::real_plugins_or_skip() {
         return Ok(());
     }
     let mut fx = Fixture::new("a", &bridge_list("10.231.7.0/24"))?;
@@ -195,7 +173,7 @@ async fn bridge_add_gives_a_reachable_ip_and_del_cleans_up() -> TestResult {
 
 #[tokio::test]
 async fn a_broken_config_names_the_plugin_and_its_message() -> TestResult {
-    if !ready() {
+    if !bulkhead_cni::testing::real_plugins_or_skip() {
         return Ok(());
     }
     let mut fx = Fixture::new("b", &bridge_list("10.231.300.0/24"))?;
@@ -218,7 +196,7 @@ async fn a_broken_config_names_the_plugin_and_its_message() -> TestResult {
 
 #[test]
 fn netns_create_and_delete() -> TestResult {
-    if !ready() {
+    if !bulkhead_cni::testing::real_plugins_or_skip() {
         return Ok(());
     }
     let name = format!("bhcni-{}-ns", std::process::id());
