@@ -1,30 +1,17 @@
 //! Disk hot-plug against a live Xen (run inside the test bed's dom0 with
 //! `--ignored`).
 
-use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use super::*;
 use crate::domain::live_tests::{
-    LoopDevice, ZONE_KERNEL, console_log, create_timed, destroy_and_check_gone, report, with_cleanup,
+    LoopDevice, ZONE_KERNEL, console_log, create_timed, destroy_and_check_gone, report, wait_until, with_cleanup,
 };
 use crate::domain::{DomainKind, DomainSpec};
 use crate::xenstore::Xenstore;
 
 fn read(xs: &Xenstore, path: &str) -> anyhow::Result<Option<String>> {
     Ok(xs.try_read(path)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
-}
-
-/// Poll `pred` every 50 ms for up to `timeout`; returns how long it took.
-fn wait_until(timeout: Duration, mut pred: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<Option<Duration>> {
-    let t = Instant::now();
-    while t.elapsed() < timeout {
-        if pred()? {
-            return Ok(Some(t.elapsed()));
-        }
-        sleep(Duration::from_millis(50));
-    }
-    Ok(None)
 }
 
 #[test]

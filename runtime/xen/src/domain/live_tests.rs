@@ -56,6 +56,20 @@ pub(crate) fn with_cleanup(
         Err(panic) => resume_unwind(panic),
     }
 }
+/// Poll `pred` every 50 ms for up to `timeout`; returns how long it took.
+pub(crate) fn wait_until(
+    timeout: std::time::Duration,
+    mut pred: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<Option<std::time::Duration>> {
+    let t = std::time::Instant::now();
+    while t.elapsed() < timeout {
+        if pred()? {
+            return Ok(Some(t.elapsed()));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(None)
+}
 
 pub(crate) fn console_log(name: &str) -> String {
     std::fs::read_to_string(format!("/var/log/xen/console/guest-{name}.log")).unwrap_or_default()

@@ -4,37 +4,17 @@
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
-use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::domain::live_tests::{ZONE_KERNEL, console_log, create_timed, destroy_and_check_gone, report, with_cleanup};
+use crate::domain::live_tests::{
+    ZONE_KERNEL, console_log, create_timed, destroy_and_check_gone, report, wait_until, with_cleanup,
+};
 use crate::domain::{DomainKind, DomainSpec};
 use crate::xenstore::Xenstore;
 
-/// What a vif hotplug script must do (image/tree/usr/lib/bulkhead/vif-pod does it too): netback names its
-/// interface vif<domid>.<devid> and the script renames it to libxl's `vifname`, then reports it connected,
-/// which netback waits for.
-const SCRIPT: &str = "#!/bin/sh\n\
-set -e\n\
-case \"$1\" in\n\
-  online|add)\n\
-    name=$(xenstore-read \"$XENBUS_PATH/vifname\" 2>/dev/null || true)\n\
-    if [ -n \"$name\" ] && [ \"$name\" != \"$vif\" ]; then ip link set dev \"$vif\" name \"$name\"; fi\n\
-    exec xenstore-write \"$XENBUS_PATH/hotplug-status\" connected ;;\n\
-  *) exit 0 ;;\n\
-esac\n";
-
-fn wait_until(timeout: Duration, mut pred: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<Option<Duration>> {
-    let t = Instant::now();
-    while t.elapsed() < timeout {
-        if pred()? {
-            return Ok(Some(t.elapsed()));
-        }
-        sleep(Duration::from_millis(50));
-    }
-    Ok(None)
-}
+/// The node image's vif hotplug script, as libxl runs it for a zone's pod NIC.
+const SCRIPT: &str = include_str!("../../../../image/tree/usr/lib/bulkhead/vif-pod");
 
 #[test]
 #[ignore = "needs xen"]
