@@ -17,9 +17,10 @@
 //! An import: open the input (a tar is first unpacked into `tmp/` with the same safe unpacker as layers,
 //! see [`unpack`]), read and verify its metadata ([`oci`], [`docker`]), then, unless the image is here
 //! already, apply each layer to a staging tree while hashing the blob (against the manifest's digest and
-//! size) and the uncompressed tar (against the config's diff id), run `mkfs.erofs` into `tmp/`, fsync,
-//! rename to `<hex>.erofs`, fsync the directory, and write the record. A crash leaves at worst a work
-//! directory (removed at the next start) or an image file without a record (removed at the next start).
+//! size) and the uncompressed tar (against the config's diff id), read the tree's users and groups
+//! (see [`accounts`]), run `mkfs.erofs` into `tmp/`, fsync, rename to `<hex>.erofs`, fsync the directory,
+//! and write the record. A crash leaves at worst a work directory (removed at the next start) or an image
+//! file without a record (removed at the next start).
 //!
 //! A pull ([`ImageStore::pull`], see [`pull`]) downloads the manifest, config and layers into `blobs/`
 //! (verified while streaming), then builds from there exactly as an import builds from a layout.
@@ -27,6 +28,7 @@
 //! References are unique: tagging an image with a reference another image has moves it. All blocking
 //! work runs on `spawn_blocking`; [`ImageStore::get`] and [`ImageStore::list`] only read memory.
 
+pub mod accounts;
 pub mod docker;
 pub mod erofs;
 pub mod layout;
@@ -50,6 +52,7 @@ use tokio::io::AsyncWriteExt as _;
 
 use serde::{Deserialize, Serialize};
 
+use accounts::Accounts;
 use bulkhead_store::{Nanos, RecordStore, StoreError, now};
 use layout::{Compression, DigestReader, ImagePlan, InputDir, LayerPlan, LayoutError, MAX_JSON_BYTES, Sha256Hex};
 use pull::{Credentials, PullError, PullProgress, Registries, RetryPolicy, Session};
@@ -111,19 +114,26 @@ pub struct ImageRecord {
     /// image; none for an import). [`ImageStore::prune`] keeps these.
     #[serde(default)]
     pub blobs: Vec<String>,
+    /// The users and groups of its tree (`/etc/passwd`, `/etc/group`), to resolve user names against:
+    /// read when the tree is built, since the root image is not mounted on the node afterwards. Records
+    /// written before they were kept have none (such an image resolves numeric users only; importing or
+    /// pulling it again after removing it fills them).
+    #[serde(default)]
+    pub accounts: Accounts,
 }
 
 impl ImageRecord {
     /// The record of an image just built from `plan`, before references are added.
-    fn built(plan: &ImagePlan, size_bytes: u64, format: ImageFormat, blobs: Vec<String>) -> Self {
+    fn built(plan: &ImagePlan, tree: Tree, format: ImageFormat, blobs: Vec<String>) -> Self {
         ImageRecord {
             id: plan.id.digest(),
             references: Vec::new(),
-            size_bytes,
+            size_bytes: tree.size_bytes,
             created_at: now(),
             config: plan.config.clone(),
             format,
             blobs,
+            accounts: tree.accounts,
         }
     }
 
@@ -131,6 +141,14 @@ impl ImageRecord {
     pub fn hex(&self) -> &str {
         self.id.strip_prefix("sha256:").unwrap_or(&self.id)
     }
+}
+
+/// What [`Inner::build`] learnt of an image's tree before packing it.
+struct Tree {
+    /// Bytes of file content.
+    size_bytes: u64,
+    /// Its users and groups.
+    accounts: Accounts,
 }
 
 /// Settings of the store.
@@ -426,10 +444,10 @@ impl ImageStore {
                 Ok(true) => Ok(()),
                 Ok(false) | Err(_) => Err(ImageError::Task("stopped: a layer download failed".into())),
             };
-            let size_bytes = inner.build(&label, &input, &plan, work.path(), &mut wait_for_layer)?;
-            let rec = ImageRecord::built(&plan, size_bytes, ImageFormat::Registry, blobs);
+            let tree = inner.build(&label, &input, &plan, work.path(), &mut wait_for_layer)?;
+            let rec = ImageRecord::built(&plan, tree, ImageFormat::Registry, blobs);
             let rec = inner.commit(Some(rec), &hex, references)?;
-            tracing::info!(image = %rec.id, references = ?rec.references, size_bytes, "pulled an image");
+            tracing::info!(image = %rec.id, references = ?rec.references, size_bytes = rec.size_bytes, "pulled an image");
             Ok(rec)
         });
         let (name_ref, session_ref) = (&name, &session);
@@ -862,10 +880,10 @@ impl Inner {
             tracing::info!(image = %plan.id.digest(), "image already present; adding its references");
             return self.commit(None, &hex, references);
         }
-        let size_bytes = self.build(path, &input, &plan, work.path(), &mut |_| Ok(()))?;
-        let rec = ImageRecord::built(&plan, size_bytes, format, Vec::new());
+        let tree = self.build(path, &input, &plan, work.path(), &mut |_| Ok(()))?;
+        let rec = ImageRecord::built(&plan, tree, format, Vec::new());
         let rec = self.commit(Some(rec), &hex, references)?;
-        tracing::info!(image = %rec.id, references = ?rec.references, size_bytes, "imported an image");
+        tracing::info!(image = %rec.id, references = ?rec.references, size_bytes = rec.size_bytes, "imported an image");
         Ok(rec)
         // `work` (the unpacked archive and the staging tree) is removed here.
     }
@@ -886,7 +904,7 @@ impl Inner {
     }
 
     /// Applies the layers to a staging tree in `work`, builds the root image and moves it in place.
-    /// Returns the bytes of file content in the finished tree.
+    /// Returns the bytes of file content in the finished tree and its users and groups.
     /// `wait_for_layer(i)` returns once layer `i` (0-based) can be read, or fails to stop the build.
     fn build(
         &self,
@@ -895,7 +913,7 @@ impl Inner {
         plan: &ImagePlan,
         work: &Path,
         wait_for_layer: &mut dyn FnMut(usize) -> Result<(), ImageError>,
-    ) -> Result<u64, ImageError> {
+    ) -> Result<Tree, ImageError> {
         let staging = work.join("rootfs");
         fs::DirBuilder::new().mode(0o755).create(&staging).map_err(io_err("creating", &staging))?;
         // The root inode's mode comes from here; the umask must not narrow it.
@@ -917,6 +935,8 @@ impl Inner {
             source,
         })?;
         let size = tree_size(&staging).map_err(io_err("measuring", &staging))?;
+        // Read now: once packed, the tree is only an erofs image that the node never mounts.
+        let accounts = Accounts::read(&staging).map_err(io_err("reading the users and groups in", &staging))?;
         if stats.skipped_devices > 0 {
             tracing::info!(image = %plan.id.digest(), count = stats.skipped_devices, "left device nodes out of the image");
         }
@@ -929,7 +949,7 @@ impl Inner {
             .map_err(io_err("setting the mode of", &built))?;
         fs::rename(&built, &dest).map_err(io_err("moving the root image to", &dest))?;
         sync_dir(&self.cfg.dir).map_err(io_err("syncing", &self.cfg.dir))?;
-        Ok(size)
+        Ok(Tree { size_bytes: size, accounts })
     }
 
     /// Applies one layer while verifying its blob (digest and size) and its uncompressed tar (diff id).
@@ -1091,15 +1111,17 @@ mod tests {
             config: ImageConfig::default(),
             format: ImageFormat::Oci,
             blobs: Vec::new(),
+            accounts: Accounts::default(),
         }
     }
 
     #[test]
     fn records_written_before_blobs_were_tracked_still_load() -> Result<(), serde_json::Error> {
         let mut v = serde_json::to_value(rec(&"a".repeat(64), &["docker.io/library/busybox:latest"]))?;
-        v.as_object_mut().map(|o| o.remove("blobs"));
+        v.as_object_mut().map(|o| (o.remove("blobs"), o.remove("accounts")));
         let old: ImageRecord = serde_json::from_value(v)?;
         assert!(old.blobs.is_empty());
+        assert_eq!(old.accounts, Accounts::default(), "and before accounts were");
         Ok(())
     }
 

@@ -116,7 +116,6 @@ fn write_blob(dir: &Path, bytes: &[u8]) -> io::Result<(String, PathBuf)> {
 /// Both layers use `compression`.
 pub fn write_busybox_layout(dir: &Path, busybox: &Path, compression: Compression) -> io::Result<Fixture> {
     let bb = fs::read(busybox)?;
-    fs::create_dir_all(dir.join("blobs/sha256"))?;
     let lower = tar_of(&[
         Item::Dir("bin", 0o755),
         Item::File("bin/busybox", 0o755, 0, 0, &bb),
@@ -137,31 +136,46 @@ pub fn write_busybox_layout(dir: &Path, busybox: &Path, compression: Compression
         Item::File("usr/share/doomed/.wh..wh..opq", 0o644, 0, 0, b""),
         Item::File("usr/share/doomed/new", 0o644, 0, 0, b"new\n"),
     ])?;
+    let config = serde_json::json!({
+        "Env": ["PATH=/bin", "GREETING=hello=world"],
+        "Entrypoint": ["/bin/sh", "-c"],
+        "Cmd": ["echo ok"],
+        "WorkingDir": "/tmp",
+        "User": "1000:1000",
+        "StopSignal": "SIGQUIT",
+        "ExposedPorts": { "8080/tcp": {}, "53/udp": {} },
+        "Labels": { "org.example.test": "yes" }
+    });
+    write_image(dir, &[lower, upper], config, compression)
+}
+
+/// Writes an OCI image layout into `dir` (created), tagged "test", of one layer per tar in `tars` (bottom
+/// first, each compressed with `compression`) and the image config's `config` section.
+fn write_image(
+    dir: &Path,
+    tars: &[Vec<u8>],
+    config: serde_json::Value,
+    compression: Compression,
+) -> io::Result<Fixture> {
+    fs::create_dir_all(dir.join("blobs/sha256"))?;
     let mut layers = Vec::new();
     let mut layer_blobs = Vec::new();
     let mut diff_ids = Vec::new();
-    for tar in [&lower, &upper] {
+    for tar in tars {
         let (blob, media_type) = compress(tar, compression)?;
         let (digest, path) = write_blob(dir, &blob)?;
         layers.push(serde_json::json!({ "mediaType": media_type, "digest": digest, "size": blob.len() }));
         layer_blobs.push(path);
         diff_ids.push(sha(tar));
     }
+    let history: Vec<serde_json::Value> =
+        tars.iter().map(|_| serde_json::json!({ "created_by": "bulkhead test fixture" })).collect();
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": super::layout::host_arch(),
         "os": "linux",
-        "config": {
-            "Env": ["PATH=/bin", "GREETING=hello=world"],
-            "Entrypoint": ["/bin/sh", "-c"],
-            "Cmd": ["echo ok"],
-            "WorkingDir": "/tmp",
-            "User": "1000:1000",
-            "StopSignal": "SIGQUIT",
-            "ExposedPorts": { "8080/tcp": {}, "53/udp": {} },
-            "Labels": { "org.example.test": "yes" }
-        },
+        "config": config,
         "rootfs": { "type": "layers", "diff_ids": diff_ids },
-        "history": [{ "created_by": "bulkhead test fixture" }, { "created_by": "bulkhead test fixture" }]
+        "history": history
     }))?;
     let (config_digest, _) = write_blob(dir, &config)?;
     let manifest = serde_json::to_vec(&serde_json::json!({
@@ -184,6 +198,30 @@ pub fn write_busybox_layout(dir: &Path, busybox: &Path, compression: Compression
     fs::write(dir.join("index.json"), index)?;
     fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     Ok(Fixture { manifest_digest, config_digest, layer_blobs })
+}
+
+/// What an image's `/etc/passwd` is (see [`write_accounts_layout`]).
+#[derive(Debug, Clone, Copy)]
+pub enum EtcFile<'a> {
+    /// A file with this content.
+    Content(&'a str),
+    /// A symlink to this target.
+    Symlink(&'a str),
+}
+
+/// Writes an OCI image layout into `dir` (created), tagged "test", whose tree has users and groups and whose
+/// config says `USER <user>`, with no program to run (for the image store's tests; nothing boots it):
+/// - layer 1: `/etc/passwd` = `passwd`, `/etc/group` with only root;
+/// - layer 2: `/etc/group` = `group`, so the accounts must be read from the finished tree, not a layer.
+pub fn write_accounts_layout(dir: &Path, passwd: EtcFile<'_>, group: &str, user: &str) -> io::Result<Fixture> {
+    let passwd = match passwd {
+        EtcFile::Content(c) => Item::File("etc/passwd", 0o644, 0, 0, c.as_bytes()),
+        EtcFile::Symlink(target) => Item::Symlink("etc/passwd", target),
+    };
+    let lower = tar_of(&[Item::Dir("etc", 0o755), passwd, Item::File("etc/group", 0o644, 0, 0, b"root:x:0:\n")])?;
+    let upper = tar_of(&[Item::File("etc/group", 0o644, 0, 0, group.as_bytes())])?;
+    let config = serde_json::json!({ "Cmd": ["/bin/true"], "User": user });
+    write_image(dir, &[lower, upper], config, Compression::Gzip)
 }
 
 /// Writes `dir` as a tar file `out` (what `tar -C dir -cf out .` would), deterministically: fixed mtimes,
