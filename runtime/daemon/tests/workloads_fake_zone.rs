@@ -7,13 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bulkhead_oci::layout::Compression;
-use bulkhead_oci::testing::write_busybox_layout;
+use bulkhead_oci::testing::{EtcFile, write_accounts_layout, write_busybox_layout};
 use bulkhead_oci::{ImageStore, ImageStoreConfig};
 use bulkhead_store::RecordStore;
 use bulkhead_wire::{ExitStatus, HostToZone, OutputFd, StreamId, WorkloadPhase, ZoneCodec, ZoneToHost};
 use bulkheadd::hypervisor::fake::{FakeHypervisor, scripted_zone};
 use bulkheadd::manager::{ManagerConfig, ZoneManager};
-use bulkheadd::workloads::{ExecRequest, WorkloadManager, WorkloadMeta, WorkloadRequest, WorkloadState};
+use bulkheadd::workloads::{
+    ExecRequest, SpecError, UserRequest, WorkloadError, WorkloadManager, WorkloadMeta, WorkloadRequest, WorkloadState,
+};
 use bulkheadd::zone::{HostVirtCaps, VirtMode, ZoneName, ZoneSpec, ZoneState};
 use futures_util::{SinkExt, StreamExt};
 use tokio_util::codec::Framed;
@@ -55,6 +57,12 @@ async fn node_with_booting_zone(zone: &str) -> Result<Node, Box<dyn std::error::
     std::fs::create_dir_all(&layout)?;
     write_busybox_layout(&layout, std::path::Path::new("/bin/busybox"), Compression::Gzip)?;
     images.import(&layout, Some("busybox:test")).await?;
+    // An image whose USER is a name, resolved in its /etc/passwd and /etc/group.
+    let nginx = dir.path().join("nginx-layout");
+    let passwd = "root:x:0:0::/root:/bin/sh\nnginx:x:101:101::/:/bin/false\napp:x:1000:1000::/app:/bin/sh\n";
+    let group = "root:x:0:\nnginx:x:101:\nwww-data:x:33:nginx,app\n";
+    write_accounts_layout(&nginx, EtcFile::Content(passwd), group, "nginx")?;
+    images.import(&nginx, Some("nginx:test")).await?;
     let workloads = WorkloadManager::open(zones.clone(), images, dir.path())?;
 
     zones.create(zone_spec(zone)?).await?;
@@ -222,6 +230,50 @@ async fn a_workload_for_a_booting_zone_is_created_once_the_zone_is_ready() -> Te
     zone.send(ZoneToHost::InitFailed { stage: bulkhead_wire::InitStage::Rootfs, reason: "no root".into() }).await?;
     let err = tokio::time::timeout(Duration::from_secs(10), create).await??.err().ok_or("created in a failed zone")?;
     assert!(err.to_string().contains("no root"), "{err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn user_names_resolve_in_the_workloads_image() -> TestResult {
+    if !privileged() {
+        return Ok(());
+    }
+    let node = node_with_ready_zone("named").await?;
+    let create = |name: &'static str, user: UserRequest| {
+        let workloads = node.workloads.clone();
+        let req = WorkloadRequest { user, ..command(&["x", "run"]) };
+        async move { workloads.create("named", name, "nginx:test", req, WorkloadMeta::default()).await }
+    };
+    let ids = |u: &bulkhead_wire::User| (u.uid, u.gid, u.additional_gids.clone());
+    // The image's USER nginx: its passwd entry and the groups that list it.
+    let w = create("main", UserRequest::default()).await?;
+    assert_eq!(ids(&w.spec.user), (101, 101, vec![33]));
+    // A group alone keeps the image's user; a name from the request is looked up too.
+    let group = UserRequest { group: Some("www-data".into()), ..UserRequest::default() };
+    assert_eq!(ids(&create("grouped", group).await?.spec.user), (101, 33, vec![]));
+    let app = UserRequest { user: Some("app".into()), additional_gids: vec![5], ..UserRequest::default() };
+    assert_eq!(ids(&create("app", app).await?.spec.user), (1000, 1000, vec![33, 5]));
+    // A name the image lacks is refused before anything is created, saying what to do.
+    let www = UserRequest { user: Some("www".into()), ..UserRequest::default() };
+    let err = create("www", www).await.err().ok_or("an unknown user was accepted")?;
+    assert!(matches!(err, WorkloadError::Spec(SpecError::User(_))), "{err:?}");
+    assert!(err.to_string().contains("give a numeric uid or add the user to the image"), "{err}");
+
+    // An exec's user resolves in the workload's image too.
+    node.workloads.start(&w.id).await?;
+    let exec = |user: &str| ExecRequest {
+        argv: vec!["id".into()],
+        user: Some(UserRequest { user: Some(user.into()), ..UserRequest::default() }),
+        ..Default::default()
+    };
+    let err = node.workloads.exec(&w.id, exec("www")).await.err().ok_or("an unknown exec user was accepted")?;
+    assert!(matches!(err, WorkloadError::Spec(SpecError::User(_))), "{err:?}");
+    let mut session = node.workloads.exec(&w.id, exec("app")).await?;
+    while let Some(m) = session.messages.recv().await {
+        if matches!(m, ZoneToHost::Exited { .. }) {
+            break;
+        }
+    }
     Ok(())
 }
 

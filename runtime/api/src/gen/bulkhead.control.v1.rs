@@ -204,10 +204,20 @@ pub struct EnvVar {
     #[prost(string, tag = "2")]
     pub value: ::prost::alloc::string::String,
 }
+/// Who a process runs as, resolved by the daemon against the image's /etc/passwd and /etc/group (read when
+/// the image was pulled or imported) with runc's rules; the zone is given numeric ids only.
+///
+/// * The user is `uid` or `name` (not both: INVALID_ARGUMENT). The user's entry gives its primary gid (a uid
+///   without an entry gets gid 0); an unknown name is INVALID_ARGUMENT.
+/// * `gid`, when set, replaces the primary gid, and then the user's groups from /etc/group are not added;
+///   without it, the groups that list the user are its supplementary groups.
+/// * Neither uid nor name = the image's USER; with `gid` set, the user part of the image's USER with that gid.
+/// * `additional_gids` are added to the supplementary groups.
+///
+/// An empty message (or none) is the image's USER for a workload, and the workload's user for an exec. In a
+/// workload's status, uid and gid are set to the resolved ids and `name` is empty.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct User {
-    /// Set together: numeric ids. Otherwise `name` is resolved in the image's /etc/passwd and /etc/group;
-    /// both empty = the image's configured user.
     #[prost(uint32, optional, tag = "1")]
     pub uid: ::core::option::Option<u32>,
     #[prost(uint32, optional, tag = "2")]

@@ -6,8 +6,7 @@ use std::sync::Arc;
 
 use bulkhead_api::control::v1 as pb;
 use bulkhead_wire::{
-    Capabilities, EnvVar, ErrorCode, ExitStatus, HostToZone, OutputFd, SeccompProgram, Security, StreamId, User,
-    ZoneToHost,
+    Capabilities, EnvVar, ErrorCode, ExitStatus, HostToZone, OutputFd, SeccompProgram, Security, StreamId, ZoneToHost,
 };
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
@@ -15,7 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::message_chain;
 use crate::hypervisor::Hypervisor;
 use crate::workloads::logs::LogEntry;
-use crate::workloads::spec::{self, WorkloadRequest};
+use crate::workloads::spec::{self, UserRequest, WorkloadRequest};
 use crate::workloads::volumes;
 use crate::workloads::{
     ExecRequest, StdinMode, WorkloadError, WorkloadEvent, WorkloadManager, WorkloadMeta, WorkloadRecord, WorkloadState,
@@ -71,13 +70,22 @@ impl From<WorkloadError> for Status {
     }
 }
 
-fn user_from_pb(u: Option<pb::User>) -> Result<Option<User>, Status> {
+/// The API's user: `uid` or `name` (not both), `gid` the group; `None` when the message is absent or
+/// empty (the image's user for a workload, the workload's for an exec). Resolved later, in the image.
+fn user_from_pb(u: Option<pb::User>) -> Result<Option<UserRequest>, Status> {
     let Some(u) = u else { return Ok(None) };
-    match (u.uid, u.gid, u.name.is_empty()) {
-        (None, None, true) => Ok(None),
-        (Some(uid), gid, true) => Ok(Some(User { uid, gid: gid.unwrap_or(uid), additional_gids: u.additional_gids })),
-        _ => Err(Status::invalid_argument("user names are not resolved yet: give a numeric uid (and gid)".to_owned())),
-    }
+    let user = match (u.uid, u.name) {
+        (Some(_), name) if !name.is_empty() => {
+            return Err(Status::invalid_argument(format!(
+                "user: give uid {} or name {name:?}, not both",
+                u.uid.unwrap_or_default()
+            )));
+        }
+        (Some(uid), _) => Some(uid.to_string()),
+        (None, name) => (!name.is_empty()).then_some(name),
+    };
+    let req = UserRequest { user, group: u.gid.map(|g| g.to_string()), additional_gids: u.additional_gids };
+    Ok((req != UserRequest::default()).then_some(req))
 }
 
 fn client_state(s: String) -> Result<String, Status> {
@@ -333,7 +341,7 @@ impl<H: Hypervisor> pb::workload_service_server::WorkloadService for WorkloadApi
             args: s.args,
             env: env_from_pb(s.env),
             working_dir: s.working_dir,
-            user: user_from_pb(s.user)?,
+            user: user_from_pb(s.user)?.unwrap_or_default(),
             tty: s.tty,
             limits,
             readonly_rootfs: s.readonly_rootfs,
@@ -724,6 +732,31 @@ fn resize(stream_id: StreamId, size: &pb::TerminalSize) -> HostToZone {
 mod tests {
     use super::*;
     use bulkhead_wire::BpfInstruction;
+
+    #[test]
+    fn users_are_a_uid_or_a_name_with_a_group() -> Result<(), Status> {
+        let pb_user = |uid: Option<u32>, gid: Option<u32>, name: &str| pb::User {
+            uid,
+            gid,
+            name: name.into(),
+            additional_gids: vec![],
+        };
+        let ask = |user: Option<&str>, group: Option<&str>| UserRequest {
+            user: user.map(str::to_owned),
+            group: group.map(str::to_owned),
+            additional_gids: vec![],
+        };
+        assert_eq!(user_from_pb(None)?, None);
+        assert_eq!(user_from_pb(Some(pb_user(None, None, "")))?, None, "empty: the image's (or workload's) user");
+        assert_eq!(user_from_pb(Some(pb_user(Some(1000), None, "")))?, Some(ask(Some("1000"), None)));
+        assert_eq!(user_from_pb(Some(pb_user(None, Some(5), "nginx")))?, Some(ask(Some("nginx"), Some("5"))));
+        assert_eq!(user_from_pb(Some(pb_user(None, Some(5), "")))?, Some(ask(None, Some("5"))));
+        let gids = pb::User { additional_gids: vec![7], ..pb_user(None, None, "") };
+        assert_eq!(user_from_pb(Some(gids))?.map(|u| u.additional_gids), Some(vec![7]));
+        let both = user_from_pb(Some(pb_user(Some(1), None, "nginx"))).map_err(|e| e.code());
+        assert_eq!(both, Err(tonic::Code::InvalidArgument));
+        Ok(())
+    }
 
     #[test]
     fn security_policies_map_both_ways_and_bad_ones_are_invalid_arguments() -> Result<(), Status> {

@@ -17,8 +17,8 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 use bulkhead_wire::{
-    EnvVar, ErrorCode, ExitStatus, HostToZone, ResourceLimits, ResourceUsage, StreamId, User, WorkloadPhase,
-    WorkloadSpec, ZoneToHost,
+    EnvVar, ErrorCode, ExitStatus, HostToZone, ResourceLimits, ResourceUsage, StreamId, WorkloadPhase, WorkloadSpec,
+    ZoneToHost,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, broadcast, mpsc, oneshot, watch};
@@ -30,7 +30,7 @@ use crate::zone::{Nanos, ZoneState, now};
 use bulkhead_oci::{ImageError, ImageStore};
 use bulkhead_store::{RecordStore, StoreError};
 use logs::{LogEntry, LogWriter};
-pub use spec::{SpecError, WorkloadRequest};
+pub use spec::{SpecError, UserRequest, WorkloadRequest};
 
 /// How long the zone has to answer a request.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -274,8 +274,8 @@ pub struct ExecRequest {
     pub env: Vec<EnvVar>,
     /// Working directory, `None` = the workload's.
     pub cwd: Option<String>,
-    /// Identity, `None` = the workload's.
-    pub user: Option<User>,
+    /// Identity, resolved in the workload's image; `None` = the workload's.
+    pub user: Option<UserRequest>,
     /// Allocate a terminal.
     pub tty: bool,
 }
@@ -621,7 +621,7 @@ impl<H: Hypervisor> WorkloadManager<H> {
             return Err(WorkloadError::AlreadyExists { zone: zone_name, name: name.to_owned() });
         }
         let device = self.image_device(&mut state, &z, domid, &img).await?;
-        let mut wire_spec = spec::build(&req, &img.config, &device)?;
+        let mut wire_spec = spec::build(&req, &img.config, &img.accounts, &device)?;
         wire_spec.mounts = prepared.mounts;
         let stream = self.stream_id();
         let rec = WorkloadRecord {
@@ -936,6 +936,13 @@ impl<H: Hypervisor> WorkloadManager<H> {
                 what: "exec needs a running workload",
             });
         }
+        let user = match &req.user {
+            Some(u) => {
+                let img = self.images.get(&rec.image_id)?;
+                Some(spec::user(u, &img.config, &img.accounts)?)
+            }
+            None => None,
+        };
         let exec_id = self.stream_id();
         let mut messages = link.subscribe(exec_id);
         link.send(HostToZone::Exec {
@@ -945,7 +952,7 @@ impl<H: Hypervisor> WorkloadManager<H> {
             env: req.env,
             cwd: req.cwd,
             tty: req.tty,
-            user: req.user,
+            user,
         })
         .await?;
         let first = tokio::time::timeout(CALL_TIMEOUT, messages.recv()).await.map_err(|_| WorkloadError::Timeout)?;

@@ -2,12 +2,26 @@
 //!
 //! The rules are Kubernetes': `command` replaces the image's ENTRYPOINT (and drops its CMD), `args` replaces
 //! CMD; the request's environment adds to and overrides the image's by name; an empty working directory is
-//! the image's, then `/`. The user is numeric (`uid`, `uid:gid`): names would need the image's
-//! /etc/passwd, which the daemon does not read yet.
+//! the image's, then `/`. The user is resolved as runc resolves it, against the image's /etc/passwd and
+//! /etc/group as read when the image was built (see [`bulkhead_oci::accounts`]), so the zone gets numeric
+//! ids only.
 
 use bulkhead_wire::{CpuLimit, EnvVar, ResourceLimits, Security, User, WorkloadSpec};
 
 use bulkhead_oci::ImageConfig;
+use bulkhead_oci::accounts::{AccountError, Accounts};
+
+/// Who a workload or an exec runs as, as the API asks for it. All empty = the image's user.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserRequest {
+    /// A uid or a user name; `None` = the image's user.
+    pub user: Option<String>,
+    /// A gid or a group name, replacing the user's primary group (and its supplementary groups from
+    /// /etc/group); `None` = the user's.
+    pub group: Option<String>,
+    /// Added to the supplementary groups.
+    pub additional_gids: Vec<u32>,
+}
 
 /// What the API gives for one workload, already converted from protobuf.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -20,8 +34,8 @@ pub struct WorkloadRequest {
     pub env: Vec<EnvVar>,
     /// Empty = the image's.
     pub working_dir: String,
-    /// `None` = the image's user.
-    pub user: Option<User>,
+    /// Empty = the image's user.
+    pub user: UserRequest,
     /// Allocate a terminal.
     pub tty: bool,
     /// Limits.
@@ -40,9 +54,12 @@ pub enum SpecError {
     /// Neither the request nor the image names a program.
     #[error("no command: the image has no entrypoint or cmd, so give one (-- CMD...)")]
     NoCommand,
-    /// The image's USER is a name.
-    #[error("the image runs as user {0:?}, and user names are not resolved yet: give a numeric user (uid or uid:gid)")]
-    UserName(String),
+    /// The user (the request's or the image's) does not resolve in the image.
+    #[error(transparent)]
+    User(#[from] AccountError),
+    /// More supplementary groups than the zone takes.
+    #[error("the user has {0} supplementary groups; a zone takes at most {max}", max = bulkhead_wire::limits::MAX_ADDITIONAL_GIDS)]
+    TooManyGroups(usize),
     /// A limit is out of range.
     #[error("{0}")]
     Limit(&'static str),
@@ -74,26 +91,36 @@ pub fn env(req: &WorkloadRequest, image: &ImageConfig) -> Vec<EnvVar> {
     env
 }
 
-/// An image USER value: "", "root", "uid" or "uid:gid" (numeric only).
-pub fn image_user(user: &str) -> Result<User, SpecError> {
-    let numeric = |s: &str| s.parse::<u32>().ok();
-    if user.is_empty() || user == "root" || user == "root:root" {
-        return Ok(User::root());
+/// The ids `req` resolves to in an image configured with `image` whose users and groups are `accounts`.
+/// No user = the image's USER (`""`, `uid`, `name`, `uid:gid`, `name:group`...); a group without a user
+/// = the user part of the image's USER with that group.
+pub fn user(req: &UserRequest, image: &ImageConfig, accounts: &Accounts) -> Result<User, SpecError> {
+    let extra = &req.additional_gids;
+    let ids = match (&req.user, &req.group) {
+        (None, None) => accounts.resolve(&image.user, extra)?,
+        (None, Some(group)) => {
+            let image_user = image.user.split_once(':').map_or(image.user.as_str(), |(u, _)| u);
+            let image_user = (!image.user.is_empty()).then_some(image_user);
+            accounts.resolve_parts(image_user, Some(group), extra)?
+        }
+        (Some(user), group) => accounts.resolve_parts(Some(user), group.as_deref(), extra)?,
+    };
+    // Refused here with the reason, rather than by the wire codec's bound on the message.
+    if ids.additional_gids.len() > bulkhead_wire::limits::MAX_ADDITIONAL_GIDS {
+        return Err(SpecError::TooManyGroups(ids.additional_gids.len()));
     }
-    match user.split_once(':') {
-        None => numeric(user).map(|uid| User { uid, gid: uid, additional_gids: vec![] }),
-        Some((u, g)) => numeric(u).zip(numeric(g)).map(|(uid, gid)| User { uid, gid, additional_gids: vec![] }),
-    }
-    .ok_or_else(|| SpecError::UserName(user.to_owned()))
+    Ok(User { uid: ids.uid, gid: ids.gid, additional_gids: ids.additional_gids })
 }
 
-/// The whole spec the zone runs, with its root image on `root_device`.
-pub fn build(req: &WorkloadRequest, image: &ImageConfig, root_device: &str) -> Result<WorkloadSpec, SpecError> {
+/// The whole spec the zone runs, with its root image on `root_device`; `accounts` are the image's.
+pub fn build(
+    req: &WorkloadRequest,
+    image: &ImageConfig,
+    accounts: &Accounts,
+    root_device: &str,
+) -> Result<WorkloadSpec, SpecError> {
     let cwd = [&req.working_dir, &image.working_dir].into_iter().find(|d| !d.is_empty()).cloned();
-    let user = match &req.user {
-        Some(u) => u.clone(),
-        None => image_user(&image.user)?,
-    };
+    let user = user(&req.user, image, accounts)?;
     Ok(WorkloadSpec {
         argv: argv(req, image)?,
         env: env(req, image),
@@ -168,16 +195,86 @@ mod tests {
     #[test]
     fn env_user_and_cwd_merge_with_the_image() -> Result<(), SpecError> {
         let r = WorkloadRequest { env: vec![EnvVar { name: "A".into(), value: "req".into() }], ..req() };
-        let spec = build(&r, &image(), "xvdb")?;
+        let spec = build(&r, &image(), &Accounts::default(), "xvdb")?;
         let env: Vec<String> = spec.env.iter().map(ToString::to_string).collect();
         assert_eq!(env, ["PATH=/usr/bin", "A=req"]);
         assert_eq!((spec.user.uid, spec.user.gid), (101, 102));
         assert_eq!(spec.cwd, "/srv");
         assert_eq!(spec.root_device, "xvdb");
-        assert_eq!(build(&req(), &ImageConfig { cmd: vec!["x".into()], ..ImageConfig::default() }, "xvdc")?.cwd, "/");
-        assert_eq!(image_user("nginx"), Err(SpecError::UserName("nginx".into())));
-        assert_eq!(image_user("")?.uid, 0);
-        assert_eq!(image_user("7")?.gid, 7);
+        let bare = ImageConfig { cmd: vec!["x".into()], ..ImageConfig::default() };
+        let spec = build(&req(), &bare, &Accounts::default(), "xvdc")?;
+        assert_eq!((spec.cwd.as_str(), spec.user), ("/", User::root()));
+        Ok(())
+    }
+
+    fn accounts() -> Result<Accounts, Box<dyn std::error::Error>> {
+        let t = tempfile::tempdir()?;
+        std::fs::create_dir(t.path().join("etc"))?;
+        std::fs::write(
+            t.path().join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nnginx:x:101:101:nginx:/nonexistent:/bin/false\napp:x:1000:1000::/app:/bin/sh\n",
+        )?;
+        std::fs::write(
+            t.path().join("etc/group"),
+            "root:x:0:\nnginx:x:101:\nwww-data:x:33:nginx,app\nwheel:x:10:app\n",
+        )?;
+        Ok(Accounts::read(t.path())?)
+    }
+
+    fn ids(u: &User) -> (u32, u32, &[u32]) {
+        (u.uid, u.gid, &u.additional_gids)
+    }
+
+    #[test]
+    fn image_user_names_resolve_in_the_image() -> Result<(), Box<dyn std::error::Error>> {
+        let accounts = accounts()?;
+        let nginx = ImageConfig { user: "nginx".into(), ..image() };
+        // The image's USER, with its primary and membership groups.
+        let spec = build(&req(), &nginx, &accounts, "xvdb")?;
+        assert_eq!(ids(&spec.user), (101, 101, &[33][..]));
+        // A name the image does not have.
+        let www = ImageConfig { user: "www".into(), ..image() };
+        let err = build(&req(), &www, &accounts, "xvdb").err();
+        assert_eq!(err, Some(SpecError::User(AccountError::NoSuchUser("www".into()))));
+        let msg = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains("\"www\" is not in the image's /etc/passwd"), "{msg}");
+        // A uid without an entry: gid 0, runc's default.
+        let numeric = ImageConfig { user: "4242".into(), ..image() };
+        assert_eq!(ids(&user(&UserRequest::default(), &numeric, &accounts)?), (4242, 0, &[][..]));
+        // "uid:gid" needs no entries.
+        assert_eq!(ids(&user(&UserRequest::default(), &image(), &Accounts::default())?), (101, 102, &[][..]));
+        Ok(())
+    }
+
+    #[test]
+    fn the_request_user_group_and_gids_combine_with_the_image() -> Result<(), Box<dyn std::error::Error>> {
+        let accounts = accounts()?;
+        let nginx = ImageConfig { user: "nginx".into(), ..image() };
+        let ask = |user: Option<&str>, group: Option<&str>, gids: &[u32]| UserRequest {
+            user: user.map(str::to_owned),
+            group: group.map(str::to_owned),
+            additional_gids: gids.to_vec(),
+        };
+        // A user by name: its membership groups, then the request's gids, without repeats.
+        assert_eq!(ids(&user(&ask(Some("app"), None, &[7, 33]), &nginx, &accounts)?), (1000, 1000, &[33, 10, 7][..]));
+        // By uid, with a group: no membership groups.
+        assert_eq!(ids(&user(&ask(Some("1000"), Some("nginx"), &[]), &nginx, &accounts)?), (1000, 101, &[][..]));
+        // A group alone: the image's user with that group ("uid:gid" images keep their uid).
+        assert_eq!(ids(&user(&ask(None, Some("www-data"), &[]), &nginx, &accounts)?), (101, 33, &[][..]));
+        assert_eq!(ids(&user(&ask(None, Some("5"), &[]), &image(), &accounts)?), (101, 5, &[][..]));
+        let root_image = ImageConfig { user: String::new(), ..image() };
+        assert_eq!(ids(&user(&ask(None, Some("wheel"), &[]), &root_image, &accounts)?), (0, 10, &[][..]));
+        // Gids alone: the image's user, plus them.
+        assert_eq!(ids(&user(&ask(None, None, &[9]), &nginx, &accounts)?), (101, 101, &[33, 9][..]));
+        // Unknown or malformed.
+        let err = user(&ask(None, Some("staff"), &[]), &nginx, &accounts);
+        assert_eq!(err, Err(SpecError::User(AccountError::NoSuchGroup("staff".into()))));
+        assert!(matches!(
+            user(&ask(Some("a:b"), None, &[]), &nginx, &accounts),
+            Err(SpecError::User(AccountError::Malformed { .. }))
+        ));
+        let crowded: Vec<u32> = (0..300).collect();
+        assert_eq!(user(&ask(None, None, &crowded), &nginx, &accounts), Err(SpecError::TooManyGroups(300)));
         Ok(())
     }
 
