@@ -43,35 +43,33 @@ pub fn log_path(sandbox: &cri::PodSandboxConfig, config: &cri::ContainerConfig) 
     Ok(Some(Path::new(&sandbox.log_directory).join(rel)))
 }
 
+/// kubelet's runAsUser/runAsUsername, runAsGroup and supplementalGroups, for the daemon to resolve in the
+/// image as runc does: without runAsGroup the user's primary group and its groups come from the image's
+/// /etc/passwd and /etc/group (containerd leaves the gid to runc the same way); runAsGroup or
+/// supplementalGroups alone apply to the image's user.
 fn user(sc: Option<&cri::LinuxContainerSecurityContext>) -> Result<Option<pb::User>, Status> {
     let Some(sc) = sc else { return Ok(None) };
-    if !sc.run_as_username.is_empty() {
-        return Err(invalid(format!(
-            "run_as_username {:?}: user names are not resolved in zones yet; give runAsUser (numeric)",
-            sc.run_as_username
-        )));
-    }
     let id = |v: Option<&cri::Int64Value>, field: &str| -> Result<Option<u32>, Status> {
         v.map(|v| u32::try_from(v.value).map_err(|_| invalid(format!("{field} {} is not a valid id", v.value))))
             .transpose()
     };
     let uid = id(sc.run_as_user.as_ref(), "runAsUser")?;
     let gid = id(sc.run_as_group.as_ref(), "runAsGroup")?;
+    if uid.is_some() && !sc.run_as_username.is_empty() {
+        return Err(invalid(format!(
+            "runAsUser {} and runAsUsername {:?} are both set: give one",
+            uid.unwrap_or_default(),
+            sc.run_as_username
+        )));
+    }
     let additional_gids = sc
         .supplemental_groups
         .iter()
         .map(|g| u32::try_from(*g).map_err(|_| invalid(format!("supplemental group {g} is not a valid id"))))
         .collect::<Result<Vec<_>, _>>()?;
-    match (uid, gid) {
-        (None, None) if additional_gids.is_empty() => Ok(None),
-        // The daemon takes the image's user whole, or numeric ids whole.
-        (None, _) => Err(invalid(
-            "runAsGroup and supplementalGroups need runAsUser: the image's user is not combined with them yet".into(),
-        )),
-        (Some(uid), gid) => {
-            Ok(Some(pb::User { uid: Some(uid), gid: Some(gid.unwrap_or(uid)), name: String::new(), additional_gids }))
-        }
-    }
+    let user = pb::User { uid, gid, name: sc.run_as_username.clone(), additional_gids };
+    // An empty message is the image's user; none says the same more plainly.
+    Ok((user != pb::User::default()).then_some(user))
 }
 
 /// Limits from kubelet's resources; none when it sent none.
@@ -284,7 +282,8 @@ mod tests {
         assert_eq!((spec.command.len(), spec.args.len()), (1, 2));
         assert_eq!(spec.log_path, "/var/log/pods/shop_web_0b7e/nginx/2.log");
         let user = spec.user.clone().unwrap_or_default();
-        assert_eq!((user.uid, user.gid, user.additional_gids), (Some(1000), Some(1000), vec![5]));
+        // No runAsGroup: the daemon takes the primary gid from the image's /etc/passwd.
+        assert_eq!((user.uid, user.gid, user.additional_gids), (Some(1000), None, vec![5]));
         assert!(spec.readonly_rootfs);
         let limits = spec.limits.unwrap_or_default();
         assert_eq!((limits.memory_bytes, limits.cpu_quota_us, limits.cpu_period_us), (64 << 20, 50_000, 100_000));
@@ -327,5 +326,37 @@ mod tests {
             sc.run_as_user = Some(cri::Int64Value { value: -1 });
         }
         assert!(msg(&c).contains("runAsUser -1"), "{}", msg(&c));
+        let mut c = config();
+        if let Some(sc) = c.linux.as_mut().and_then(|l| l.security_context.as_mut()) {
+            sc.run_as_username = "nginx".into();
+        }
+        assert!(msg(&c).contains("runAsUser 1000 and runAsUsername \"nginx\" are both set"), "{}", msg(&c));
+    }
+
+    #[test]
+    fn users_go_to_the_daemon_to_resolve_in_the_image() -> Result<(), Status> {
+        let sc = |f: &dyn Fn(&mut cri::LinuxContainerSecurityContext)| {
+            let mut sc = cri::LinuxContainerSecurityContext::default();
+            f(&mut sc);
+            sc
+        };
+        assert_eq!(user(None)?, None);
+        assert_eq!(user(Some(&sc(&|_| {})))?, None, "nothing set: the image's user");
+        let by_name = user(Some(&sc(&|s| s.run_as_username = "nginx".into())))?;
+        assert_eq!(by_name, Some(pb::User { name: "nginx".into(), ..Default::default() }));
+        // runAsGroup and supplementalGroups without a user: the image's user with them.
+        let group_only = user(Some(&sc(&|s| {
+            s.run_as_group = Some(cri::Int64Value { value: 3000 });
+            s.supplemental_groups = vec![4000];
+        })))?;
+        assert_eq!(group_only, Some(pb::User { gid: Some(3000), additional_gids: vec![4000], ..Default::default() }));
+        let both = user(Some(&sc(&|s| {
+            s.run_as_user = Some(cri::Int64Value { value: 0 });
+            s.run_as_group = Some(cri::Int64Value { value: 0 });
+        })))?;
+        assert_eq!(both, Some(pb::User { uid: Some(0), gid: Some(0), ..Default::default() }));
+        let bad = user(Some(&sc(&|s| s.run_as_group = Some(cri::Int64Value { value: 1 << 40 }))));
+        assert_eq!(bad.map_err(|e| e.code()), Err(tonic::Code::InvalidArgument));
+        Ok(())
     }
 }

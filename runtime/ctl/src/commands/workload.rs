@@ -40,6 +40,10 @@ pub struct LaunchArgs {
     /// Allocate a terminal for the workload.
     #[arg(long, short = 't')]
     pub tty: bool,
+    /// Run as USER[:GID]: a uid or a name from the image's /etc/passwd, and optionally a numeric group
+    /// (default: the image's USER; without GID, the user's groups from the image).
+    #[arg(long, short = 'u', value_parser = parse_user)]
+    pub user: Option<pb::User>,
     /// Wait for the workload to exit and exit with its code.
     #[arg(long, conflicts_with = "attach")]
     pub wait: bool,
@@ -130,9 +134,32 @@ pub struct ExecArgs {
     /// Environment variable KEY=VALUE (repeatable).
     #[arg(long = "env", short = 'e', value_parser = parse_key_value)]
     pub env: Vec<(String, String)>,
+    /// Run as USER[:GID], resolved in the workload's image as for `zone launch --user` (default: the
+    /// workload's user).
+    #[arg(long, short = 'u', value_parser = parse_user)]
+    pub user: Option<pb::User>,
     /// Command and arguments.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
+}
+
+/// `USER[:GID]`: a numeric USER is a uid, any other a name the daemon resolves in the image. The API
+/// takes groups by number only.
+fn parse_user(s: &str) -> Result<pb::User, String> {
+    let (user, gid) = match s.split_once(':') {
+        Some((u, g)) => {
+            let gid = g.parse::<u32>().map_err(|_| format!("group {g:?} in {s:?} must be a numeric gid"))?;
+            (u, Some(gid))
+        }
+        None => (s, None),
+    };
+    if user.is_empty() || user.contains(':') {
+        return Err(format!("{s:?} is not USER[:GID] (USER a uid or a name)"));
+    }
+    Ok(match user.parse::<u32>() {
+        Ok(uid) => pb::User { uid: Some(uid), gid, ..Default::default() },
+        Err(_) => pb::User { name: user.to_owned(), gid, ..Default::default() },
+    })
 }
 
 fn env_pb(env: Vec<(String, String)>) -> Vec<pb::EnvVar> {
@@ -233,6 +260,7 @@ pub async fn launch(a: LaunchArgs, channel: Channel, out: &mut dyn Write) -> any
         command: a.command,
         env: env_pb(a.env),
         tty: a.tty,
+        user: a.user,
         ..Default::default()
     };
     let w = workloads
@@ -303,6 +331,7 @@ pub async fn exec(a: ExecArgs, channel: Channel, out: &mut dyn Write) -> anyhow:
         tty: a.tty,
         stdin: a.interactive,
         size: a.tty.then_some(pb::TerminalSize { rows: 24, cols: 80 }),
+        user: a.user,
         ..Default::default()
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<pb::ExecRequest>(16);
@@ -340,4 +369,26 @@ pub async fn exec(a: ExecArgs, channel: Channel, out: &mut dyn Write) -> anyhow:
         }
     }
     bail!("the exec stream ended without an exit status")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_are_a_uid_or_a_name_and_a_numeric_group() {
+        let user = |uid: Option<u32>, gid: Option<u32>, name: &str| pb::User {
+            uid,
+            gid,
+            name: name.into(),
+            additional_gids: vec![],
+        };
+        assert_eq!(parse_user("1000"), Ok(user(Some(1000), None, "")));
+        assert_eq!(parse_user("1000:50"), Ok(user(Some(1000), Some(50), "")));
+        assert_eq!(parse_user("nginx"), Ok(user(None, None, "nginx")));
+        assert_eq!(parse_user("nginx:101"), Ok(user(None, Some(101), "nginx")));
+        for bad in ["", ":5", "nginx:staff", "a:b:c", "1:2:3"] {
+            assert!(parse_user(bad).is_err(), "{bad}");
+        }
+    }
 }
