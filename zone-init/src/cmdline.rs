@@ -14,6 +14,9 @@
 //! - `bulkhead.channel=PATH` (optional): the xenstore directory (relative to the zone's own, e.g.
 //!   `bulkhead/channel`) where bulkheadd serves the zone's host channel; 1-40 characters of `[A-Za-z0-9/_-]`.
 //!   Without it the zone runs standalone (self-test, bare `xl create`).
+//! - `bulkhead.ip=ADDR/LEN` (optional): the pod network's address for `eth0` (the zone's PV NIC, which the
+//!   host gave the pod interface's MAC); `bulkhead.gw=GW` its gateway; `bulkhead.routes=DST/LEN[@GW],...`
+//!   its routes (a route without `@GW` goes through `bulkhead.gw`, or on-link without it). IPv4 only.
 //!
 //! Unknown `bulkhead.*` keys are collected in [`Cmdline::unknown`] for init to report; they are not fatal, so
 //! an older zone-init boots with a newer host. A known key given twice is an error.
@@ -177,6 +180,77 @@ pub struct ZoneConfig {
     pub selftest: Option<Selftest>,
     /// `bulkhead.channel`.
     pub channel: Option<ChannelPath>,
+    /// `bulkhead.ip`, `bulkhead.gw` and `bulkhead.routes`: the pod network's interface.
+    pub network: Option<crate::net::InterfaceConfig>,
+}
+
+/// The interface the host's NIC appears as (netfront's first device).
+pub const POD_INTERFACE: &str = "eth0";
+
+/// Most routes taken (the host sends at most 8).
+const MAX_ROUTES: usize = 16;
+
+fn ipv4_net(s: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (addr, len) = s.split_once('/')?;
+    let addr: std::net::Ipv4Addr = addr.parse().ok()?;
+    let len: u8 = len.parse().ok().filter(|l| *l <= 32)?;
+    Some((addr.into(), len))
+}
+
+/// The pod network from its three keys; `None` without `bulkhead.ip`.
+fn network(
+    ip: Option<String>,
+    gw: Option<String>,
+    routes: Option<String>,
+) -> Result<Option<crate::net::InterfaceConfig>, CmdlineError> {
+    let Some(ip) = ip else {
+        return match (gw, routes) {
+            (None, None) => Ok(None),
+            (Some(v), _) => Err(CmdlineError::Invalid { key: "gw", value: v, reason: "needs bulkhead.ip" }),
+            (None, Some(v)) => Err(CmdlineError::Invalid { key: "routes", value: v, reason: "needs bulkhead.ip" }),
+        };
+    };
+    let address = ipv4_net(&ip).ok_or_else(|| CmdlineError::Invalid {
+        key: "ip",
+        value: ip.clone(),
+        reason: "give an IPv4 address and prefix length, e.g. 10.88.0.5/16",
+    })?;
+    let gateway = match gw {
+        None => None,
+        Some(g) => Some(g.parse::<std::net::Ipv4Addr>().map_err(|_| CmdlineError::Invalid {
+            key: "gw",
+            value: g.clone(),
+            reason: "give an IPv4 address",
+        })?),
+    };
+    let mut parsed = Vec::new();
+    for r in routes.iter().flat_map(|r| r.split(',')) {
+        let bad = || CmdlineError::Invalid {
+            key: "routes",
+            value: r.to_owned(),
+            reason: "give DST/LEN or DST/LEN@GW, IPv4, comma-separated",
+        };
+        let (dst, via) = match r.split_once('@') {
+            Some((d, g)) => (d, Some(g.parse::<std::net::Ipv4Addr>().map_err(|_| bad())?.into())),
+            None => (r, None),
+        };
+        let (dst, len) = ipv4_net(dst).ok_or_else(bad)?;
+        parsed.push((dst, len, via));
+    }
+    if parsed.len() > MAX_ROUTES {
+        return Err(CmdlineError::Invalid {
+            key: "routes",
+            value: format!("{} routes", parsed.len()),
+            reason: "at most 16 routes are taken",
+        });
+    }
+    Ok(Some(crate::net::InterfaceConfig {
+        name: POD_INTERFACE.into(),
+        mac: None,
+        address,
+        gateway: gateway.map(Into::into),
+        routes: parsed,
+    }))
 }
 
 /// A parsed command line: the configuration and the `bulkhead.*` keys this init does not know.
@@ -230,6 +304,7 @@ pub fn parse(line: &str) -> Result<Cmdline, CmdlineError> {
     let mut hostname: Option<String> = None;
     let mut selftest: Option<String> = None;
     let mut channel: Option<String> = None;
+    let (mut ip, mut gw, mut routes): (Option<String>, Option<String>, Option<String>) = (None, None, None);
     let mut unknown = Vec::new();
     for param in split_params(line)? {
         let (key, value) = match param.split_once('=') {
@@ -242,6 +317,9 @@ pub fn parse(line: &str) -> Result<Cmdline, CmdlineError> {
             "hostname" => ("hostname", &mut hostname),
             "selftest" => ("selftest", &mut selftest),
             "channel" => ("channel", &mut channel),
+            "ip" => ("ip", &mut ip),
+            "gw" => ("gw", &mut gw),
+            "routes" => ("routes", &mut routes),
             other => {
                 unknown.push(format!("{PREFIX}{other}"));
                 continue;
@@ -282,7 +360,8 @@ pub fn parse(line: &str) -> Result<Cmdline, CmdlineError> {
             reason,
         })?),
     };
-    Ok(Cmdline { config: ZoneConfig { zone, hostname, selftest, channel }, unknown })
+    let network = network(ip, gw, routes)?;
+    Ok(Cmdline { config: ZoneConfig { zone, hostname, selftest, channel, network }, unknown })
 }
 
 #[cfg(test)]
@@ -320,6 +399,40 @@ mod tests {
         assert_eq!(c.config.zone.as_str(), "a.b_c-1");
         assert_eq!(c.config.hostname.as_str(), "a.b-c");
         assert_eq!(c.config.selftest, None);
+    }
+
+    #[test]
+    fn the_pod_network_comes_from_ip_gw_and_routes() {
+        let c = ok("bulkhead.zone=z bulkhead.hostname=h bulkhead.ip=10.88.0.5/16 bulkhead.gw=10.88.0.1 \
+                    bulkhead.routes=0.0.0.0/0,10.96.0.0/12@10.88.0.254");
+        let n = c.config.network.unwrap_or_else(|| panic!("no network"));
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(n.name, "eth0");
+        assert_eq!(n.address, (ip("10.88.0.5"), 16));
+        assert_eq!(n.gateway, Some(ip("10.88.0.1")));
+        assert_eq!(n.routes, [(ip("0.0.0.0"), 0, None), (ip("10.96.0.0"), 12, Some(ip("10.88.0.254")))]);
+        assert_eq!(ok("bulkhead.zone=z bulkhead.hostname=h").config.network, None);
+        let bare = ok("bulkhead.zone=z bulkhead.hostname=h bulkhead.ip=192.168.3.4/24").config.network;
+        assert_eq!(bare.map(|n| (n.gateway, n.routes.len())), Some((None, 0)));
+    }
+
+    #[test]
+    fn a_bad_pod_network_is_refused_naming_the_key() {
+        for (line, key) in [
+            ("bulkhead.ip=10.88.0.5", "ip"),
+            ("bulkhead.ip=fd00::5/64", "ip"),
+            ("bulkhead.ip=10.88.0.5/33", "ip"),
+            ("bulkhead.gw=10.88.0.1", "gw"),
+            ("bulkhead.ip=10.88.0.5/16 bulkhead.gw=gateway", "gw"),
+            ("bulkhead.ip=10.88.0.5/16 bulkhead.routes=default", "routes"),
+            ("bulkhead.ip=10.88.0.5/16 bulkhead.routes=0.0.0.0/0@x", "routes"),
+            ("bulkhead.ip=10.88.0.5/16 bulkhead.routes=0.0.0.0/0,", "routes"),
+        ] {
+            match err(&format!("bulkhead.zone=z bulkhead.hostname=h {line}")) {
+                CmdlineError::Invalid { key: k, .. } => assert_eq!(k, key, "{line}"),
+                e => panic!("{line}: {e}"),
+            }
+        }
     }
 
     #[test]

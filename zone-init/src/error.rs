@@ -68,6 +68,9 @@ pub enum InitError {
     /// Setting the loopback interface up.
     #[error("setting the loopback interface up")]
     Loopback(#[source] Errno),
+    /// Configuring the pod network's interface.
+    #[error("configuring the pod network")]
+    PodNetwork(#[source] crate::net::NetError),
     /// Writing the root cgroup's `cgroup.subtree_control`.
     #[error("enabling cgroup controllers {controllers:?} in the root cgroup")]
     EnableControllers {
@@ -104,7 +107,7 @@ impl InitError {
             InitError::ParseCmdline(_) => "cmdline",
             InitError::ReadFile { .. } | InitError::ParseUptime { .. } => "read",
             InitError::SetHostname { .. } => "hostname",
-            InitError::Loopback(_) => "network",
+            InitError::Loopback(_) | InitError::PodNetwork(_) => "network",
             InitError::SetPoweroffCmd(_) => "sysctl",
             InitError::EnableControllers { .. } => "cgroup",
             InitError::SpawnSelftest(_) => "selftest",

@@ -72,6 +72,9 @@ pub fn run() -> Result<Infallible, InitError> {
         .map_err(|source| InitError::SetHostname { hostname: config.hostname.to_string(), source })?;
     // The pod's servers listen on the zone's loopback; port-forward connects to them there.
     crate::workload::sys::set_interface_up("lo").map_err(InitError::Loopback)?;
+    if let Some(net) = &config.network {
+        configure_pod_network(net)?;
+    }
 
     let controllers = cgroup::enable_controllers(Path::new(cgroup::CGROUP_ROOT))?;
     let psi = cgroup::psi_available();
@@ -143,6 +146,28 @@ pub fn run() -> Result<Infallible, InitError> {
             }
         }
     }
+}
+
+/// How long the host's NIC may take to appear: netfront registers it while the kernel probes xenbus, which
+/// normally ends before init runs.
+const NIC_APPEAR_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Configures the pod network's interface before any workload runs: a pod must not start without its network.
+fn configure_pod_network(net: &crate::net::InterfaceConfig) -> Result<(), InitError> {
+    let sys = Path::new("/sys/class/net").join(&net.name);
+    let deadline = Instant::now() + NIC_APPEAR_TIMEOUT;
+    while !sys.exists() {
+        if Instant::now() >= deadline {
+            return Err(InitError::PodNetwork(crate::net::NetError::Invalid(format!(
+                "{} did not appear within {NIC_APPEAR_TIMEOUT:?}: the zone has no PV NIC (is xen-netfront built in?)",
+                net.name
+            ))));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    crate::net::configure(net).map_err(InitError::PodNetwork)?;
+    say!("network {} {}/{} up", net.name, net.address.0, net.address.1);
+    Ok(())
 }
 
 /// The host side: the channel to bulkheadd while connected, and the watch that finds a restarted one.
@@ -306,6 +331,7 @@ mod tests {
             hostname: Hostname::parse("zone-t1")?,
             selftest: None,
             channel: None,
+            network: None,
         };
         let controllers = ["cpuset", "cpu", "memory"].map(String::from);
         assert_eq!(

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use k8s_cri::v1 as cri;
 
 #[path = "../tests/support/mod.rs"]
+#[allow(dead_code)]
 mod support;
 
 const PODS: usize = 50;

@@ -2,6 +2,7 @@
 //! plugins (re-read on every Status, as containerd watches its conf dir, so a config dropped in later by a
 //! network add-on's DaemonSet makes the node Ready without a restart).
 
+use bulkhead_api::control::v1 as pb;
 use bulkhead_cni::{CniConfig, Network};
 use k8s_cri::v1 as cri;
 use tonic::Status;
@@ -18,20 +19,56 @@ pub async fn load(cfg: CniConfig) -> Result<Network, String> {
     }
 }
 
-/// CRI's NetworkReady condition for what [`load`] found. Until RunPodSandbox attaches zones to the CNI
-/// network, a usable config still leaves the network not ready, saying so: kubelet would otherwise run pods
-/// that have no network.
+/// CRI's NetworkReady condition for what [`load`] found: ready with a usable config and all its plugins
+/// (RunPodSandbox joins every zone to that network), else not ready with the reason.
 pub fn condition(cni: &Result<Network, String>) -> cri::RuntimeCondition {
-    let message = match cni {
-        Ok(n) => format!(
-            "the CNI config {} (network {:?}) is usable, but bulkhead-cri does not attach pods to it yet: \
-             zones would get no network",
-            n.source.display(),
-            n.name
-        ),
-        Err(e) => format!("the pod network (CNI) is not ready: {e}"),
-    };
-    cri::RuntimeCondition { r#type: "NetworkReady".into(), status: false, reason: NOT_READY_REASON.into(), message }
+    match cni {
+        Ok(_) => cri::RuntimeCondition { r#type: "NetworkReady".into(), status: true, ..Default::default() },
+        Err(e) => cri::RuntimeCondition {
+            r#type: "NetworkReady".into(),
+            status: false,
+            reason: NOT_READY_REASON.into(),
+            message: format!("the pod network (CNI) is not ready: {e}"),
+        },
+    }
+}
+
+/// The node's network for a new pod, or FAILED_PRECONDITION saying why there is none (as containerd does:
+/// a pod without its network is of no use to kubelet).
+pub async fn for_new_pod(cfg: CniConfig) -> Result<Network, Status> {
+    load(cfg).await.map_err(|e| {
+        Status::failed_precondition(format!(
+            "the pod network is not ready, so no pod can run: {e}; install a CNI config (e.g. by the cluster's \
+             network add-on) and its plugins"
+        ))
+    })
+}
+
+/// What the daemon needs to join the zone to the pod's network: the netns, CNI's `eth0` there with its MAC,
+/// its IPv4 address (the pod IP), gateway and IPv4 routes.
+pub fn zone_network(pod: &PodNetwork) -> Result<pb::ZoneNetwork, Status> {
+    let cfg = bulkhead_cni::zone_link::ZoneNetConfig::from_result(&pod.result, POD_IFNAME)
+        .map_err(|e| Status::internal(format!("the pod network's CNI result cannot be used for a zone: {e}")))?;
+    let address = cfg.addresses.iter().find(|a| a.addr().is_ipv4()).ok_or_else(|| {
+        Status::internal(format!(
+            "the pod network gave {POD_IFNAME} no IPv4 address ({:?}): zones take IPv4 pod networks only",
+            cfg.addresses
+        ))
+    })?;
+    let text = |ip: Option<std::net::IpAddr>| ip.filter(|i| i.is_ipv4()).map(|i| i.to_string()).unwrap_or_default();
+    Ok(pb::ZoneNetwork {
+        netns: pod.netns.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        interface: POD_IFNAME.into(),
+        mac: cfg.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
+        addresses: vec![address.to_string()],
+        gateway: text(cfg.gateway),
+        routes: cfg
+            .routes
+            .iter()
+            .filter(|(dst, _)| matches!(dst, ipnet::IpNet::V4(_)))
+            .map(|(dst, gw)| pb::ZoneRoute { destination: dst.to_string(), gateway: text(*gw) })
+            .collect(),
+    })
 }
 
 /// What Status's verbose info shows: the config in use and its plugins, or the error.
@@ -150,8 +187,24 @@ mod tests {
         std::fs::set_permissions(dir.join("bin").join(name), std::fs::Permissions::from_mode(0o755))
     }
 
+    #[test]
+    fn a_cni_result_becomes_the_zone_s_network() -> TestResult {
+        let result = bulkhead_cni::CniResult::parse(
+            br#"{"cniVersion":"1.0.0","interfaces":[{"name":"cni0","mac":"6a:1b:8e:2b:2c:4c"},
+            {"name":"eth0","mac":"3A:5a:2b:77:1e:df","sandbox":"/run/netns/p1"}],
+            "ips":[{"interface":1,"address":"fd00::5/64"},{"interface":1,"address":"10.88.0.5/16","gateway":"10.88.0.1"}],
+            "routes":[{"dst":"0.0.0.0/0"},{"dst":"::/0"}]}"#,
+        )?;
+        let pod = PodNetwork { netns: "/run/netns/p1".into(), result };
+        let z = zone_network(&pod)?;
+        assert_eq!((z.netns.as_str(), z.interface.as_str(), z.mac.as_str()), ("p1", "eth0", "3a:5a:2b:77:1e:df"));
+        assert_eq!((z.addresses, z.gateway.as_str()), (vec!["10.88.0.5/16".to_owned()], "10.88.0.1"));
+        assert_eq!(z.routes, [pb::ZoneRoute { destination: "0.0.0.0/0".into(), gateway: String::new() }]);
+        Ok(())
+    }
+
     #[tokio::test]
-    async fn a_config_and_all_its_plugins_leave_only_the_pod_attachment_missing() -> TestResult {
+    async fn the_network_is_ready_with_a_config_and_all_its_plugins() -> TestResult {
         let dir = tempfile::tempdir()?;
         let c = condition(&load(cfg(dir.path())).await);
         assert_eq!((c.r#type.as_str(), c.status, c.reason.as_str()), ("NetworkReady", false, NOT_READY_REASON));
@@ -167,10 +220,13 @@ mod tests {
         assert!(!c.status && c.reason == NOT_READY_REASON, "{c:?}");
         assert!(c.message.contains("\"portmap\""), "{}", c.message);
 
+        let e = for_new_pod(cfg(dir.path())).await.err().map(|e| e.message().to_owned()).unwrap_or_default();
+        assert!(e.contains("the pod network is not ready") && e.contains("portmap"), "{e}");
+
         plugin(dir.path(), "portmap")?;
         let cni = load(cfg(dir.path())).await;
         let c = condition(&cni);
-        assert!(!c.status && c.message.contains("does not attach pods to it yet"), "{c:?}");
+        assert!(c.status && c.reason.is_empty(), "{c:?}");
         let info: serde_json::Value = serde_json::from_str(&describe(&cni))?;
         assert_eq!(info["name"], "pods");
         assert_eq!(info["plugins"][1], dir.path().join("bin/portmap").display().to_string());

@@ -64,6 +64,20 @@ impl CriRuntime {
         }
     }
 
+    /// Releases the pod's network (CNI DEL, then its netns). Idempotent; with no netns left there is nothing
+    /// to do even when the node's CNI config is gone by now.
+    async fn release_network(&self, id: &str, record: &SandboxRecord) -> Result<(), Status> {
+        let netns = bulkhead_cni::netns::path_of(id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if !netns.exists() {
+            return Ok(());
+        }
+        let net = crate::network::for_new_pod(self.settings.cni.clone()).await.map_err(|e| {
+            Status::failed_precondition(format!("releasing the network of pod sandbox {id}: {}", e.message()))
+        })?;
+        let meta = record.config.metadata.clone().unwrap_or_default();
+        crate::network::teardown(&net, id, &meta, None).await
+    }
+
     /// Container `id`, which must be running (for Exec and Attach).
     async fn running(&self, id: &str, what: &str) -> Result<pb::WorkloadStatus, Status> {
         let (w, _) = self.container(id).await?;
@@ -346,6 +360,8 @@ impl cri::runtime_service_server::RuntimeService for CriRuntime {
         let req = req.into_inner();
         let config = req.config.ok_or_else(|| Status::invalid_argument("no pod sandbox config given"))?;
         let spec = sandbox::zone_spec(&config, &req.runtime_handler, &self.settings.defaults)?;
+        let meta = config.metadata.clone().unwrap_or_default();
+        let net = crate::network::for_new_pod(self.settings.cni.clone()).await?;
         let name = spec.name.clone();
         let mut zones = self.zones.clone();
         // Subscribe before starting, so no state change is missed.
@@ -361,14 +377,26 @@ impl cri::runtime_service_server::RuntimeService for CriRuntime {
             .into_inner()
             .zone
             .ok_or_else(|| Status::internal("the daemon created a zone but returned none"))?;
-        let started = match zones.start_zone(pb::StartZoneRequest { zone: zone.id.clone() }).await {
-            Ok(_) => self.wait_ready(&zone.id, &mut events).await,
-            Err(e) => Err(daemon_error(&format!("starting zone {name}"), e)),
+        // The network is made for the zone's id (CNI's container id and the netns name are the sandbox id),
+        // and is in place before the zone runs.
+        let pod_net = crate::network::setup(&net, &zone.id, &meta).await;
+        let started = match pod_net.and_then(|p| crate::network::zone_network(&p)) {
+            Ok(network) => {
+                let req = pb::StartZoneRequest { zone: zone.id.clone(), network: Some(network) };
+                match zones.start_zone(req).await {
+                    Ok(_) => self.wait_ready(&zone.id, &mut events).await,
+                    Err(e) => Err(daemon_error(&format!("starting zone {name}"), e)),
+                }
+            }
+            Err(e) => Err(e),
         };
         if let Err(e) = started {
             // A sandbox that did not come up is not left behind: kubelet makes a new attempt.
             if let Err(d) = zones.destroy_zone(pb::DestroyZoneRequest { zone: zone.id.clone() }).await {
                 tracing::warn!(zone = %zone.id, error = %d, "destroying a zone that failed to start failed");
+            }
+            if let Err(d) = crate::network::teardown(&net, &zone.id, &meta, None).await {
+                tracing::warn!(zone = %zone.id, error = %d, "tearing down the network of a failed pod failed");
             }
             return Err(e);
         }
@@ -382,8 +410,8 @@ impl cri::runtime_service_server::RuntimeService for CriRuntime {
     ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
         let id = req.into_inner().pod_sandbox_id;
         // Stopping what is gone already succeeds (kubelet retries stops).
-        let zone = match self.sandbox(&id).await {
-            Ok((zone, _)) => zone,
+        let (zone, record) = match self.sandbox(&id).await {
+            Ok(found) => found,
             Err(e) if e.code() == Code::NotFound => return Ok(Response::new(cri::StopPodSandboxResponse {})),
             Err(e) => return Err(e),
         };
@@ -395,6 +423,8 @@ impl cri::runtime_service_server::RuntimeService for CriRuntime {
                 Err(e) => return Err(daemon_error(&format!("stopping pod sandbox {id}"), e)),
             }
         }
+        // Kubelet expects a stopped sandbox to hold no network resources (its IP goes back to the pool).
+        self.release_network(&id, &record).await?;
         Ok(Response::new(cri::StopPodSandboxResponse {}))
     }
 
@@ -403,11 +433,13 @@ impl cri::runtime_service_server::RuntimeService for CriRuntime {
         req: Request<cri::RemovePodSandboxRequest>,
     ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
         let id = req.into_inner().pod_sandbox_id;
-        match self.sandbox(&id).await {
-            Ok(_) => {}
+        let record = match self.sandbox(&id).await {
+            Ok((_, record)) => record,
             Err(e) if e.code() == Code::NotFound => return Ok(Response::new(cri::RemovePodSandboxResponse {})),
             Err(e) => return Err(e),
-        }
+        };
+        // Removal without a stop first (allowed by CRI) still releases the network.
+        self.release_network(&id, &record).await?;
         // Destroying the zone forgets its workloads too; their logs stay for kubelet to remove.
         self.zones
             .clone()
@@ -762,7 +794,8 @@ impl cri::runtime_service_server::RuntimeService for CriRuntime {
         &self,
         _req: Request<cri::UpdateRuntimeConfigRequest>,
     ) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
-        // Kubelet sends the node's pod CIDR; zones get no pod network yet, so there is nothing to configure.
+        // Kubelet sends the node's pod CIDR; the CNI config (the network add-on's) decides addresses, as with
+        // containerd, so there is nothing to configure.
         Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
     }
 

@@ -206,7 +206,7 @@ pub fn to_cri(zone: &pb::ZoneStatus, record: &SandboxRecord) -> cri::PodSandbox 
     }
 }
 
-/// The sandbox as PodSandboxStatus shows it. The pod has no IP: zones get no pod network yet.
+/// The sandbox as PodSandboxStatus shows it, with the pod IP its zone was started on.
 pub fn status_to_cri(zone: &pb::ZoneStatus, record: &SandboxRecord) -> cri::PodSandboxStatus {
     let pod = to_cri(zone, record);
     cri::PodSandboxStatus {
@@ -214,7 +214,7 @@ pub fn status_to_cri(zone: &pb::ZoneStatus, record: &SandboxRecord) -> cri::PodS
         metadata: pod.metadata,
         state: pod.state,
         created_at: pod.created_at,
-        network: Some(cri::PodSandboxNetworkStatus::default()),
+        network: Some(network_status(zone)),
         linux: Some(cri::LinuxPodSandboxStatus {
             namespaces: Some(cri::Namespace {
                 options: record
@@ -228,6 +228,15 @@ pub fn status_to_cri(zone: &pb::ZoneStatus, record: &SandboxRecord) -> cri::PodS
         labels: pod.labels,
         annotations: pod.annotations,
         runtime_handler: pod.runtime_handler,
+    }
+}
+
+/// The pod IP: the address (without its prefix length) of the network the zone was started on.
+fn network_status(zone: &pb::ZoneStatus) -> cri::PodSandboxNetworkStatus {
+    let mut ips = zone.network.iter().flat_map(|n| &n.addresses).map(|a| a.split('/').next().unwrap_or(a).to_owned());
+    cri::PodSandboxNetworkStatus {
+        ip: ips.next().unwrap_or_default(),
+        additional_ips: ips.map(|ip| cri::PodIp { ip }).collect(),
     }
 }
 

@@ -509,6 +509,36 @@ async fn streaming(
         )
     })?;
     ensure!(echoed == message, "port-forward echoed {:?}", String::from_utf8_lossy(&echoed));
+    pod_network(rt, pod).await
+}
+
+/// The pod network end to end: the node reaches the same echo server at the pod IP (CNI's bridge, the tc
+/// redirects between the pod's eth0 and the zone's vif, netfront in the zone).
+async fn pod_network(rt: &mut RuntimeServiceClient<Channel>, pod: &str) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let req = cri::PodSandboxStatusRequest { pod_sandbox_id: pod.into(), verbose: false };
+    let status = rt.pod_sandbox_status(req).await.context("PodSandboxStatus")?.into_inner().status;
+    let ip = status.and_then(|s| s.network).map(|n| n.ip).unwrap_or_default();
+    let ip: std::net::IpAddr = ip.parse().with_context(|| format!("PodSandboxStatus gave no pod IP ({ip:?})"))?;
+    let message = b"hello through the pod network";
+    let echoed = poll(Duration::from_secs(30), "the echo server at the pod IP", || async {
+        let Ok(Ok(mut conn)) =
+            tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect((ip, 8080))).await
+        else {
+            return Ok(None);
+        };
+        conn.write_all(message).await.context("writing to the pod IP")?;
+        conn.shutdown().await.context("half-closing the connection to the pod IP")?;
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut got))
+            .await
+            .context("no echo from the pod IP within 10 s")?
+            .context("reading from the pod IP")?;
+        Ok(Some(got))
+    })
+    .await
+    .with_context(|| format!("connecting to {ip}:8080 from the node"))?;
+    ensure!(echoed == message, "the pod IP echoed {:?}", String::from_utf8_lossy(&echoed));
     Ok(())
 }
 

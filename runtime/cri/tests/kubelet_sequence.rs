@@ -10,6 +10,8 @@ use bulkhead_oci::testing::root_or_skip;
 use k8s_cri::v1 as cri;
 use tonic::Code;
 
+// The shared in-process node; the test without a pod network is network_ready.rs.
+#[allow(dead_code)]
 mod support;
 
 use support::{Node, node};
@@ -86,8 +88,8 @@ async fn kubelets_sequence_runs_a_pod_of_two_containers_and_cleans_up_idempotent
     let conditions = st.status.ok_or("no status")?.conditions;
     let ready = |t: &str| conditions.iter().find(|c| c.r#type == t).map(|c| (c.status, c.reason.clone()));
     assert_eq!(ready("RuntimeReady"), Some((true, String::new())));
-    // No CNI config under the node's cni/ dir: the network is not ready, and kubelet is told why.
-    assert_eq!(ready("NetworkReady"), Some((false, "NetworkPluginNotReady".into())));
+    // The node's CNI config and plugins are there: the network is ready.
+    assert_eq!(ready("NetworkReady"), Some((true, String::new())));
 
     // The image is there under its tag; an unknown one is absent, not an error.
     let spec = |i: &str| Some(cri::ImageSpec { image: i.into(), ..Default::default() });
@@ -109,6 +111,12 @@ async fn kubelets_sequence_runs_a_pod_of_two_containers_and_cleans_up_idempotent
     assert_eq!(ps.state(), cri::PodSandboxState::SandboxReady);
     assert_eq!(ps.metadata, config.metadata);
     assert_eq!(ps.annotations.get("note").map(String::as_str), Some("kept"));
+    // The pod IP from the real bridge + host-local plugins, in the pod's own netns under its id.
+    let ip = ps.network.as_ref().map(|n| n.ip.clone()).unwrap_or_default();
+    let subnet = node.subnet.clone().ok_or("the node has no pod network")?;
+    assert!(ip.starts_with(subnet.trim_end_matches("0/24")), "pod IP {ip:?} is not in {subnet}");
+    let netns = std::path::Path::new("/run/netns").join(&pod);
+    assert!(netns.exists(), "no netns {}", netns.display());
 
     // Evented PLEG: kubelet watches container events from here on.
     let mut events = node.runtime.get_container_events(cri::GetEventsRequest {}).await?.into_inner();
@@ -258,6 +266,8 @@ async fn kubelets_sequence_runs_a_pod_of_two_containers_and_cleans_up_idempotent
             node.runtime.remove_container(cri::RemoveContainerRequest { container_id: id.clone() }).await?;
         }
         node.runtime.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await?;
+        // A stopped sandbox holds no network: CNI DEL ran and its netns is gone.
+        assert!(!netns.exists(), "{} is left after StopPodSandbox", netns.display());
         node.runtime.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await?;
     }
     assert!(

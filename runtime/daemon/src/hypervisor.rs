@@ -158,6 +158,14 @@ pub enum HypervisorError {
         /// Why.
         reason: String,
     },
+    /// Giving the domain its pod network NIC failed.
+    #[error("joining domain {domid} to its pod network: {reason}")]
+    Nic {
+        /// Domain id.
+        domid: u32,
+        /// Why.
+        reason: String,
+    },
     /// Serving the host channel failed.
     #[error("serving the host channel of domain {domid}: {reason}")]
     Channel {
@@ -222,6 +230,13 @@ pub trait Hypervisor: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), HypervisorError>> + Send;
     /// Detaches PV disk `vdev` from the domain (the zone must no longer use it).
     fn detach_disk(&self, domid: u32, vdev: &str) -> impl Future<Output = Result<(), HypervisorError>> + Send;
+    /// Gives the (paused) domain a PV NIC with the pod network's MAC and joins its dom0 end to the network's
+    /// interface in the network's netns. Nothing of it outlives the domain: its dom0 end goes with it.
+    fn attach_pod_nic(
+        &self,
+        domid: u32,
+        network: &crate::network::ZoneNetwork,
+    ) -> impl Future<Output = Result<(), HypervisorError>> + Send;
 }
 
 /// An in-memory hypervisor for tests: domains are records; tests steer failures and guest behaviour.
@@ -248,6 +263,8 @@ pub mod fake {
         pub ignores_shutdown: bool,
         /// Attached disks: guest device name to image path.
         pub disks: BTreeMap<String, PathBuf>,
+        /// Pod networks joined.
+        pub nics: Vec<crate::network::ZoneNetwork>,
     }
 
     #[derive(Debug, Default)]
@@ -256,6 +273,7 @@ pub mod fake {
         domains: BTreeMap<u32, FakeDomain>,
         fail_next_create: Option<String>,
         fail_next_destroy: Option<String>,
+        fail_next_nic: Option<String>,
         /// The zone ends of served channels, until a test takes them.
         zone_ends: BTreeMap<u32, tokio::io::DuplexStream>,
         /// Every served channel gets a [`scripted_zone`] at its zone end instead.
@@ -317,6 +335,11 @@ pub mod fake {
             self.with(|i| i.fail_next_destroy = Some(reason.to_owned()));
         }
 
+        /// The next pod NIC attachment fails with `reason`.
+        pub fn fail_next_nic(&self, reason: &str) {
+            self.with(|i| i.fail_next_nic = Some(reason.to_owned()));
+        }
+
         /// The guest in `domid` shuts down with `kind` (as a crash or poweroff would).
         pub fn guest_shuts_down(&self, domid: u32, kind: ShutdownKind) {
             self.with(|i| {
@@ -353,6 +376,7 @@ pub mod fake {
                         state: DomainRunState::Alive,
                         ignores_shutdown: false,
                         disks: BTreeMap::new(),
+                        nics: Vec::new(),
                     },
                 );
                 domid
@@ -414,6 +438,7 @@ pub mod fake {
                         state: DomainRunState::Alive,
                         ignores_shutdown: false,
                         disks: BTreeMap::new(),
+                        nics: Vec::new(),
                     },
                 );
                 Ok(domid)
@@ -516,6 +541,25 @@ pub mod fake {
                         reason: "no such disk".into(),
                     }),
                 }
+            })
+        }
+
+        async fn attach_pod_nic(
+            &self,
+            domid: u32,
+            network: &crate::network::ZoneNetwork,
+        ) -> Result<(), HypervisorError> {
+            self.with(|i| {
+                let fail = |reason: String| HypervisorError::Nic { domid, reason };
+                if let Some(reason) = i.fail_next_nic.take() {
+                    return Err(fail(reason));
+                }
+                let d = i.domains.get_mut(&domid).ok_or_else(|| fail("no such domain".into()))?;
+                if !d.paused {
+                    return Err(fail("the domain already runs: its init would miss the NIC".into()));
+                }
+                d.nics.push(network.clone());
+                Ok(())
             })
         }
 

@@ -8,6 +8,7 @@ pub mod hypervisor;
 pub mod link;
 pub mod loopdev;
 pub mod manager;
+pub mod network;
 pub mod workloads;
 pub mod xen;
 pub mod zone;

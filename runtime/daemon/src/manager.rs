@@ -19,6 +19,7 @@ use crate::hypervisor::{
     ZONE_CHANNEL_PATH,
 };
 use crate::link::{LinkEvent, LinkParams, ZoneLink};
+use crate::network::ZoneNetwork;
 use crate::zone::{
     InvalidTransition, Nanos, SpecError, VirtMode, ZoneRecord, ZoneSpec, ZoneState, now, resolve_virt_mode,
 };
@@ -278,6 +279,16 @@ impl<H: Hypervisor> ZoneManager<H> {
     /// Builds the zone's domain (paused), serves its host channel, then lets it run. The zone is `Starting`
     /// until its init connects over the channel, then `Ready`.
     pub async fn start(self: &Arc<Self>, zone: &str) -> Result<ZoneRecord, ManagerError> {
+        self.start_on(zone, None).await
+    }
+
+    /// [`start`](Self::start), joining the zone to a pod network before it runs: its NIC is there, with the
+    /// network's MAC, and its init is told the address and routes on the kernel command line.
+    pub async fn start_on(
+        self: &Arc<Self>,
+        zone: &str,
+        network: Option<ZoneNetwork>,
+    ) -> Result<ZoneRecord, ManagerError> {
         let caps =
             self.hv.host_caps().await.map_err(|source| ManagerError::Hypervisor { zone: zone.to_owned(), source })?;
         let (id, request) = {
@@ -289,6 +300,7 @@ impl<H: Hypervisor> ZoneManager<H> {
             self.update(rec, |r| {
                 r.transition(ZoneState::Starting, now())?;
                 r.virt_mode = Some((mode, why));
+                r.network = network;
                 Ok(())
             })?
             .map_err(|transition| ManagerError::WrongState { zone: name.clone(), transition })?;
@@ -322,7 +334,14 @@ impl<H: Hypervisor> ZoneManager<H> {
         }
         let snapshot = rec.clone();
         drop(zones);
-        let served = self.hv.serve_channel(domid).await;
+        let joined = match &snapshot.network {
+            Some(net) => self.hv.attach_pod_nic(domid, net).await,
+            None => Ok(()),
+        };
+        let served = match joined {
+            Ok(()) => self.hv.serve_channel(domid).await,
+            Err(e) => Err(e),
+        };
         let unpaused = match served {
             Ok(io) => {
                 self.attach_link(&snapshot, domid, io);
@@ -635,6 +654,7 @@ impl<H: Hypervisor> ZoneManager<H> {
             format!("bulkhead.hostname={}", spec.effective_hostname()),
             format!("bulkhead.channel={ZONE_CHANNEL_PATH}"),
         ];
+        cmdline.extend(rec.network.iter().flat_map(ZoneNetwork::kernel_args));
         cmdline.extend(spec.kernel_args.iter().cloned());
         DomainRequest {
             name: format!("{DOMAIN_NAME_PREFIX}{}", spec.name),
@@ -759,6 +779,56 @@ mod tests {
         // Starting twice is a state error, not a second domain.
         assert!(matches!(m.start("web").await, Err(ManagerError::WrongState { .. })));
         assert_eq!(m.hypervisor().count(), 1);
+        Ok(())
+    }
+
+    fn pod_network() -> Result<ZoneNetwork, crate::network::NetworkError> {
+        ZoneNetwork::new(
+            "pod-net",
+            "eth0",
+            "3a:5a:2b:77:1e:df",
+            &["10.88.0.5/16".into()],
+            "10.88.0.1",
+            &[("0.0.0.0/0".into(), String::new())],
+        )
+    }
+
+    #[tokio::test]
+    async fn a_pod_network_is_joined_before_the_zone_runs_and_its_init_is_told() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let m = manager(dir.path(), FakeHypervisor::new(PV_ONLY)).await?;
+        m.create(spec("web")).await?;
+        let started = m.start_on("web", Some(pod_network()?)).await?;
+        let d = m.hypervisor().domain(started.domid.ok_or("no domid")?).ok_or("no domain")?;
+        // The fake refuses a NIC on a running domain: it was joined while paused.
+        assert_eq!(d.nics, [pod_network()?]);
+        assert!(
+            d.request
+                .cmdline
+                .contains(" bulkhead.ip=10.88.0.5/16 bulkhead.gw=10.88.0.1 bulkhead.routes=0.0.0.0/0 loglevel=3"),
+            "{}",
+            d.request.cmdline
+        );
+        // Recorded, so status shows the pod IP after a daemon restart too.
+        drop(m);
+        let m = manager(dir.path(), FakeHypervisor::new(PV_ONLY)).await?;
+        assert_eq!(m.get("web").await?.network, Some(pod_network()?));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_network_that_cannot_be_joined_fails_the_zone_and_leaves_no_domain() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let hv = FakeHypervisor::new(PV_ONLY);
+        hv.fail_next_nic("no such netns");
+        let m = manager(dir.path(), hv).await?;
+        m.create(spec("web")).await?;
+        let e = m.start_on("web", Some(pod_network()?)).await.err().ok_or("start should fail")?;
+        assert!(e.to_string().contains("pod network: no such netns"), "{e}");
+        assert_eq!(m.hypervisor().count(), 0);
+        let z = m.get("web").await?;
+        assert_eq!(z.state, ZoneState::Failed);
+        assert!(z.failure_reason.unwrap_or_default().contains("no such netns"));
         Ok(())
     }
 

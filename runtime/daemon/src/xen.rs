@@ -16,6 +16,10 @@ use crate::hypervisor::{
 use crate::loopdev;
 use crate::zone::HostVirtCaps;
 
+/// libxl's hotplug script for pod NICs (image/tree/usr/lib/bulkhead/vif-pod): it names netback's end and
+/// reports it connected, and leaves the plumbing into the pod's netns to the daemon.
+pub const VIF_POD_SCRIPT: &str = "/usr/lib/bulkhead/vif-pod";
+
 /// xenstored fires this watch whenever a domain shuts down or is destroyed.
 const RELEASE_DOMAIN: &str = "@releaseDomain";
 
@@ -310,6 +314,30 @@ impl Hypervisor for LibxlHypervisor {
                 );
             }
         }
+        Ok(())
+    }
+
+    async fn attach_pod_nic(&self, domid: u32, network: &crate::network::ZoneNetwork) -> Result<(), HypervisorError> {
+        let fail = |reason: String| HypervisorError::Nic { domid, reason };
+        // Unique in dom0 while the domain lives (domids stay below 32752), and within IFNAMSIZ.
+        let vif = format!("bhvif{domid}");
+        let nic = bulkhead_xen::nic::NicSpec { mac: network.mac, ifname: vif.clone(), script: VIF_POD_SCRIPT.into() };
+        let devid =
+            self.worker.nic_add(domid, nic).await.map_err(|e| {
+                fail(format!("{} (is {VIF_POD_SCRIPT} installed? see the libxl log)", message_chain(&e)))
+            })?;
+        let (netns, interface) = (network.netns.clone(), network.interface.clone());
+        let vif_name = vif.clone();
+        // iproute2 and tc block: off the async workers. A failure leaves the vif to the domain's destroy.
+        tokio::task::spawn_blocking(move || {
+            bulkhead_cni::zone_link::move_into(&vif_name, &netns)?;
+            bulkhead_cni::zone_link::redirect(&netns, &interface, &vif_name)
+        })
+        .await
+        .map_err(|e| fail(format!("the plumbing task failed: {e}")))?
+        .map_err(|e| fail(e.to_string()))?;
+        tracing::info!(domid, devid, vif, netns = %network.netns, interface = %network.interface,
+            mac = %crate::network::format_mac(network.mac), "zone NIC joined to its pod network");
         Ok(())
     }
 

@@ -323,6 +323,9 @@ pub struct ZoneRecord {
     /// What the zone's init reported when it last connected.
     #[serde(default)]
     pub init: Option<InitInfo>,
+    /// The pod network it was started on.
+    #[serde(default)]
+    pub network: Option<crate::network::ZoneNetwork>,
 }
 
 impl ZoneRecord {
@@ -340,6 +343,7 @@ impl ZoneRecord {
             ready_at: 0,
             finished_at: 0,
             init: None,
+            network: None,
         }
     }
 

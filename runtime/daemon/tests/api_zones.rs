@@ -79,12 +79,30 @@ async fn zone_lifecycle_over_the_control_socket() -> TestResult {
     assert_eq!(dup.code(), Code::AlreadyExists);
     c.create_zone(pb::CreateZoneRequest { spec: Some(spec("db")) }).await?;
 
-    let started = c.start_zone(pb::StartZoneRequest { zone: "web".into() }).await?.into_inner().zone.ok_or("zone")?;
+    // A pod network the daemon cannot use is refused before anything is built, naming the field.
+    let net = pb::ZoneNetwork {
+        netns: "pod-web".into(),
+        interface: "eth0".into(),
+        mac: "02:42:ac:11:00:02".into(),
+        addresses: vec!["10.88.0.2/16".into()],
+        gateway: "10.88.0.1".into(),
+        routes: vec![pb::ZoneRoute { destination: "0.0.0.0/0".into(), gateway: String::new() }],
+    };
+    let bad_net = pb::ZoneNetwork { mac: "ff:ff:ff:ff:ff:ff".into(), ..net.clone() };
+    let e = c.start_zone(pb::StartZoneRequest { zone: "web".into(), network: Some(bad_net) }).await.err();
+    let e = e.ok_or("a broadcast MAC was accepted")?;
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("network.mac"), "{}", e.message());
+
+    let req = pb::StartZoneRequest { zone: "web".into(), network: Some(net.clone()) };
+    let started = c.start_zone(req).await?.into_inner().zone.ok_or("zone")?;
+    // The network it runs on, as recorded: the pod IP for PodSandboxStatus.
+    assert_eq!(started.network, Some(net));
     assert_eq!(started.state(), pb::ZoneState::Starting);
     assert_ne!(started.domid, 0);
     assert_eq!(started.virt_mode(), pb::VirtMode::Pvh);
     assert_eq!(started.virt_mode_reason, "auto: the host has HVM with HAP");
-    let again = c.start_zone(pb::StartZoneRequest { zone: id.clone() }).await.err().ok_or("started twice")?;
+    let again = c.start_zone(pb::StartZoneRequest { zone: id.clone(), network: None }).await.err().ok_or("started twice")?;
     assert_eq!(again.code(), Code::FailedPrecondition);
 
     let listed = c

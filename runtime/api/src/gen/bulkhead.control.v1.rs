@@ -67,6 +67,40 @@ pub struct ZoneStatus {
     pub init_version: ::prost::alloc::string::String,
     #[prost(string, tag = "13")]
     pub kernel_release: ::prost::alloc::string::String,
+    /// The pod network the zone was started on, if any.
+    #[prost(message, optional, tag = "14")]
+    pub network: ::core::option::Option<ZoneNetwork>,
+}
+/// A zone's NIC joined to an interface a CNI plugin chain made in a network namespace of dom0: the zone's
+/// PV NIC takes that interface's MAC and addresses, and every frame is passed between the two.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ZoneNetwork {
+    /// The network namespace's name under /run/netns (CNI's netns, made by the client).
+    #[prost(string, tag = "1")]
+    pub netns: ::prost::alloc::string::String,
+    /// The interface CNI made there (kubelet's pods use "eth0").
+    #[prost(string, tag = "2")]
+    pub interface: ::prost::alloc::string::String,
+    /// Its MAC, "aa:bb:cc:dd:ee:ff".
+    #[prost(string, tag = "3")]
+    pub mac: ::prost::alloc::string::String,
+    /// Its addresses as "10.88.0.5/16": the first is the pod IP. IPv4 only for now.
+    #[prost(string, repeated, tag = "4")]
+    pub addresses: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The subnet's gateway, for routes that name none.
+    #[prost(string, tag = "5")]
+    pub gateway: ::prost::alloc::string::String,
+    #[prost(message, repeated, tag = "6")]
+    pub routes: ::prost::alloc::vec::Vec<ZoneRoute>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ZoneRoute {
+    /// "0.0.0.0/0", "10.96.0.0/12".
+    #[prost(string, tag = "1")]
+    pub destination: ::prost::alloc::string::String,
+    /// Empty = the network's gateway.
+    #[prost(string, tag = "2")]
+    pub gateway: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct CreateZoneRequest {
@@ -78,10 +112,13 @@ pub struct CreateZoneResponse {
     #[prost(message, optional, tag = "1")]
     pub zone: ::core::option::Option<ZoneStatus>,
 }
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct StartZoneRequest {
     #[prost(string, tag = "1")]
     pub zone: ::prost::alloc::string::String,
+    /// Join the zone to this pod network before it runs (its NIC is there when its init starts).
+    #[prost(message, optional, tag = "2")]
+    pub network: ::core::option::Option<ZoneNetwork>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct StartZoneResponse {

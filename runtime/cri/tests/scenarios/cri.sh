@@ -10,10 +10,7 @@ start_daemon
 image=127.0.0.1:5000/test/busybox:gzip
 bulkhead image inspect "$image" >/dev/null 2>&1 && fail "the image is there before the CRI pull"
 
-cri_log=/tmp/bulkhead-cri.log
-bulkhead-cri >"$cri_log" 2>&1 &
-for _ in $(seq 100); do [ -S /run/bulkhead/cri.sock ] && break; sleep 0.1; done
-[ -S /run/bulkhead/cri.sock ] || { cat "$cri_log" >&2; fail "bulkhead-cri did not listen"; }
+start_cri
 
 if ! bulkhead-cri smoke-test --image "$image" --log-dir /var/log/pods; then
   echo "--- bulkhead-cri log" >&2

@@ -7,10 +7,7 @@ set -euo pipefail
 start_daemon
 bulkhead image import /root/busybox-oci.tar --reference busybox:demo >/dev/null
 
-cri_log=/tmp/bulkhead-cri.log
-bulkhead-cri >"$cri_log" 2>&1 &
-for _ in $(seq 100); do [ -S /run/bulkhead/cri.sock ] && break; sleep 0.1; done
-[ -S /run/bulkhead/cri.sock ] || { cat "$cri_log" >&2; fail "bulkhead-cri did not listen"; }
+start_cri
 
 if ! bulkhead-cri security-check --image busybox:demo --work-dir /var/lib/bulkhead-cri/security-check; then
   echo "--- bulkhead-cri log" >&2

@@ -23,7 +23,45 @@ use tonic::transport::{Channel, Endpoint};
 pub struct Node {
     pub runtime: RuntimeServiceClient<Channel>,
     pub images: ImageServiceClient<Channel>,
+    /// The pod network's subnet, when the node has one.
+    pub subnet: Option<String>,
     pub dir: tempfile::TempDir,
+    _bridge: Option<Bridge>,
+}
+
+/// The pod network's bridge, deleted however the test ends.
+struct Bridge(String);
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["link", "del", &self.0]).status();
+    }
+}
+
+/// Nodes made by this process, for unique bridge names and subnets.
+static NODES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// The node's pod network: Debian's real bridge, host-local and loopback plugins, with a bridge and a
+/// subnet of the node's own.
+fn write_pod_network(dir: &Path) -> Result<(Bridge, String), Box<dyn std::error::Error>> {
+    let n = NODES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 250;
+    let bridge = Bridge(format!("bhc{}x{n}", std::process::id() % 100_000));
+    let subnet = format!("10.233.{n}.0/24");
+    let conf_dir = dir.join("cni/net.d");
+    std::fs::create_dir_all(&conf_dir)?;
+    std::fs::write(
+        conf_dir.join("10-pods.conflist"),
+        format!(
+            r#"{{"cniVersion":"1.0.0","name":"pods","plugins":[
+            {{"type":"bridge","bridge":"{}","isGateway":true,
+              "ipam":{{"type":"host-local","ranges":[[{{"subnet":"{subnet}"}}]],"routes":[{{"dst":"0.0.0.0/0"}}],
+                      "dataDir":"{}"}}}},
+            {{"type":"loopback"}}]}}"#,
+            bridge.0,
+            dir.join("cni/ipam").display()
+        ),
+    )?;
+    Ok((bridge, subnet))
 }
 
 fn serve(routes: tonic::service::Routes, socket: &Path) -> std::io::Result<()> {
@@ -41,8 +79,18 @@ async fn connect(socket: PathBuf) -> Result<Channel, tonic::transport::Error> {
         .await
 }
 
-/// A daemon with busybox imported as `busybox:test`, and bulkhead-cri in front of it.
+/// A daemon with busybox imported as `busybox:test`, and bulkhead-cri in front of it, with a pod network
+/// of real CNI plugins (which must be installed: `ci/deps build`).
 pub async fn node() -> Result<Node, Box<dyn std::error::Error>> {
+    node_with(true).await
+}
+
+/// [`node`] with no CNI config: the pod network is not ready.
+pub async fn node_without_network() -> Result<Node, Box<dyn std::error::Error>> {
+    node_with(false).await
+}
+
+async fn node_with(network: bool) -> Result<Node, Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let hv = FakeHypervisor::new(HostVirtCaps { hvm: false, hap: false });
     hv.run_scripted_zones();
@@ -62,14 +110,26 @@ pub async fn node() -> Result<Node, Box<dyn std::error::Error>> {
     let mut settings = bulkhead_cri::Settings { image_store: store_dir, ..Default::default() };
     settings.runtime.defaults.memory_mib = 64;
     settings.runtime.boot_timeout = Duration::from_secs(20);
-    // The node's CNI config is the test's: none until a test writes one under cni/.
+    // The node's CNI config is the test's, under cni/.
     settings.runtime.cni.conf_dir = dir.path().join("cni/net.d");
-    settings.runtime.cni.bin_dirs = vec![dir.path().join("cni/bin")];
+    let (bridge, subnet) = if network {
+        let (b, s) = write_pod_network(dir.path())?;
+        (Some(b), Some(s))
+    } else {
+        settings.runtime.cni.bin_dirs = vec![dir.path().join("cni/bin")];
+        (None, None)
+    };
     let cri_socket = dir.path().join("run/cri.sock");
     let daemon = bulkhead_cri::daemon_channel(&control);
     let stop = tokio_util::sync::CancellationToken::new();
     let streams = bulkhead_cri::start_streaming(daemon.clone(), Default::default(), stop.clone()).await?;
     serve(bulkhead_cri::services(daemon, settings, streams), &cri_socket)?;
     let channel = connect(cri_socket).await?;
-    Ok(Node { runtime: RuntimeServiceClient::new(channel.clone()), images: ImageServiceClient::new(channel), dir })
+    Ok(Node {
+        runtime: RuntimeServiceClient::new(channel.clone()),
+        images: ImageServiceClient::new(channel),
+        subnet,
+        dir,
+        _bridge: bridge,
+    })
 }

@@ -250,7 +250,7 @@ pub async fn launch(a: LaunchArgs, channel: Channel, out: &mut dyn Write) -> any
         .await
         .map_err(|s| rpc_error(&format!("creating zone {name}"), s))?;
     zones
-        .start_zone(pb::StartZoneRequest { zone: name.clone() })
+        .start_zone(pb::StartZoneRequest { zone: name.clone(), network: None })
         .await
         .map_err(|s| rpc_error(&format!("starting zone {name}"), s))?;
     // The daemon attaches the image while the zone boots and creates the workload once the zone is ready.

@@ -239,7 +239,7 @@ pub async fn run(cmd: ZoneCommand, channel: Channel, out: &mut dyn Write) -> any
             if a.start {
                 let what = format!("starting zone {}", a.name);
                 z = c
-                    .start_zone(pb::StartZoneRequest { zone: z.id.clone() })
+                    .start_zone(pb::StartZoneRequest { zone: z.id.clone(), network: None })
                     .await
                     .map_err(|s| rpc_error(&what, s))?
                     .into_inner()
@@ -250,7 +250,7 @@ pub async fn run(cmd: ZoneCommand, channel: Channel, out: &mut dyn Write) -> any
         }
         ZoneCommand::Start(r) => {
             let what = format!("starting zone {}", r.zone);
-            let z = c.start_zone(pb::StartZoneRequest { zone: r.zone }).await.map_err(|s| rpc_error(&what, s))?;
+            let z = c.start_zone(pb::StartZoneRequest { zone: r.zone, network: None }).await.map_err(|s| rpc_error(&what, s))?;
             print_zones(out, vec![z.into_inner().zone.unwrap_or_default().into()], OutputFormat::Table)?;
         }
         ZoneCommand::Stop(a) => {

@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 
 use crate::hypervisor::Hypervisor;
 use crate::manager::{ZoneEvent, ZoneManager};
+use crate::network::ZoneNetwork;
 use crate::workloads::{WorkloadEvent, WorkloadManager};
 use crate::zone::{SpecError, VirtMode, ZoneName, ZoneRecord, ZoneSpec, ZoneState};
 
@@ -160,7 +161,33 @@ pub fn status_to_pb(r: &ZoneRecord) -> pb::ZoneStatus {
         finished_at: r.finished_at,
         init_version: r.init.as_ref().map(|i| i.version.clone()).unwrap_or_default(),
         kernel_release: r.init.as_ref().map(|i| i.kernel_release.clone()).unwrap_or_default(),
+        network: r.network.as_ref().map(network_to_pb),
     }
+}
+
+fn network_to_pb(n: &ZoneNetwork) -> pb::ZoneNetwork {
+    pb::ZoneNetwork {
+        netns: n.netns.clone(),
+        interface: n.interface.clone(),
+        mac: crate::network::format_mac(n.mac),
+        addresses: vec![n.address.to_string()],
+        gateway: n.gateway.map(|g| g.to_string()).unwrap_or_default(),
+        routes: n
+            .routes
+            .iter()
+            .map(|r| pb::ZoneRoute {
+                destination: r.destination.to_string(),
+                gateway: r.gateway.map(|g| g.to_string()).unwrap_or_default(),
+            })
+            .collect(),
+    }
+}
+
+/// The client's network, validated; a bad one is INVALID_ARGUMENT naming the field.
+fn network_from_pb(n: &pb::ZoneNetwork) -> Result<ZoneNetwork, Status> {
+    let routes: Vec<(String, String)> = n.routes.iter().map(|r| (r.destination.clone(), r.gateway.clone())).collect();
+    ZoneNetwork::new(&n.netns, &n.interface, &n.mac, &n.addresses, &n.gateway, &routes)
+        .map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 fn event_to_pb(e: ZoneEvent) -> pb::Event {
@@ -192,7 +219,9 @@ impl<H: Hypervisor> pb::zone_service_server::ZoneService for ZoneApi<H> {
     }
 
     async fn start_zone(&self, req: Request<pb::StartZoneRequest>) -> Result<Response<pb::StartZoneResponse>, Status> {
-        let rec = self.manager.start(&req.into_inner().zone).await?;
+        let req = req.into_inner();
+        let network = req.network.as_ref().map(network_from_pb).transpose()?;
+        let rec = self.manager.start_on(&req.zone, network).await?;
         Ok(Response::new(pb::StartZoneResponse { zone: Some(status_to_pb(&rec)) }))
     }
 

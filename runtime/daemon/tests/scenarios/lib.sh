@@ -46,6 +46,22 @@ YML
   cat /tmp/registry.log >&2
   fail "docker-registry did not listen on 127.0.0.1:5000"
 }
+# start_cri: bulkhead-cri on /run/bulkhead/cri.sock, with a pod network of Debian's bridge, host-local and
+# loopback plugins (the bridge bhpods0 on 10.244.0.0/24, dom0 its gateway) as the node's CNI config.
+cri_log=/tmp/bulkhead-cri.log
+start_cri() {
+  mkdir -p /etc/cni/net.d
+  cat >/etc/cni/net.d/10-bulkhead-bed.conflist <<'JSON'
+{"cniVersion":"1.0.0","name":"bed-pods","plugins":[
+ {"type":"bridge","bridge":"bhpods0","isGateway":true,"ipMasq":false,
+  "ipam":{"type":"host-local","ranges":[[{"subnet":"10.244.0.0/24"}]],"routes":[{"dst":"0.0.0.0/0"}]}},
+ {"type":"loopback"}]}
+JSON
+  bulkhead-cri >"$cri_log" 2>&1 &
+  for _ in $(seq 100); do [ -S /run/bulkhead/cri.sock ] && return 0; sleep 0.1; done
+  cat "$cri_log" >&2
+  fail "bulkhead-cri did not listen"
+}
 fail() {
   echo "FAILED: $*" >&2
   exit 1
