@@ -102,7 +102,8 @@ async fn zone_lifecycle_over_the_control_socket() -> TestResult {
     assert_ne!(started.domid, 0);
     assert_eq!(started.virt_mode(), pb::VirtMode::Pvh);
     assert_eq!(started.virt_mode_reason, "auto: the host has HVM with HAP");
-    let again = c.start_zone(pb::StartZoneRequest { zone: id.clone(), network: None }).await.err().ok_or("started twice")?;
+    let again =
+        c.start_zone(pb::StartZoneRequest { zone: id.clone(), network: None }).await.err().ok_or("started twice")?;
     assert_eq!(again.code(), Code::FailedPrecondition);
 
     let listed = c

@@ -250,7 +250,10 @@ pub async fn run(cmd: ZoneCommand, channel: Channel, out: &mut dyn Write) -> any
         }
         ZoneCommand::Start(r) => {
             let what = format!("starting zone {}", r.zone);
-            let z = c.start_zone(pb::StartZoneRequest { zone: r.zone, network: None }).await.map_err(|s| rpc_error(&what, s))?;
+            let z = c
+                .start_zone(pb::StartZoneRequest { zone: r.zone, network: None })
+                .await
+                .map_err(|s| rpc_error(&what, s))?;
             print_zones(out, vec![z.into_inner().zone.unwrap_or_default().into()], OutputFormat::Table)?;
         }
         ZoneCommand::Stop(a) => {
