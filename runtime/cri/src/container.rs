@@ -86,10 +86,14 @@ pub fn limits(r: Option<&cri::LinuxContainerResources>) -> Result<Option<pb::Res
     }))
 }
 
+/// Where a container finds its pod's DNS settings.
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+
 /// The workload spec for a container; every refusal is INVALID_ARGUMENT saying what to change.
 pub fn workload_spec(
     config: &cri::ContainerConfig,
     sandbox: &cri::PodSandboxConfig,
+    resolv_conf: Option<&std::path::Path>,
 ) -> Result<pb::WorkloadSpec, Status> {
     let meta = config.metadata.as_ref().ok_or_else(|| invalid("the container config has no metadata".into()))?;
     if meta.name.is_empty() {
@@ -100,7 +104,19 @@ pub fn workload_spec(
         return Err(invalid(format!("container {}: no image given", meta.name)));
     }
     // Each mount becomes a snapshot or an emptyDir in the zone, or is refused with the reason.
-    let mounts = config.mounts.iter().map(|m| crate::volumes::mount(&meta.name, m)).collect::<Result<_, _>>()?;
+    let mut mounts: Vec<pb::Mount> =
+        config.mounts.iter().map(|m| crate::volumes::mount(&meta.name, m)).collect::<Result<_, _>>()?;
+    // The pod's resolv.conf, unless the container mounts its own.
+    if let Some(path) = resolv_conf
+        && !mounts.iter().any(|m| m.container_path == RESOLV_CONF)
+    {
+        mounts.push(pb::Mount {
+            host_path: path.display().to_string(),
+            container_path: RESOLV_CONF.into(),
+            readonly: false,
+            kind: pb::MountKind::Snapshot.into(),
+        });
+    }
     if let Some(d) = config.devices.first() {
         return Err(invalid(format!(
             "container {}: device {:?}: host devices cannot be passed into zones",
@@ -276,8 +292,21 @@ mod tests {
 
     #[test]
     fn a_container_config_becomes_a_workload_spec() -> Result<(), Status> {
-        let spec = workload_spec(&config(), &sandbox())?;
+        let resolv = std::path::Path::new("/run/bulkhead-cri/pods/z1/resolv.conf");
+        let spec = workload_spec(&config(), &sandbox(), Some(resolv))?;
         assert_eq!(spec.name, "nginx.2");
+        // The pod's resolv.conf is a snapshot at /etc/resolv.conf, unless the container mounts its own.
+        let dns = spec.mounts.iter().find(|m| m.container_path == "/etc/resolv.conf").cloned().unwrap_or_default();
+        assert_eq!((dns.host_path.as_str(), dns.kind()), (resolv.to_str().unwrap_or(""), pb::MountKind::Snapshot));
+        let mut own = config();
+        own.mounts.push(cri::Mount {
+            container_path: "/etc/resolv.conf".into(),
+            host_path: "/var/lib/kubelet/pods/0b7e/volumes/kubernetes.io~configmap/dns".into(),
+            ..Default::default()
+        });
+        let own = workload_spec(&own, &sandbox(), Some(resolv))?;
+        let dns: Vec<_> = own.mounts.iter().filter(|m| m.container_path == "/etc/resolv.conf").collect();
+        assert!(dns.len() == 1 && dns[0].host_path.contains("configmap"), "{dns:?}");
         assert_eq!(spec.image, "sha256:abc");
         assert_eq!((spec.command.len(), spec.args.len()), (1, 2));
         assert_eq!(spec.log_path, "/var/log/pods/shop_web_0b7e/nginx/2.log");
@@ -310,7 +339,7 @@ mod tests {
     #[test]
     fn what_zones_cannot_do_is_refused_with_the_reason() {
         let msg = |c: &cri::ContainerConfig| {
-            workload_spec(c, &sandbox()).err().map(|e| e.message().to_owned()).unwrap_or_default()
+            workload_spec(c, &sandbox(), None).err().map(|e| e.message().to_owned()).unwrap_or_default()
         };
         let mut c = config();
         c.mounts.push(cri::Mount { container_path: "/data".into(), host_path: "/srv".into(), ..Default::default() });

@@ -68,6 +68,7 @@ impl Default for Settings {
                 },
                 boot_timeout: Duration::from_secs(180),
                 cni: bulkhead_cni::CniConfig::default(),
+                pods_dir: PathBuf::from("/run/bulkhead-cri/pods"),
             },
             image_store: PathBuf::from(DEFAULT_IMAGE_STORE),
         }

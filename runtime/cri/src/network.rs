@@ -71,6 +71,54 @@ pub fn zone_network(pod: &PodNetwork) -> Result<pb::ZoneNetwork, Status> {
     })
 }
 
+/// Where a pod's resolv.conf goes: `<pods_dir>/<sandbox id>/resolv.conf`.
+pub fn resolv_conf_path(pods_dir: &std::path::Path, sandbox_id: &str) -> std::path::PathBuf {
+    pods_dir.join(sandbox_id).join("resolv.conf")
+}
+
+/// resolv.conf for the pod from kubelet's DNSConfig (the cluster's nameservers, searches and options, or the
+/// node's for dnsPolicy Default); the runtime writes it, as containerd does.
+pub fn resolv_conf(dns: &cri::DnsConfig) -> Result<String, Status> {
+    use std::fmt::Write as _;
+    // Each entry is one word on its line: nothing may smuggle in another directive.
+    let one_word = |s: &&String| !s.is_empty() && !s.contains(char::is_whitespace);
+    if let Some(bad) = dns.servers.iter().chain(&dns.searches).chain(&dns.options).find(|s| !one_word(s)) {
+        return Err(Status::invalid_argument(format!("the pod's DNS config entry {bad:?} is not one word")));
+    }
+    let mut out = String::new();
+    for s in &dns.servers {
+        let _ = writeln!(out, "nameserver {s}");
+    }
+    if !dns.searches.is_empty() {
+        let _ = writeln!(out, "search {}", dns.searches.join(" "));
+    }
+    if !dns.options.is_empty() {
+        let _ = writeln!(out, "options {}", dns.options.join(" "));
+    }
+    Ok(out)
+}
+
+/// Writes the pod's resolv.conf (atomically: concurrent CreateContainers may read it) and returns its path,
+/// or `None` when kubelet sent no DNS config (the image's own file stays).
+pub async fn write_resolv_conf(
+    pods_dir: &std::path::Path,
+    sandbox_id: &str,
+    dns: Option<&cri::DnsConfig>,
+) -> Result<Option<std::path::PathBuf>, Status> {
+    let Some(dns) = dns else { return Ok(None) };
+    let text = resolv_conf(dns)?;
+    bulkhead_cni::netns::check_name(sandbox_id)
+        .map_err(|why| Status::invalid_argument(format!("sandbox id {sandbox_id:?}: {why}")))?;
+    let path = resolv_conf_path(pods_dir, sandbox_id);
+    let fail = |e: std::io::Error| Status::internal(format!("writing the pod's resolv.conf {}: {e}", path.display()));
+    let dir = path.parent().unwrap_or(pods_dir);
+    tokio::fs::create_dir_all(dir).await.map_err(fail)?;
+    let tmp = dir.join(format!(".resolv.conf.{}", std::process::id()));
+    tokio::fs::write(&tmp, text).await.map_err(fail)?;
+    tokio::fs::rename(&tmp, &path).await.map_err(fail)?;
+    Ok(Some(path))
+}
+
 /// What Status's verbose info shows: the config in use and its plugins, or the error.
 pub fn describe(cni: &Result<Network, String>) -> String {
     let v = match cni {
@@ -185,6 +233,37 @@ mod tests {
         std::fs::create_dir_all(dir.join("bin"))?;
         std::fs::write(dir.join("bin").join(name), "#!/bin/sh\n")?;
         std::fs::set_permissions(dir.join("bin").join(name), std::fs::Permissions::from_mode(0o755))
+    }
+
+    #[test]
+    fn resolv_conf_from_kubelet_s_dns_config() -> TestResult {
+        let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let dns = cri::DnsConfig {
+            servers: s(&["10.96.0.10"]),
+            searches: s(&["default.svc.cluster.local", "svc.cluster.local"]),
+            options: s(&["ndots:5"]),
+        };
+        assert_eq!(
+            resolv_conf(&dns)?,
+            "nameserver 10.96.0.10\nsearch default.svc.cluster.local svc.cluster.local\noptions ndots:5\n"
+        );
+        assert_eq!(resolv_conf(&cri::DnsConfig::default())?, "");
+        let smuggled = cri::DnsConfig { servers: s(&["1.1.1.1\nnameserver 6.6.6.6"]), ..Default::default() };
+        assert!(resolv_conf(&smuggled).is_err());
+        assert!(resolv_conf(&cri::DnsConfig { searches: s(&[""]), ..Default::default() }).is_err());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn the_pod_s_resolv_conf_is_written_under_its_id() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let dns = cri::DnsConfig { servers: vec!["10.96.0.10".into()], ..Default::default() };
+        let path = write_resolv_conf(dir.path(), "pod1", Some(&dns)).await?.ok_or("no path")?;
+        assert_eq!(path, dir.path().join("pod1/resolv.conf"));
+        assert_eq!(std::fs::read_to_string(&path)?, "nameserver 10.96.0.10\n");
+        assert_eq!(write_resolv_conf(dir.path(), "pod1", None).await?, None);
+        assert!(write_resolv_conf(dir.path(), "../x", Some(&dns)).await.is_err());
+        Ok(())
     }
 
     #[test]

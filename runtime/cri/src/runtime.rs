@@ -36,6 +36,8 @@ pub struct RuntimeSettings {
     pub boot_timeout: Duration,
     /// Where the pod network's CNI config and plugins are.
     pub cni: bulkhead_cni::CniConfig,
+    /// Where pods' files (resolv.conf) are written, one directory per sandbox id.
+    pub pods_dir: std::path::PathBuf,
 }
 
 /// The service.
@@ -446,6 +448,14 @@ impl cri::runtime_service_server::RuntimeService for CriRuntime {
             .destroy_zone(pb::DestroyZoneRequest { zone: id.clone() })
             .await
             .map_err(|e| daemon_error(&format!("removing pod sandbox {id}"), e))?;
+        if let Some(dir) = crate::network::resolv_conf_path(&self.settings.pods_dir, &id).parent() {
+            match tokio::fs::remove_dir_all(dir).await {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!(sandbox = %id, dir = %dir.display(), error = %e, "removing the pod's files failed")
+                }
+                _ => {}
+            }
+        }
         Ok(Response::new(cri::RemovePodSandboxResponse {}))
     }
 
@@ -491,7 +501,9 @@ impl cri::runtime_service_server::RuntimeService for CriRuntime {
         let config = req.config.ok_or_else(|| Status::invalid_argument("no container config given"))?;
         let (zone, record) = self.sandbox(&req.pod_sandbox_id).await?;
         // The sandbox's config as run is authoritative; kubelet sends it again for convenience.
-        let spec = container::workload_spec(&config, &record.config)?;
+        let dns = record.config.dns_config.as_ref();
+        let resolv_conf = crate::network::write_resolv_conf(&self.settings.pods_dir, &zone.id, dns).await?;
+        let spec = container::workload_spec(&config, &record.config, resolv_conf.as_deref())?;
         if let Some(dir) = std::path::Path::new(&spec.log_path).parent().filter(|_| !spec.log_path.is_empty()) {
             tokio::fs::create_dir_all(dir)
                 .await

@@ -474,7 +474,14 @@ async fn kubelets_volumes_reach_the_zone_and_oversized_ones_are_refused_with_the
     let cache = p.join("volumes/kubernetes.io~empty-dir/cache");
     std::fs::create_dir_all(&cache)?;
 
-    let config = sandbox_config(&logs, "vol");
+    let mut config = sandbox_config(&logs, "vol");
+    // Kubelet's DNS config (dnsPolicy ClusterFirst): the runtime writes the pod's resolv.conf.
+    config.dns_config = Some(cri::DnsConfig {
+        servers: vec!["10.96.0.10".into()],
+        searches: vec!["default.svc.cluster.local".into()],
+        options: vec!["ndots:5".into()],
+    });
+    let resolv_conf = "nameserver 10.96.0.10\nsearch default.svc.cluster.local\noptions ndots:5\n";
     let run = cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() };
     let pod = node.runtime.run_pod_sandbox(run).await?.into_inner().pod_sandbox_id;
     let mount = |host: &Path, container: &str, readonly| cri::Mount {
@@ -502,9 +509,13 @@ async fn kubelets_volumes_reach_the_zone_and_oversized_ones_are_refused_with_the
     // The scripted zone got each snapshot before the workload (etc-hosts: 33 bytes; the token: 3, the
     // escaping link dropped) and the emptyDir by name.
     let log = std::fs::read_to_string(logs.join("app/0.log"))?;
-    for want in
-        ["mount:/etc/hosts:33", "mount:/var/run/secrets/kubernetes.io/serviceaccount:3", "mount:/cache:emptydir"]
-    {
+    let resolv_mount = format!("mount:/etc/resolv.conf:{}", resolv_conf.len());
+    for want in [
+        "mount:/etc/hosts:33",
+        "mount:/var/run/secrets/kubernetes.io/serviceaccount:3",
+        "mount:/cache:emptydir",
+        &resolv_mount,
+    ] {
         assert!(log.contains(want), "{want} not in {log}");
     }
 

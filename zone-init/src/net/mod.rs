@@ -2,11 +2,10 @@
 //! interface CNI made in the pod's network namespace, so the zone must look like that interface: the same
 //! MAC (the bridge's forwarding and its peers' ARP entries name it), the same address and routes. This
 //! module applies such a config with the kernel's interface and route ioctls (no netlink library in a
-//! static PID 1), and renders the pod's resolv.conf from CRI's DNSConfig.
+//! static PID 1). (The pod's resolv.conf is bulkhead-cri's: a snapshot volume like /etc/hosts.)
 
 mod sys;
 
-use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 
 use nix::errno::Errno;
@@ -90,27 +89,6 @@ pub fn configure(cfg: &InterfaceConfig) -> Result<(), NetError> {
     Ok(())
 }
 
-/// resolv.conf for the pod from CRI's DNSConfig (kubelet sends the cluster's nameservers, searches and
-/// options; the runtime writes the file, as containerd does).
-pub fn resolv_conf(servers: &[String], searches: &[String], options: &[String]) -> Result<String, NetError> {
-    let mut out = String::new();
-    // Each entry is one word on its line: nothing may smuggle in another directive.
-    let one_word = |s: &String| !s.is_empty() && !s.contains(char::is_whitespace);
-    if let Some(bad) = servers.iter().chain(searches).chain(options).find(|s| !one_word(s)) {
-        return Err(NetError::Invalid(format!("DNS entry {bad:?} is not one word")));
-    }
-    for s in servers {
-        let _ = writeln!(out, "nameserver {s}");
-    }
-    if !searches.is_empty() {
-        let _ = writeln!(out, "search {}", searches.join(" "));
-    }
-    if !options.is_empty() {
-        let _ = writeln!(out, "options {}", options.join(" "));
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use std::process::Command;
@@ -118,24 +96,6 @@ mod tests {
     use super::*;
 
     type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
-
-    #[test]
-    fn resolv_conf_from_kubelet_s_dns_config() -> TestResult {
-        let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let text = resolv_conf(
-            &s(&["10.96.0.10"]),
-            &s(&["default.svc.cluster.local", "svc.cluster.local"]),
-            &s(&["ndots:5"]),
-        )?;
-        assert_eq!(
-            text,
-            "nameserver 10.96.0.10\nsearch default.svc.cluster.local svc.cluster.local\noptions ndots:5\n"
-        );
-        assert_eq!(resolv_conf(&[], &[], &[])?, "");
-        assert!(resolv_conf(&s(&["1.1.1.1\nnameserver 6.6.6.6"]), &[], &[]).is_err());
-        assert!(resolv_conf(&[], &s(&[""]), &[]).is_err());
-        Ok(())
-    }
 
     #[test]
     fn ipv6_and_bad_prefixes_are_refused_before_any_change() {

@@ -110,6 +110,7 @@ async fn node_with(network: bool) -> Result<Node, Box<dyn std::error::Error>> {
     let mut settings = bulkhead_cri::Settings { image_store: store_dir, ..Default::default() };
     settings.runtime.defaults.memory_mib = 64;
     settings.runtime.boot_timeout = Duration::from_secs(20);
+    settings.runtime.pods_dir = dir.path().join("cri-pods");
     // The node's CNI config is the test's, under cni/.
     settings.runtime.cni.conf_dir = dir.path().join("cni/net.d");
     let (bridge, subnet) = if network {
