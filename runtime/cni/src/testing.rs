@@ -29,3 +29,39 @@ pub fn real_plugins_or_skip() -> bool {
     eprintln!("skipping: {why}");
     false
 }
+
+/// A test's pod network of the real plugins: a bridge named `bridge` (the host its gateway) giving addresses
+/// of `subnet` from host-local (leases under `dir/ipam`), with a default route, then loopback. Writes
+/// `dir/net.d/10-pods.conflist` and returns `dir/net.d`, the conf dir.
+pub fn write_bridge_network(dir: &Path, bridge: &str, subnet: &str) -> std::io::Result<std::path::PathBuf> {
+    let conf_dir = dir.join("net.d");
+    std::fs::create_dir_all(&conf_dir)?;
+    let config = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "pods",
+        "plugins": [
+            {
+                "type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{ "subnet": subnet }]],
+                    "routes": [{ "dst": "0.0.0.0/0" }],
+                    "dataDir": dir.join("ipam"),
+                },
+            },
+            { "type": "loopback" },
+        ],
+    });
+    std::fs::write(conf_dir.join("10-pods.conflist"), config.to_string())?;
+    Ok(conf_dir)
+}
+
+/// A test's bridge, deleted however the test ends (the bridge plugin makes it and never deletes it).
+#[derive(Debug)]
+pub struct Bridge(pub String);
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["link", "del", &self.0]).status();
+    }
+}

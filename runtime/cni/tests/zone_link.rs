@@ -56,18 +56,8 @@ fn name_of(p: &Path) -> &str {
 impl Fixture {
     fn new() -> TestResult<Fixture> {
         let dir = tempfile::tempdir()?;
-        let conf_dir = dir.path().join("net.d");
-        std::fs::create_dir(&conf_dir)?;
         let bridge = format!("bhz{}", std::process::id() % 100_000);
-        let list = format!(
-            r#"{{"cniVersion":"1.0.0","name":"bulkhead-zone-test","plugins":[
-            {{"type":"bridge","bridge":"{bridge}","isGateway":true,"ipMasq":false,
-              "ipam":{{"type":"host-local","ranges":[[{{"subnet":"10.231.9.0/24"}}]],"routes":[{{"dst":"0.0.0.0/0"}}],
-                      "dataDir":"{}"}}}},
-            {{"type":"loopback"}}]}}"#,
-            dir.path().join("ipam").display()
-        );
-        std::fs::write(conf_dir.join("10-zone.conflist"), list)?;
+        let conf_dir = bulkhead_cni::testing::write_bridge_network(dir.path(), &bridge, "10.231.9.0/24")?;
         let net = Network::load(&CniConfig { conf_dir, ..CniConfig::default() })?;
         Ok(Fixture { _dir: dir, net, bridge, netns: Vec::new() })
     }

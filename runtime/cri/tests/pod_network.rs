@@ -12,28 +12,8 @@ use k8s_cri::v1 as cri;
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 fn network(dir: &Path, bridge: &str, subnet: &str) -> Result<Network, Box<dyn std::error::Error>> {
-    let conf_dir = dir.join("net.d");
-    std::fs::create_dir_all(&conf_dir)?;
-    std::fs::write(
-        conf_dir.join("10-pods.conflist"),
-        format!(
-            r#"{{"cniVersion":"1.0.0","name":"pods","plugins":[
-            {{"type":"bridge","bridge":"{bridge}","isGateway":true,
-              "ipam":{{"type":"host-local","ranges":[[{{"subnet":"{subnet}"}}]],"dataDir":"{}"}}}},
-            {{"type":"loopback"}}]}}"#,
-            dir.join("ipam").display()
-        ),
-    )?;
+    let conf_dir = bulkhead_cni::testing::write_bridge_network(dir, bridge, subnet)?;
     Ok(Network::load(&CniConfig { conf_dir, ..CniConfig::default() })?)
-}
-
-/// Deletes the test's bridge however the test ends.
-struct Bridge(String);
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
-    }
 }
 
 fn meta() -> cri::PodSandboxMetadata {
@@ -46,7 +26,7 @@ async fn setup_gives_an_ip_and_teardown_removes_it_idempotently() -> TestResult 
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
-    let _bridge = Bridge(format!("bhp{}", std::process::id() % 100_000));
+    let _bridge = bulkhead_cni::testing::Bridge(format!("bhp{}", std::process::id() % 100_000));
     let net = network(dir.path(), &_bridge.0, "10.231.13.0/24")?;
     let id = format!("bhpod{}", std::process::id());
     let pod = setup(&net, &id, &meta()).await?;
@@ -73,7 +53,7 @@ async fn a_failed_add_leaves_no_netns() -> TestResult {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
-    let _bridge = Bridge(format!("bhq{}", std::process::id() % 100_000));
+    let _bridge = bulkhead_cni::testing::Bridge(format!("bhq{}", std::process::id() % 100_000));
     let net = network(dir.path(), &_bridge.0, "10.231.300.0/24")?;
     let id = format!("bhpodf{}", std::process::id());
     let e = setup(&net, &id, &meta()).await.err().ok_or("ADD with a bad subnet succeeded")?;

@@ -26,16 +26,7 @@ pub struct Node {
     /// The pod network's subnet, when the node has one.
     pub subnet: Option<String>,
     pub dir: tempfile::TempDir,
-    _bridge: Option<Bridge>,
-}
-
-/// The pod network's bridge, deleted however the test ends.
-struct Bridge(String);
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip").args(["link", "del", &self.0]).status();
-    }
+    _bridge: Option<bulkhead_cni::testing::Bridge>,
 }
 
 /// Nodes made by this process, for unique bridge names and subnets.
@@ -43,24 +34,11 @@ static NODES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0
 
 /// The node's pod network: Debian's real bridge, host-local and loopback plugins, with a bridge and a
 /// subnet of the node's own.
-fn write_pod_network(dir: &Path) -> Result<(Bridge, String), Box<dyn std::error::Error>> {
+fn write_pod_network(dir: &Path) -> Result<(bulkhead_cni::testing::Bridge, String), Box<dyn std::error::Error>> {
     let n = NODES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 250;
-    let bridge = Bridge(format!("bhc{}x{n}", std::process::id() % 100_000));
+    let bridge = bulkhead_cni::testing::Bridge(format!("bhc{}x{n}", std::process::id() % 100_000));
     let subnet = format!("10.233.{n}.0/24");
-    let conf_dir = dir.join("cni/net.d");
-    std::fs::create_dir_all(&conf_dir)?;
-    std::fs::write(
-        conf_dir.join("10-pods.conflist"),
-        format!(
-            r#"{{"cniVersion":"1.0.0","name":"pods","plugins":[
-            {{"type":"bridge","bridge":"{}","isGateway":true,
-              "ipam":{{"type":"host-local","ranges":[[{{"subnet":"{subnet}"}}]],"routes":[{{"dst":"0.0.0.0/0"}}],
-                      "dataDir":"{}"}}}},
-            {{"type":"loopback"}}]}}"#,
-            bridge.0,
-            dir.join("cni/ipam").display()
-        ),
-    )?;
+    bulkhead_cni::testing::write_bridge_network(&dir.join("cni"), &bridge.0, &subnet)?;
     Ok((bridge, subnet))
 }
 
