@@ -366,6 +366,9 @@ impl cri::runtime_service_server::RuntimeService for CriRuntime {
         let net = crate::network::for_new_pod(self.settings.cni.clone()).await?;
         let name = spec.name.clone();
         let mut zones = self.zones.clone();
+        // Where a sandbox's start time goes, logged when it is ready: the zone's creation (domain built,
+        // paused), CNI ADD, and the start (NIC hotplug, unpause, boot to the init's first report).
+        let began = std::time::Instant::now();
         // Subscribe before starting, so no state change is missed.
         let mut events = zones
             .watch_events(pb::WatchEventsRequest { include_current: false })
@@ -381,7 +384,9 @@ impl cri::runtime_service_server::RuntimeService for CriRuntime {
             .ok_or_else(|| Status::internal("the daemon created a zone but returned none"))?;
         // The network is made for the zone's id (CNI's container id and the netns name are the sandbox id),
         // and is in place before the zone runs.
+        let created = began.elapsed();
         let pod_net = crate::network::setup(&net, &zone.id, &meta).await;
+        let network_added = began.elapsed();
         let started = match pod_net.and_then(|p| crate::network::zone_network(&p)) {
             Ok(network) => {
                 let req = pb::StartZoneRequest { zone: zone.id.clone(), network: Some(network) };
@@ -402,7 +407,15 @@ impl cri::runtime_service_server::RuntimeService for CriRuntime {
             }
             return Err(e);
         }
-        tracing::info!(zone = %zone.id, name, "pod sandbox ready");
+        let ready = began.elapsed();
+        tracing::info!(
+            zone = %zone.id,
+            name,
+            create_ms = created.as_millis(),
+            cni_add_ms = (network_added - created).as_millis(),
+            start_ms = (ready - network_added).as_millis(),
+            "pod sandbox ready"
+        );
         Ok(Response::new(cri::RunPodSandboxResponse { pod_sandbox_id: zone.id }))
     }
 

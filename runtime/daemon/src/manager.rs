@@ -306,7 +306,10 @@ impl<H: Hypervisor> ZoneManager<H> {
             .map_err(|transition| ManagerError::WrongState { zone: name.clone(), transition })?;
             (rec.id.clone(), self.domain_request(rec, mode))
         };
+        // Where a start's time goes, logged once the domain runs: the paused domain's build, then the pod NIC.
+        let began = std::time::Instant::now();
         let created = self.hv.create_paused(&request).await;
+        let built = began.elapsed();
         let mut zones = self.zones.lock().await;
         let domid = match created {
             Ok(domid) => domid,
@@ -338,6 +341,7 @@ impl<H: Hypervisor> ZoneManager<H> {
             Some(net) => self.hv.attach_pod_nic(domid, net).await,
             None => Ok(()),
         };
+        let nic_attached = began.elapsed();
         let served = match joined {
             Ok(()) => self.hv.serve_channel(domid).await,
             Err(e) => Err(e),
@@ -358,7 +362,14 @@ impl<H: Hypervisor> ZoneManager<H> {
             }
             return Err(ManagerError::Hypervisor { zone: zone.to_owned(), source });
         }
-        tracing::info!(zone = %snapshot.spec.name, domid, "zone domain running");
+        tracing::info!(
+            zone = %snapshot.spec.name,
+            domid,
+            build_ms = built.as_millis(),
+            nic_ms = (nic_attached - built).as_millis(),
+            unpause_ms = (began.elapsed() - nic_attached).as_millis(),
+            "zone domain running"
+        );
         Ok(snapshot)
     }
 
