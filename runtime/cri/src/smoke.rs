@@ -1,6 +1,6 @@
 //! `bulkhead-cri smoke-test`: kubelet's sequence of CRI calls against a running CRI endpoint, with a real pod
-//! of two containers, checking each answer. It proves a node can run pods (the test bed and `bulkhead check`
-//! use it) and measures pod start latency.
+//! and its containers, then a second pod that reaches the first over the pod network, checking each answer.
+//! It proves a node can run pods (the test bed and the image boot tests run it) and measures pod start latency.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -509,12 +509,14 @@ async fn streaming(
         )
     })?;
     ensure!(echoed == message, "port-forward echoed {:?}", String::from_utf8_lossy(&echoed));
-    pod_network(rt, pod).await
+    let ip = pod_network(rt, pod).await?;
+    let logs_root = log_dir.parent().context("the pod's log directory has no parent")?;
+    pod_to_pod(rt, image, ip, logs_root).await
 }
 
 /// The pod network end to end: the node reaches the same echo server at the pod IP (CNI's bridge, the tc
-/// redirects between the pod's eth0 and the zone's vif, netfront in the zone).
-async fn pod_network(rt: &mut RuntimeServiceClient<Channel>, pod: &str) -> anyhow::Result<()> {
+/// redirects between the pod's eth0 and the zone's vif, netfront in the zone). Returns the pod IP.
+async fn pod_network(rt: &mut RuntimeServiceClient<Channel>, pod: &str) -> anyhow::Result<std::net::IpAddr> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let req = cri::PodSandboxStatusRequest { pod_sandbox_id: pod.into(), verbose: false };
     let status = rt.pod_sandbox_status(req).await.context("PodSandboxStatus")?.into_inner().status;
@@ -539,7 +541,56 @@ async fn pod_network(rt: &mut RuntimeServiceClient<Channel>, pod: &str) -> anyho
     .await
     .with_context(|| format!("connecting to {ip}:8080 from the node"))?;
     ensure!(echoed == message, "the pod IP echoed {:?}", String::from_utf8_lossy(&echoed));
-    Ok(())
+    Ok(ip)
+}
+
+/// Pod to pod: a second pod (a second zone on the same bridge) reaches the first pod's echo server at its
+/// IP, as Kubernetes' network model requires. The peer pod is removed also when the check fails.
+async fn pod_to_pod(
+    rt: &mut RuntimeServiceClient<Channel>,
+    image: &str,
+    server: std::net::IpAddr,
+    logs_root: &Path,
+) -> anyhow::Result<()> {
+    let config = pod_config("smoke-peer", logs_root);
+    let run = cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: "bulkhead".into() };
+    let peer = rt.run_pod_sandbox(run).await.context("RunPodSandbox of the peer pod")?.into_inner().pod_sandbox_id;
+    let checked = peer_reaches(rt, &config, &peer, image, server).await;
+    let cleaned = cleanup(rt, &peer).await.context("removing the peer pod");
+    checked.and(cleaned)
+}
+
+async fn peer_reaches(
+    rt: &mut RuntimeServiceClient<Channel>,
+    config: &cri::PodSandboxConfig,
+    peer: &str,
+    image: &str,
+    server: std::net::IpAddr,
+) -> anyhow::Result<()> {
+    const MESSAGE: &str = "hello from the peer pod";
+    // The server may still be taking the node's connection; a refused or dropped connection is retried.
+    let script =
+        format!("for i in $(seq 30); do echo '{MESSAGE}' | nc -w 3 {server} 8080 && exit 0; sleep 1; done; exit 1");
+    let client = cri::CreateContainerRequest {
+        pod_sandbox_id: peer.into(),
+        config: Some(container("client", image, &script)),
+        sandbox_config: Some(config.clone()),
+    };
+    let client =
+        rt.create_container(client).await.context("CreateContainer in the peer pod")?.into_inner().container_id;
+    rt.start_container(cri::StartContainerRequest { container_id: client.clone() })
+        .await
+        .context("StartContainer in the peer pod")?;
+    let log = Path::new(&config.log_directory).join("client/0.log");
+    let echoed = poll(Duration::from_secs(60), "the echo server's answer in the peer pod's log", || async {
+        let lines = if log.exists() { read_cri_log(&log)? } else { Vec::new() };
+        Ok(lines.iter().any(|(stream, text)| stream == "stdout" && text == MESSAGE).then_some(()))
+    })
+    .await;
+    echoed.with_context(|| {
+        let lines = std::fs::read_to_string(&log).unwrap_or_default();
+        format!("the peer pod did not reach {server}:8080; its log: {lines:?}")
+    })
 }
 
 /// Stops and removes the pod's containers and the pod, twice: the second round must succeed as well.
