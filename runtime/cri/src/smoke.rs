@@ -552,7 +552,13 @@ async fn pod_to_pod(
     server: std::net::IpAddr,
     logs_root: &Path,
 ) -> anyhow::Result<()> {
-    let config = pod_config("smoke-peer", logs_root);
+    // Small, as a real pod declares it: the node images' test machines leave room for the smoke pod and
+    // about 230 MiB more, not for a second default-sized zone.
+    let memory = Some(cri::LinuxContainerResources { memory_limit_in_bytes: 64 << 20, ..Default::default() });
+    let config = cri::PodSandboxConfig {
+        linux: Some(cri::LinuxPodSandboxConfig { resources: memory.clone(), overhead: memory, ..Default::default() }),
+        ..pod_config("smoke-peer", logs_root)
+    };
     let run = cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: "bulkhead".into() };
     let peer = rt.run_pod_sandbox(run).await.context("RunPodSandbox of the peer pod")?.into_inner().pod_sandbox_id;
     let checked = peer_reaches(rt, &config, &peer, image, server).await;
